@@ -1,0 +1,91 @@
+"""The datalist contract shared by every bundle.
+
+A datalist is a MONAI-style JSON file::
+
+    {
+      "name": "optional dataset name",
+      "training":   [record, ...],
+      "validation": [record, ...],
+      "test":       [record, ...]
+    }
+
+Each record is a dict with
+
+* ``image`` (required): a file (NIfTI ``.nii``/``.nii.gz``, ``.mha``/``.mhd``, ``.nrrd``, DICOM ``.dcm``,
+  PNG/JPEG) or a directory holding one DICOM series; relative paths resolve against the datalist's folder
+  (or ``base_dir``);
+* ``report`` (optional): free-text report, a non-empty string; records without it are image-only;
+* ``labels`` (optional): ``{finding_key: 0 | 1}``;
+* ``mask`` (optional): a label map aligned with ``image`` (for the segmentation probe);
+* ``meta`` (optional): a dict of anything else (patient id, study date, ...), passed through untouched.
+
+Image-only and paired records may be mixed in one list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DataContractError", "RECORD_KEYS", "SECTIONS", "load_datalist", "resolve_record"]
+
+RECORD_KEYS: frozenset[str] = frozenset({"image", "report", "labels", "mask", "meta"})
+SECTIONS: tuple[str, ...] = ("training", "validation", "test")
+
+
+class DataContractError(ValueError):
+    """Bad input: names the offending file or record and what is wrong with it."""
+
+    def __init__(self, source: str | os.PathLike | None, problem: str):
+        self.source = None if source is None else str(source)
+        self.problem = problem
+        super().__init__(f"{self.source}: {problem}" if self.source else problem)
+
+
+def resolve_record(record: Mapping[str, Any], base_dir: str | os.PathLike) -> dict[str, Any]:
+    """Return a copy of ``record`` whose relative ``image``/``mask`` paths are made absolute against ``base_dir``."""
+    out = dict(record)
+    for key in ("image", "mask"):
+        value = out.get(key)
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            out[key] = os.path.normpath(os.path.join(base_dir, value))
+    return out
+
+
+def load_datalist(
+    path: str | os.PathLike, section: str = "training", base_dir: str | os.PathLike | None = None
+) -> list[dict[str, Any]]:
+    """Load one section of a datalist with paths resolved; raises :class:`DataContractError` on a bad file.
+
+    Only the structure is checked here (cheaply, at start-up); ``python -m common.data.validate`` also opens every file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataContractError(path, "datalist file does not exist")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataContractError(path, f"not a valid UTF-8 JSON datalist ({err})") from err
+    if not isinstance(content, dict):
+        raise DataContractError(path, f"top level must be an object with {list(SECTIONS)} lists, got {type(content).__name__}")
+    if section not in SECTIONS:
+        raise DataContractError(path, f"unknown section {section!r}; expected one of {list(SECTIONS)}")
+    records = content.get(section, [])
+    if not isinstance(records, list):
+        raise DataContractError(path, f"section {section!r} must be a list, got {type(records).__name__}")
+    base = Path(base_dir) if base_dir is not None else path.parent
+    out = []
+    for index, record in enumerate(records):
+        where = f"{path}[{section}][{index}]"
+        if not isinstance(record, dict):
+            raise DataContractError(where, f"record must be an object, got {type(record).__name__}")
+        if not isinstance(record.get("image"), str) or not record["image"]:
+            raise DataContractError(where, "record has no 'image' path")
+        unknown = set(record) - RECORD_KEYS
+        if unknown:
+            raise DataContractError(where, f"unknown keys {sorted(unknown)}; allowed: {sorted(RECORD_KEYS)}")
+        out.append(resolve_record(record, base))
+    return out

@@ -1,0 +1,106 @@
+"""Distributed facade: the only module in the project that imports :mod:`torch.distributed`.
+
+Every helper behaves correctly on a single process (identity, rank 0, world size 1), so losses and
+engines can call them unconditionally and tests can run without a process group.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+
+__all__ = [
+    "is_enabled",
+    "get_rank",
+    "get_world_size",
+    "is_main_process",
+    "all_gather_with_grad",
+    "all_gather_no_grad",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "barrier",
+    "init_distributed",
+    "destroy_distributed",
+]
+
+
+def is_enabled() -> bool:
+    """True when a default process group is initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_enabled() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_enabled() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from all ranks along dim 0; gradients flow back to every rank's slice.
+
+    Used for contrastive negatives: the loss over the gathered batch gives, after DDP's gradient
+    averaging, the same gradients as one process over the concatenated batch.
+    """
+    if not is_enabled() or get_world_size() == 1:
+        return tensor
+    return torch.cat(dist_nn.all_gather(tensor.contiguous()), dim=0)
+
+
+@torch.no_grad()
+def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from all ranks along dim 0, without autograd (e.g. teacher outputs)."""
+    if not is_enabled() or get_world_size() == 1:
+        return tensor
+    out = [torch.empty_like(tensor) for _ in range(get_world_size())]
+    dist.all_gather(out, tensor.contiguous())
+    return torch.cat(out, dim=0)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (no-op on one process); returns ``tensor``."""
+    if is_enabled() and get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place mean over ranks (no-op on one process); returns ``tensor``."""
+    if is_enabled() and get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= get_world_size()
+    return tensor
+
+
+def barrier() -> None:
+    if is_enabled():
+        dist.barrier()
+
+
+def init_distributed(backend: str | None = None) -> bool:
+    """Initialise the default process group from torchrun's environment; False if not launched by torchrun.
+
+    ``backend`` defaults to NCCL when CUDA is available, else gloo. Sets the CUDA device to ``LOCAL_RANK``.
+    """
+    if is_enabled():
+        return True
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return False
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def destroy_distributed() -> None:
+    if is_enabled():
+        dist.destroy_process_group()
