@@ -219,7 +219,8 @@ def test_dino_head_shapes_and_init(nlayers: int, use_bn: bool) -> None:
     assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules()) == (nlayers - 1 if use_bn else 0)
     magnitude = head.last_layer.parametrizations.weight.original0
     assert magnitude.requires_grad and torch.equal(magnitude, torch.ones(64, 1))
-    out = head(torch.randn(5, 32))
+    with torch.no_grad():
+        out = head(torch.randn(5, 32))
     assert out.shape == (5, 64)
     # unit prototypes times a unit bottleneck: cosine similarities
     assert float(out.abs().max()) <= 1.0 + 1e-5
