@@ -1,0 +1,647 @@
+"""Validating image readers: 3D volumes (NIfTI, MHA/MHD, NRRD, DICOM series) and 2D radiographs (DICOM, PNG, JPEG).
+
+Every problem with an input raises :class:`~common.data.contract.DataContractError` naming the file and what is
+wrong with it; header-level problems (dimensionality, spacing) are found before any pixel data is read, and pixel
+data are read exactly once.
+
+Conventions:
+
+* **Volumes** (:func:`read_volume`): the array is ``(X, Y, Z)`` float32 in the file's own voxel index order
+  (i, j, k; for DICOM and ITK files i runs along columns, j along rows, k across slices), **not re-oriented**, in
+  the file's intensity units (Hounsfield units for CT; DICOM rescale slope/intercept applied). The 4x4 affine maps
+  ``(i, j, k, 1)`` to **RAS+** world millimetres, the NIfTI/nibabel/MONAI convention; ITK's LPS+ is converted by
+  negating the first two rows. Re-orientation and resampling are left to ``Orientationd``/``Spacingd``.
+* **Radiographs** (:func:`read_radiograph`): the array is ``(H, W)`` float32, rows top to bottom and columns left
+  to right as stored (no flips), with dense tissue bright: the DICOM Modality LUT (rescale) then the VOI LUT or
+  window are applied and MONOCHROME1 images are inverted. Spacing is ``(row, column)`` in mm, NaN when the file does
+  not record it (PNG/JPEG, or a zero DICOM Pixel Spacing).
+
+:class:`VolumeReader`/:class:`RadiographReader` expose the same readers as MONAI ``ImageReader`` objects, and
+:class:`LoadVolumed`/:class:`LoadRadiographd` load dictionary items into ``MetaTensor`` objects whose affine feeds
+``Orientationd``/``Spacingd``. The formats are decoded with nibabel, SimpleITK (GDCM), pydicom and Pillow directly
+rather than through MONAI's ``NibabelReader``/``ITKReader``/``PydicomReader`` because the checks need the raw header
+(nibabel silently replaces zero or negative ``pixdim`` on load, ITK takes the absolute value of a negative spacing)
+and per-slice DICOM positions, which those readers do not expose; parity with them is covered by the tests.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import zlib
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.config import DtypeLike, KeysCollection, PathLike
+from monai.data import ImageReader
+from monai.transforms import LoadImage, MapTransform
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+
+from common.data.contract import DataContractError
+
+__all__ = [
+    "VOLUME_SUFFIXES",
+    "RADIOGRAPH_SUFFIXES",
+    "read_volume",
+    "read_radiograph",
+    "VolumeReader",
+    "RadiographReader",
+    "LoadVolumed",
+    "LoadRadiographd",
+]
+
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+ITK_SUFFIXES: tuple[str, ...] = (".mha", ".mhd", ".nrrd", ".nhdr")
+DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
+PIL_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+#: File types :func:`read_volume` accepts (plus folders holding a DICOM series).
+VOLUME_SUFFIXES: tuple[str, ...] = NIFTI_SUFFIXES + ITK_SUFFIXES
+#: File types :func:`read_radiograph` accepts (DICOM files without a suffix are recognised by their preamble).
+RADIOGRAPH_SUFFIXES: tuple[str, ...] = DICOM_SUFFIXES + PIL_SUFFIXES + VOLUME_SUFFIXES
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# A gap between consecutive DICOM slices this many times the usual step is reported as missing slices.
+_MISSING_SLICE_RATIO = 1.5
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in (".nii.gz", *VOLUME_SUFFIXES, *DICOM_SUFFIXES, *PIL_SUFFIXES):
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix.lower()
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """True if ``path`` starts with the DICOM Part 10 preamble (``DICM`` at byte 128)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _itk_message(err: Exception) -> str:
+    """The informative line of an ITK/SimpleITK exception (drops build paths and object addresses)."""
+    text = str(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if "ERROR:" in line:
+            return re.sub(r"^.*ERROR:\s*(\w+\(0x[0-9a-fA-F]+\):\s*)?", "", line)
+    return lines[-1] if lines else type(err).__name__
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise DataContractError(path, "file or folder does not exist")
+
+
+def _check_spacing(path: Path, spacing: Sequence[float], what: str) -> None:
+    values = np.asarray(spacing, dtype=np.float64)
+    shown = np.array2string(values, precision=4, separator=", ")
+    if not np.isfinite(values).all():
+        raise DataContractError(path, f"non-finite voxel spacing {shown} ({what})")
+    if (values == 0).any():
+        raise DataContractError(path, f"zero voxel spacing {shown} ({what})")
+    if (values < 0).any():
+        raise DataContractError(
+            path, f"negative voxel spacing {shown} ({what}); a flip belongs in the orientation, not the spacing"
+        )
+
+
+def _check_affine(path: Path, affine: np.ndarray) -> None:
+    if not np.isfinite(affine).all():
+        raise DataContractError(path, "affine (voxel-to-world matrix) contains non-finite values")
+    zooms = np.linalg.norm(affine[:3, :3], axis=0)
+    if (zooms == 0).any() or abs(np.linalg.det(affine[:3, :3])) < 1e-12 * max(float(np.prod(zooms)), 1e-300):
+        raise DataContractError(path, f"singular affine (voxel axes are degenerate; column norms {zooms.round(4)})")
+
+
+def _check_finite(path: Path, array: np.ndarray, unit: str) -> None:
+    finite = np.isfinite(array)
+    if finite.all():
+        return
+    n_nan = int(np.isnan(array).sum())
+    n_inf = int(array.size - finite.sum()) - n_nan
+    if n_nan:
+        raise DataContractError(path, f"contains {n_nan} NaN {unit}(s)" + (f" and {n_inf} infinite" if n_inf else ""))
+    raise DataContractError(path, f"contains {n_inf} infinite {unit}(s)")
+
+
+def _spatial_shape(path: Path, shape: Sequence[int], dims: int) -> tuple[int, ...]:
+    """Validate a file's array shape for ``dims`` spatial dimensions; trailing singleton dimensions are dropped."""
+    shape = tuple(int(s) for s in shape)
+    if any(s == 0 for s in shape):
+        raise DataContractError(path, f"image has no voxels (shape {shape})")
+    trimmed = list(shape)
+    while len(trimmed) > dims and trimmed[-1] == 1:
+        trimmed.pop()
+    if dims == 3:
+        if len(trimmed) < 3 or min(trimmed[:3]) == 1:
+            raise DataContractError(path, f"image is 2D (shape {shape}); a 3D volume is expected")
+        if len(trimmed) > 3:
+            extra = int(np.prod(trimmed[3:]))
+            raise DataContractError(
+                path, f"image has {extra} volumes/channels (shape {shape}); a single 3D volume is expected"
+            )
+    else:
+        if len(trimmed) < 2:
+            raise DataContractError(path, f"image is 1D (shape {shape}); a 2D radiograph is expected")
+        if len(trimmed) > 2:
+            raise DataContractError(
+                path, f"image is a 3D volume (shape {shape}); a single 2D radiograph is expected"
+            )
+    return tuple(trimmed)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# format back-ends: each returns (array in index order with `dims` axes, 4x4 RAS affine)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _nifti_header(path: Path) -> nib.Nifti1Header:
+    """The raw header, without nibabel's silent fixes of zero/negative ``pixdim``."""
+    try:
+        with nib.openers.ImageOpener(path) as f:
+            block = f.read(nib.Nifti2Header.template_dtype.itemsize)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataContractError(path, f"cannot read the header: truncated or corrupt file ({err})") from err
+    for klass in (nib.Nifti1Header, nib.Nifti2Header):
+        size = klass.template_dtype.itemsize
+        if len(block) >= size and klass.may_contain_header(block[:size]):
+            try:
+                return klass.from_fileobj(io.BytesIO(block[:size]), check=False)
+            except Exception as err:  # nibabel raises several types for a malformed block
+                raise DataContractError(path, f"cannot read the header ({err})") from err
+    if len(block) < nib.Nifti1Header.template_dtype.itemsize:
+        raise DataContractError(path, f"cannot read the header: truncated file ({len(block)} header bytes)")
+    raise DataContractError(path, "cannot read the header: not a NIfTI-1/NIfTI-2 file (bad magic)")
+
+
+def _read_nifti(path: Path, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    header = _nifti_header(path)
+    shape = _spatial_shape(path, header.get_data_shape(), dims)
+    _check_spacing(path, header["pixdim"][1 : 1 + dims], "header pixdim")
+    try:
+        image = nib.load(path)
+        affine = np.asarray(image.affine, dtype=np.float64)
+        array = image.get_fdata(dtype=np.float32, caching="unchanged")
+    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as err:
+        raise DataContractError(path, f"truncated or corrupt image data ({err})") from err
+    return array.reshape(shape), affine
+
+
+def _sitk_affine(direction: Sequence[float], spacing: Sequence[float], origin: Sequence[float]) -> np.ndarray:
+    """4x4 RAS affine from ITK's (LPS) direction cosines, spacing and origin; 2D images get an identity z axis."""
+    ndim = len(spacing)
+    lps = np.eye(4)
+    lps[:ndim, :ndim] = np.asarray(direction, dtype=np.float64).reshape(ndim, ndim) @ np.diag(spacing)
+    lps[:ndim, 3] = origin
+    return _LPS_TO_RAS @ lps
+
+
+def _read_itk(path: Path, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise DataContractError(path, f"cannot read the header ({_itk_message(err)})") from err
+    if reader.GetNumberOfComponents() != 1:
+        raise DataContractError(
+            path, f"has {reader.GetNumberOfComponents()} components per voxel (RGB/vector image); a scalar image is expected"
+        )
+    shape = _spatial_shape(path, reader.GetSize(), dims)
+    spacing = reader.GetSpacing()
+    _check_spacing(path, spacing[:dims], "header spacing")
+    n = min(len(spacing), 3)
+    direction = np.asarray(reader.GetDirection()).reshape(len(spacing), len(spacing))[:n, :n]
+    affine = _sitk_affine(direction.ravel(), spacing[:n], reader.GetOrigin()[:n])
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    try:
+        image = reader.Execute()
+    except RuntimeError as err:
+        raise DataContractError(path, f"truncated or corrupt image data ({_itk_message(err)})") from err
+    # ITK arrays are (..., z, y, x): transpose (a view) to index order (x, y, z, ...).
+    return sitk.GetArrayFromImage(image).T.reshape(shape), affine
+
+
+@contextmanager
+def _quiet_itk() -> Iterator[None]:
+    """Silence ITK's console warnings (e.g. non-uniform sampling) that the checks here report as errors."""
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    if not any(folder.iterdir()):
+        raise DataContractError(folder, "folder is empty; a DICOM series is expected")
+    return [p for p in sorted(folder.iterdir()) if p.is_file()]
+
+
+def _slice_vector(text: str) -> np.ndarray:
+    return np.asarray([float(v) for v in text.strip().split("\\")], dtype=np.float64)
+
+
+def _check_slice_positions(folder: Path, reader: sitk.ImageSeriesReader, files: Sequence[str]) -> None:
+    """Raise on missing, duplicate or unevenly spaced slices (positions projected on the slice normal)."""
+    n = len(files)
+    try:
+        orientations = [_slice_vector(reader.GetMetaData(i, "0020|0037")) for i in range(n)]
+        positions = np.stack([_slice_vector(reader.GetMetaData(i, "0020|0032")) for i in range(n)])
+    except (RuntimeError, ValueError) as err:
+        raise DataContractError(
+            folder, "slices lack Image Position/Orientation (Patient); cannot order the series"
+        ) from err
+    if any(not np.allclose(o, orientations[0], atol=1e-4) for o in orientations):
+        raise DataContractError(folder, "slices have different orientations (Image Orientation Patient)")
+    normal = np.cross(orientations[0][:3], orientations[0][3:6])
+    along = positions @ normal
+    steps = np.diff(along)
+    step = float(np.median(np.abs(steps)))
+    names = [Path(f).name for f in files]
+    duplicates = np.flatnonzero(np.abs(steps) <= 1e-3 * max(step, 1.0))
+    if duplicates.size:
+        i = int(duplicates[0])
+        raise DataContractError(
+            folder,
+            f"duplicate slice position {along[i]:.2f} mm ({names[i]}, {names[i + 1]}); "
+            "the folder may mix acquisitions of one series",
+        )
+    tolerance = max(0.01, 0.01 * step)
+    gaps = [i for i, s in enumerate(np.abs(steps)) if s > _MISSING_SLICE_RATIO * step]
+    if gaps:
+        shown = "; ".join(
+            f"gap of {abs(steps[i]):.2f} mm between slice positions {along[i]:.2f} and {along[i + 1]:.2f} mm "
+            f"({names[i]}, {names[i + 1]}), about {round(abs(steps[i]) / step) - 1} slice(s)"
+            for i in gaps[:3]
+        )
+        more = f" and {len(gaps) - 3} more gap(s)" if len(gaps) > 3 else ""
+        raise DataContractError(folder, f"missing slice(s): {shown}{more}; expected {step:.2f} mm steps")
+    if (np.abs(np.abs(steps) - step) > tolerance).any():
+        raise DataContractError(
+            folder,
+            f"non-uniform slice spacing (steps from {np.abs(steps).min():.3f} to {np.abs(steps).max():.3f} mm)",
+        )
+
+
+def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray, np.ndarray]:
+    files = _dicom_files(folder)
+    with _quiet_itk():
+        series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    if not series:
+        raise DataContractError(folder, f"no DICOM series found among {len(files)} file(s)")
+    if series_uid is None:
+        if len(series) > 1:
+            listed = ", ".join(repr(s) for s in series)
+            raise DataContractError(
+                folder, f"contains {len(series)} DICOM series ({listed}); pick one with series_uid="
+            )
+        series_uid = series[0]
+    elif series_uid not in series:
+        raise DataContractError(
+            folder, f"series_uid {series_uid!r} not found; available: {', '.join(repr(s) for s in series)}"
+        )
+    with _quiet_itk():
+        names = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
+    if len(names) < 2:
+        raise DataContractError(folder, f"contains a single DICOM slice ({Path(names[0]).name}); a 3D series needs several")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(names)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    reader.SetOutputPixelType(sitk.sitkFloat32)  # GDCM applies Rescale Slope/Intercept per slice
+    try:
+        with _quiet_itk():
+            image = reader.Execute()
+    except RuntimeError as err:
+        message = _itk_message(err)
+        if "spacing" in message.lower():
+            raise DataContractError(folder, f"zero voxel spacing in the DICOM headers ({message})") from err
+        raise DataContractError(folder, f"cannot read the DICOM series ({message})") from err
+    _check_slice_positions(folder, reader, names)
+    if image.GetDimension() != 3:
+        raise DataContractError(folder, f"DICOM series decoded to {image.GetDimension()}D; a 3D volume is expected")
+    _check_spacing(folder, image.GetSpacing(), "DICOM spacing")
+    affine = _sitk_affine(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
+    return sitk.GetArrayFromImage(image).T, affine
+
+
+def _reject_single_dicom(path: Path) -> None:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as err:  # pydicom raises many types for damaged files
+        raise DataContractError(path, f"not a readable DICOM file ({err})") from err
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise DataContractError(
+            path, f"multi-frame DICOM ({frames} frames) is not supported for volumes; convert it to NIfTI (dcm2niix)"
+        )
+    raise DataContractError(
+        path, "is a single DICOM file (one slice); a 3D volume needs the folder holding the whole series"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# public readers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def read_volume(path: PathLike, series_uid: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read and validate one 3D volume.
+
+    Args:
+        path: a NIfTI (``.nii``/``.nii.gz``), MetaImage (``.mha``/``.mhd``) or NRRD file, or a folder holding a DICOM
+            series.
+        series_uid: for a DICOM folder holding several series, the SeriesInstanceUID to read.
+
+    Returns:
+        ``(array, affine)``: ``(X, Y, Z)`` float32 in file intensity units (HU for CT) in the file's voxel order, and
+        the 4x4 voxel-to-RAS+ (mm) affine. A trailing singleton 4th dimension is dropped.
+
+    Raises:
+        DataContractError: missing file, empty folder, unreadable header, truncated/corrupt data, 2D or 4D image,
+            zero/negative/non-finite spacing, singular affine, NaN/inf voxels, several DICOM series without
+            ``series_uid``, missing or duplicate DICOM slices, a single DICOM file, an unsupported file type.
+    """
+    path = Path(path)
+    _check_exists(path)
+    if path.is_dir():
+        array, affine = _read_dicom_series(path, series_uid)
+    else:
+        suffix = _suffix(path)
+        if suffix in NIFTI_SUFFIXES:
+            array, affine = _read_nifti(path, dims=3)
+        elif suffix in ITK_SUFFIXES:
+            array, affine = _read_itk(path, dims=3)
+        elif suffix in DICOM_SUFFIXES or _is_dicom_file(path):
+            _reject_single_dicom(path)
+        else:
+            raise DataContractError(
+                path, f"unsupported file type {suffix or '(none)'!r} for a volume; expected {list(VOLUME_SUFFIXES)} "
+                "or a DICOM series folder"
+            )
+    _check_affine(path, affine)
+    _check_finite(path, array, "voxel")
+    return array, affine
+
+
+def _read_dicom_radiograph(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import pydicom
+
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
+    except ImportError:  # pydicom < 3
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut, convert_color_space
+
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as err:  # pydicom raises many types for damaged files
+        raise DataContractError(path, f"not a readable DICOM file ({err})") from err
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise DataContractError(path, "DICOM file has no pixel data")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise DataContractError(path, f"image is a 3D volume ({frames} frames); a single 2D radiograph is expected")
+    try:
+        pixels = ds.pixel_array
+    except Exception as err:  # decoder plugins raise many types
+        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown transfer syntax")
+        raise DataContractError(path, f"cannot decode the pixel data ({syntax}: {err})") from err
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if int(ds.get("SamplesPerPixel", 1)) == 3:
+        if photometric.startswith("YBR"):
+            pixels = convert_color_space(pixels, photometric, "RGB")
+        array = _grey(np.asarray(pixels, dtype=np.float32))
+    else:
+        if pixels.ndim != 2:
+            raise DataContractError(path, f"image is not 2D (pixel array shape {pixels.shape})")
+        array = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+        raw_constant = array.min() == array.max()
+        array = np.asarray(apply_voi_lut(array, ds), dtype=np.float32)
+        if not raw_constant and array.min() == array.max():
+            raise DataContractError(path, f"image is constant after the VOI LUT/window (every pixel = {array.flat[0]:g})")
+        if photometric == "MONOCHROME1":  # low values are bright: invert within the value range
+            array = array.max() + array.min() - array
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    values = np.full(2, np.nan)
+    if spacing is not None and len(spacing) == 2:
+        values = np.asarray([float(s) for s in spacing])
+        values[~(np.isfinite(values) & (values > 0))] = np.nan
+    return array, values
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    """Grey levels of an ``(H, W, 3)`` array: the shared channel if all are equal, else ITU-R BT.601 luma."""
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+        return np.ascontiguousarray(rgb[..., 0])
+    return (rgb[..., :3] @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)).astype(np.float32)
+
+
+def _read_pil(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            frames = int(getattr(image, "n_frames", 1))
+            if frames > 1:
+                raise DataContractError(
+                    path, f"image is a 3D volume ({frames} frames); a single 2D radiograph is expected"
+                )
+            image.load()
+            mode = image.mode
+            if mode in ("L", "I", "F", "1") or mode.startswith("I;16"):
+                array = np.asarray(image, dtype=np.float32)
+            elif mode == "LA":
+                array = np.asarray(image, dtype=np.float32)[..., 0]
+            else:  # RGB(A), palette, CMYK, YCbCr, ...
+                array = _grey(np.asarray(image.convert("RGB"), dtype=np.float32))
+    except DataContractError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise DataContractError(path, f"unreadable image file ({err})") from err
+    return array, np.full(2, np.nan)
+
+
+def read_radiograph(path: PathLike, allow_constant: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Read and validate one 2D radiograph.
+
+    DICOM: Modality LUT (rescale slope/intercept or LUT), then the first VOI LUT or window, then MONOCHROME1
+    inversion (``max + min - value``), so dense tissue is bright. PNG/JPEG/TIFF: 8- or 16-bit grey values as stored;
+    colour images are converted to grey. A 2D NIfTI/MHA/NRRD image is returned as ``(j, i)`` = rows by columns.
+
+    Args:
+        path: a DICOM (``.dcm`` or no suffix), PNG, JPEG or TIFF file, or a 2D NIfTI/MHA/NRRD file.
+        allow_constant: accept a constant image (e.g. an empty 2D mask).
+
+    Returns:
+        ``(array, spacing)``: ``(H, W)`` float32 (row 0 at the top, no flips) and the ``(row, column)`` pixel spacing
+        in mm, NaN where the file does not record a positive spacing.
+
+    Raises:
+        DataContractError: missing or unreadable file, a folder, a 3D volume or multi-frame file, NaN/inf pixels,
+            a constant image (unless ``allow_constant``), an unsupported file type.
+    """
+    path = Path(path)
+    _check_exists(path)
+    if path.is_dir():
+        raise DataContractError(path, "is a folder; a radiograph is a single file (DICOM, PNG or JPEG)")
+    suffix = _suffix(path)
+    if suffix in NIFTI_SUFFIXES or suffix in ITK_SUFFIXES:
+        array, affine = (_read_nifti if suffix in NIFTI_SUFFIXES else _read_itk)(path, dims=2)
+        array = np.ascontiguousarray(array.T)
+        spacing = np.linalg.norm(affine[:3, :2], axis=0)[::-1]
+    elif suffix in DICOM_SUFFIXES or _is_dicom_file(path):
+        array, spacing = _read_dicom_radiograph(path)
+    elif suffix in PIL_SUFFIXES:
+        array, spacing = _read_pil(path)
+    else:
+        raise DataContractError(
+            path, f"unsupported file type {suffix or '(none)'!r} for a radiograph; expected {list(RADIOGRAPH_SUFFIXES)}"
+        )
+    _check_finite(path, array, "pixel")
+    if not allow_constant and array.min() == array.max():
+        raise DataContractError(path, f"image is constant (every pixel = {array.flat[0]:g})")
+    return array.astype(np.float32, copy=False), spacing.astype(np.float64)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# MONAI integration
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Loaded:
+    array: np.ndarray
+    affine: np.ndarray
+    spacing: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _single_path(data: Sequence[PathLike] | PathLike) -> Path:
+    paths = ensure_tuple(data)
+    if len(paths) != 1:
+        raise DataContractError(paths[0] if paths else None, f"one image per item is expected, got {len(paths)} paths")
+    return Path(paths[0])
+
+
+def _meta(loaded: _Loaded) -> dict[str, Any]:
+    meta = {
+        MetaKeys.AFFINE: loaded.affine.copy(),
+        MetaKeys.ORIGINAL_AFFINE: loaded.affine.copy(),
+        MetaKeys.SPATIAL_SHAPE: np.asarray(loaded.array.shape),
+        MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
+        "spacing": loaded.spacing.copy(),
+    }
+    meta.update(loaded.meta)
+    return meta
+
+
+class VolumeReader(ImageReader):
+    """MONAI ``ImageReader`` around :func:`read_volume`: ``(X, Y, Z)`` data with its RAS affine and all checks.
+
+    Args:
+        series_uid: SeriesInstanceUID to read from DICOM folders holding several series.
+    """
+
+    def __init__(self, series_uid: str | None = None) -> None:
+        super().__init__()
+        self.series_uid = series_uid
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        return all(Path(f).is_dir() or _suffix(Path(f)) in VOLUME_SUFFIXES for f in ensure_tuple(filename))
+
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> _Loaded:
+        array, affine = read_volume(_single_path(data), series_uid=kwargs.get("series_uid", self.series_uid))
+        return _Loaded(array, affine, np.linalg.norm(affine[:3, :3], axis=0), {MetaKeys.SPACE: SpaceKeys.RAS})
+
+    def get_data(self, img: _Loaded) -> tuple[np.ndarray, dict]:
+        return img.array, _meta(img)
+
+
+class RadiographReader(ImageReader):
+    """MONAI ``ImageReader`` around :func:`read_radiograph`: ``(H, W)`` data (not MONAI's transposed ``(W, H)``).
+
+    The affine is ``diag(row_spacing, column_spacing, 1, 1)`` with 1 mm standing in for an unknown spacing; the
+    recorded spacing (NaN if unknown) is kept in the ``spacing`` metadata.
+    """
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        paths = [Path(f) for f in ensure_tuple(filename)]
+        return all(_suffix(p) in RADIOGRAPH_SUFFIXES or _is_dicom_file(p) for p in paths)
+
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> _Loaded:
+        array, spacing = read_radiograph(_single_path(data))
+        affine = np.diag([*np.nan_to_num(spacing, nan=1.0), 1.0, 1.0])
+        return _Loaded(array, affine, spacing)
+
+    def get_data(self, img: _Loaded) -> tuple[np.ndarray, dict]:
+        return img.array, _meta(img)
+
+
+class _LoadValidatedd(MapTransform):
+    reader_class: type[ImageReader]
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        ensure_channel_first: bool = True,
+        dtype: DtypeLike | torch.dtype = np.float32,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.reader = self.reader_class()
+        # Readers are always passed at call time: LoadImage then neither falls back to other readers on an error
+        # nor hides our DataContractError behind its own "cannot find a suitable reader" message.
+        self.loader = LoadImage(reader=self.reader, image_only=True, dtype=dtype, ensure_channel_first=ensure_channel_first)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key], reader=self.reader)
+        return d
+
+
+class LoadVolumed(_LoadValidatedd):
+    """Load 3D volumes with :class:`VolumeReader` into ``MetaTensor`` ``(1, X, Y, Z)`` (RAS affine, HU for CT).
+
+    Args:
+        keys: keys of the items holding a volume path (file or DICOM folder).
+        ensure_channel_first: add the channel dimension.
+        dtype: output data type.
+        allow_missing_keys: do not raise if a key is absent.
+    """
+
+    reader_class = VolumeReader
+
+
+class LoadRadiographd(_LoadValidatedd):
+    """Load 2D radiographs with :class:`RadiographReader` into ``MetaTensor`` ``(1, H, W)``, dense tissue bright.
+
+    Args:
+        keys: keys of the items holding a radiograph path.
+        ensure_channel_first: add the channel dimension.
+        dtype: output data type.
+        allow_missing_keys: do not raise if a key is absent.
+    """
+
+    reader_class = RadiographReader

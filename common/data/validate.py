@@ -1,0 +1,292 @@
+"""Check a datalist before training: ``python -m common.data.validate datalist.json [--section training] [--dims 3]``.
+
+Checks the schema of :mod:`common.data.contract` (top-level object, sections are lists, records are objects with an
+``image``, no unknown keys, ``report`` a non-empty UTF-8 string of at most 20,000 characters, ``labels`` a mapping of
+finding to 0/1, ``mask`` an existing file matching the image geometry, ``meta`` an object), flags an image used in two
+splits, and opens every image with :mod:`common.data.readers`. Every problem is reported, one line each, as
+``<section>[<index>] <file>: <problem>``, followed by a summary; the exit status is 1 when there are problems.
+
+Example::
+
+    python -m common.data.validate datalist.json --dims 2 --open_images False
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.data.contract import RECORD_KEYS, SECTIONS, DataContractError, resolve_record
+from common.data.readers import read_radiograph, read_volume
+
+__all__ = ["MAX_REPORT_CHARS", "Problem", "validate_datalist", "main"]
+
+#: Reports longer than this are rejected: a whole study dump or a concatenation bug, not one report.
+MAX_REPORT_CHARS = 20_000
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a datalist.
+
+    Attributes:
+        section: the datalist section (``""`` for problems with the file as a whole).
+        index: the record's position in its section, or None.
+        source: the offending file (image, mask or the datalist itself).
+        problem: what is wrong.
+    """
+
+    section: str
+    index: int | None
+    source: str
+    problem: str
+
+    def __str__(self) -> str:
+        where = f"{self.section}[{self.index}] " if self.index is not None else (f"{self.section} " if self.section else "")
+        return f"{where}{self.source}: {self.problem}"
+
+
+def _load_json(path: Path) -> tuple[Any, list[Problem]]:
+    def fail(message: str) -> tuple[None, list[Problem]]:
+        return None, [Problem("", None, str(path), message)]
+
+    if not path.is_file():
+        return fail("datalist file does not exist")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bad = raw[err.start : err.start + 1].hex()
+        return fail(f"datalist is not valid UTF-8 (byte 0x{bad} at offset {err.start}); save it as UTF-8")
+    try:
+        return json.loads(text), []
+    except json.JSONDecodeError as err:
+        return fail(f"datalist is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})")
+
+
+def _report_problems(report: Any) -> list[str]:
+    if not isinstance(report, str):
+        return [f"report must be a non-empty string, got {type(report).__name__}"]
+    if not report:
+        return ["report is empty (omit 'report' for an image-only record)"]
+    if not report.strip():
+        return ["report is only whitespace"]
+    out = []
+    if len(report) > MAX_REPORT_CHARS:
+        out.append(f"report is absurdly long ({len(report):,} characters > {MAX_REPORT_CHARS:,})")
+    try:
+        report.encode("utf-8")
+    except UnicodeEncodeError as err:
+        out.append(f"report is not valid UTF-8 (unpaired surrogate at character {err.start})")
+    control = next(
+        (i for i, c in enumerate(report) if c not in "\n\r\t" and unicodedata.category(c) == "Cc"), None
+    )
+    if control is not None:
+        out.append(f"report contains control character {report[control]!r} at character {control}")
+    return out
+
+
+def _label_problems(labels: Any) -> list[str]:
+    if not isinstance(labels, dict):
+        return [f"labels must be an object of finding -> 0/1, got {type(labels).__name__}"]
+    bad = {key: value for key, value in labels.items() if type(value) is not int or value not in (0, 1)}
+    if bad:
+        return [f"labels must be 0 or 1 (omit a finding whose label is unknown), got {bad}"]
+    return []
+
+
+def _geometry_problems(image: str, mask: str, dims: int) -> list[tuple[str, str]]:
+    """(source, problem) pairs for a mask that cannot be read or does not match its image's grid."""
+    try:
+        if dims == 3:
+            (image_array, image_affine), (mask_array, mask_affine) = read_volume(image), read_volume(mask)
+        else:
+            (image_array, image_affine), (mask_array, mask_affine) = (
+                read_radiograph(image),
+                read_radiograph(mask, allow_constant=True),
+            )
+    except DataContractError as err:
+        return [(err.source or mask, err.problem)]
+    if image_array.shape != mask_array.shape:
+        return [(mask, f"mask shape {mask_array.shape} does not match image shape {image_array.shape}")]
+    if dims == 3 and not np.allclose(image_affine, mask_affine, rtol=1e-4, atol=1e-2):
+        return [(mask, "mask affine (voxel-to-world) does not match the image's")]
+    return []
+
+
+def _check_record(record: Any, base: Path, datalist: str, dims: int, open_images: bool) -> list[tuple[str, str]]:
+    """All (source, problem) pairs of one record."""
+    if not isinstance(record, dict):
+        return [(datalist, f"record must be an object, got {type(record).__name__}")]
+    out: list[tuple[str, str]] = []
+    resolved = resolve_record(record, base)
+    image = resolved.get("image")
+    has_image = isinstance(image, str) and bool(image)
+    source = image if has_image else datalist
+    if not has_image:
+        out.append((datalist, "record has no 'image' path"))
+    unknown = sorted(set(record) - RECORD_KEYS)
+    if unknown:
+        out.append((source, f"unknown key(s) {unknown}; allowed: {sorted(RECORD_KEYS)}"))
+    if "report" in record:
+        out += [(source, p) for p in _report_problems(record["report"])]
+    if "labels" in record:
+        out += [(source, p) for p in _label_problems(record["labels"])]
+    if "meta" in record and not isinstance(record["meta"], dict):
+        out.append((source, f"meta must be an object, got {type(record['meta']).__name__}"))
+    mask = resolved.get("mask")
+    mask_ok = False
+    if "mask" in record:
+        if not isinstance(mask, str) or not mask:
+            out.append((source, "mask must be a non-empty path"))
+        elif not os.path.exists(mask):
+            out.append((mask, "mask file does not exist"))
+        else:
+            mask_ok = True
+    if not has_image:
+        return out
+    if not open_images:
+        if not os.path.exists(image):
+            out.append((image, "file or folder does not exist"))
+        return out
+    try:
+        read_volume(image) if dims == 3 else read_radiograph(image)
+    except DataContractError as err:
+        out.append((err.source or image, err.problem))
+        return out
+    except Exception as err:  # the validator reports, it never stops at one record
+        out.append((image, f"unexpected error while reading: {type(err).__name__}: {err}"))
+        return out
+    if mask_ok:
+        out += _geometry_problems(image, mask, dims)
+    return out
+
+
+def _validate(
+    path: str | os.PathLike,
+    dims: int,
+    open_images: bool,
+    section: str | None,
+    base_dir: str | os.PathLike | None,
+    num_workers: int,
+) -> tuple[list[Problem], dict[str, int]]:
+    if dims not in (2, 3):
+        raise ValueError(f"dims must be 2 or 3, got {dims}")
+    path = Path(path)
+    content, problems = _load_json(path)
+    if problems:
+        return problems, {}
+    datalist = str(path)
+    if not isinstance(content, dict):
+        return [Problem("", None, datalist, f"top level must be an object with {list(SECTIONS)} lists, got {type(content).__name__}")], {}
+    for key, value in content.items():
+        if key not in SECTIONS and isinstance(value, list):
+            problems.append(Problem("", None, datalist, f"unknown section {key!r}; expected one of {list(SECTIONS)}"))
+    if section is not None and section not in SECTIONS:
+        problems.append(Problem("", None, datalist, f"unknown section {section!r}; expected one of {list(SECTIONS)}"))
+        return problems, {}
+    names = [section] if section is not None else [s for s in SECTIONS if s in content]
+    if section is not None and section not in content:
+        problems.append(Problem(section, None, datalist, f"section {section!r} is missing"))
+    if not names and not problems:
+        problems.append(Problem("", None, datalist, f"no records: none of the sections {list(SECTIONS)} is present"))
+    base = Path(base_dir) if base_dir is not None else path.parent
+    jobs: list[tuple[str, int, Any]] = []
+    counts: dict[str, int] = {}
+    for name in names:
+        records = content.get(name, [])
+        if not isinstance(records, list):
+            problems.append(Problem(name, None, datalist, f"section {name!r} must be a list, got {type(records).__name__}"))
+            continue
+        counts[name] = len(records)
+        jobs += [(name, index, record) for index, record in enumerate(records)]
+
+    def check(job: tuple[str, int, Any]) -> list[tuple[str, str]]:
+        return _check_record(job[2], base, datalist, dims, open_images)
+
+    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+        found = list(pool.map(check, jobs)) if num_workers > 1 else [check(job) for job in jobs]
+    first_use: dict[str, tuple[str, int]] = {}
+    for (name, index, record), record_problems in zip(jobs, found):
+        problems += [Problem(name, index, source, problem) for source, problem in record_problems]
+        image = record.get("image") if isinstance(record, dict) else None
+        if isinstance(image, str) and image:
+            resolved = resolve_record({"image": image}, base)["image"]
+            other = first_use.setdefault(os.path.realpath(resolved), (name, index))
+            if other[0] != name:
+                problems.append(
+                    Problem(name, index, resolved, f"same image as {other[0]}[{other[1]}]: it leaks between splits")
+                )
+    return problems, counts
+
+
+def validate_datalist(
+    path: str | os.PathLike,
+    dims: int = 3,
+    open_images: bool = True,
+    section: str | None = None,
+    base_dir: str | os.PathLike | None = None,
+    num_workers: int = 1,
+) -> list[Problem]:
+    """Every problem of a datalist; an empty list means it is ready for training.
+
+    Args:
+        path: the datalist JSON.
+        dims: 3 for volumes (:func:`~common.data.readers.read_volume`), 2 for radiographs.
+        open_images: read every image (and mask) with the validating readers; otherwise only check they exist.
+        section: check only this section (default: every section present).
+        base_dir: folder that relative paths resolve against (default: the datalist's folder).
+        num_workers: threads used to open images.
+
+    Returns:
+        The problems, in datalist order; a problem with the file as a whole (not UTF-8, not JSON) comes alone.
+
+    Raises:
+        ValueError: ``dims`` is not 2 or 3.
+    """
+    return _validate(path, dims, open_images, section, base_dir, num_workers)[0]
+
+
+def main(
+    datalist: str,
+    section: str | None = None,
+    dims: int = 3,
+    open_images: bool = True,
+    base_dir: str | None = None,
+    num_workers: int = 1,
+) -> None:
+    """Print every problem of ``datalist`` and a summary; exit with status 1 when there are problems.
+
+    Args:
+        datalist: the datalist JSON.
+        section: check only this section (training, validation or test).
+        dims: 3 for CT volumes, 2 for radiographs.
+        open_images: read every image with the validating readers (slow on large datasets); False only checks paths.
+        base_dir: folder that relative paths resolve against (default: the datalist's folder).
+        num_workers: threads used to open images.
+    """
+    problems, counts = _validate(datalist, int(dims), bool(open_images), section, base_dir, int(num_workers))
+    for problem in problems:
+        print(problem)
+    checked = sum(counts.values())
+    per_section = ", ".join(f"{name}: {n}" for name, n in counts.items())
+    records = len({(p.section, p.index) for p in problems if p.index is not None})
+    summary = f"{datalist}: checked {checked} record(s)" + (f" ({per_section})" if per_section else "")
+    if problems:
+        print(f"{summary}; {len(problems)} problem(s) in {records} record(s)")
+        sys.exit(1)
+    print(f"{summary}; no problems")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)
