@@ -1,0 +1,60 @@
+"""What `python -m monai.bundle` and the Model Zoo need, checked for every folder in bundles/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+monai_bundle = pytest.importorskip("monai.bundle")
+from monai.bundle import ConfigWorkflow  # noqa: E402
+
+from common.bundle_support import META_SCHEMA_PATH  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def _config(bundle: Path, stem: str) -> str:
+    for suffix in (".yaml", ".json", ".yml"):
+        path = bundle / "configs" / f"{stem}{suffix}"
+        if path.is_file():
+            return str(path)
+    pytest.fail(f"{bundle.name}: configs/{stem}.yaml|json missing")
+
+
+@pytest.fixture(params=BUNDLES, ids=[b.name for b in BUNDLES])
+def bundle(request) -> Path:
+    return request.param
+
+
+def test_required_files(bundle: Path):
+    for rel in ("configs/metadata.json", "LICENSE", "docs/README.md", "configs/logging.conf"):
+        assert (bundle / rel).is_file(), f"{bundle.name}: {rel} missing"
+    for stem in ("train", "inference", "evaluate", "multi_gpu_train", "demo"):
+        _config(bundle, stem)
+
+
+def test_metadata_schema_and_changelog(bundle: Path, tmp_path):
+    from monai.bundle import verify_metadata
+
+    meta_file = bundle / "configs" / "metadata.json"
+    verify_metadata(meta_file=str(meta_file), filepath=META_SCHEMA_PATH)
+    meta = json.loads(meta_file.read_text())
+    assert meta["schema"].endswith("meta_schema_20240725.json")
+    assert meta["version"] in meta["changelog"], "the current version needs a changelog entry"
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 1
+    assert "pred" in meta["network_data_format"]["outputs"]
+
+
+@pytest.mark.parametrize("workflow_type,stem", [("train", "train"), ("infer", "inference")])
+def test_configs_parse_and_properties(bundle: Path, workflow_type: str, stem: str):
+    workflow = ConfigWorkflow(
+        config_file=_config(bundle, stem),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(bundle),
+    )
+    assert workflow.check_properties() in (None, [])
