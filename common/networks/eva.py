@@ -379,7 +379,7 @@ class EvaEncoder(nn.Module):
             if use_rope
             else None
         )
-        rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth > 1 else [drop_path_rate] * depth
+        rates = [drop_path_rate * i / (depth - 1) for i in range(depth)] if depth > 1 else [drop_path_rate] * depth
         self.blocks = nn.ModuleList(
             EvaBlock(
                 embed_dim,
