@@ -1,0 +1,140 @@
+"""The dataset a bundle uses when the user gives none: the embedded chest phantoms, generated once into a cache.
+
+``default_datalist(dataset_dir)`` returns ``dataset_dir``'s datalist when one is given; otherwise it generates
+:mod:`common.data.phantom` cases into ``$MEDVLP_CACHE/phantoms-v1`` (default cache root ``~/.cache/medvlp``) the
+first time and returns the cached datalist afterwards. Generation writes into a temporary sibling folder that is
+renamed into place only when complete, under a file lock, so concurrent processes (e.g. all ranks of a
+``torchrun`` job) generate once and never see a half-written dataset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from common.data.contract import DataContractError
+from common.data.phantom import GENERATOR_VERSION, generate_dataset
+
+__all__ = ["DEFAULT_SIZES", "default_cache_root", "default_datalist"]
+
+DEFAULT_SIZES: dict[str, int] = {"num_train": 240, "num_image_only": 80, "num_val": 48, "num_test": 96}
+_DATALIST_NAMES = ("datalist.json", "datalist_{dims}d.json")
+
+
+def default_cache_root() -> Path:
+    """``$MEDVLP_CACHE`` if set, else ``~/.cache/medvlp``."""
+    root = os.environ.get("MEDVLP_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "medvlp"
+
+
+def default_datalist(
+    dataset_dir: str | os.PathLike | None = None,
+    dims: int = 3,
+    *,
+    cache_root: str | os.PathLike | None = None,
+    seed: int = 0,
+    num_workers: int = 1,
+    **sizes: int,
+) -> str:
+    """Path of the datalist to train on: the user's, or the embedded phantoms' (generated on first use).
+
+    Args:
+        dataset_dir: a folder holding ``datalist.json`` (or ``datalist_{dims}d.json``), or a datalist file itself.
+            None or empty: use the phantoms.
+        dims: 3 for CT volumes, 2 for radiographs.
+        cache_root: where phantom datasets are cached; default :func:`default_cache_root`.
+        seed: phantom seed.
+        num_workers: processes used if the phantoms have to be generated.
+        **sizes: override :data:`DEFAULT_SIZES` (``num_train``, ``num_image_only``, ``num_val``, ``num_test``);
+            non-default sizes or seeds are cached in their own folder.
+
+    Returns:
+        Absolute path of a datalist JSON file.
+
+    Raises:
+        DataContractError: ``dataset_dir`` is given but holds no datalist.
+        ValueError: bad ``dims`` or unknown size names.
+    """
+    if dims not in (2, 3):
+        raise ValueError(f"dims must be 2 or 3, got {dims!r}")
+    if dataset_dir not in (None, ""):
+        return _user_datalist(Path(dataset_dir), dims)
+    unknown = set(sizes) - set(DEFAULT_SIZES)
+    if unknown:
+        raise ValueError(f"unknown dataset sizes {sorted(unknown)}; expected some of {list(DEFAULT_SIZES)}")
+    sizes = {**DEFAULT_SIZES, **sizes}
+    name = GENERATOR_VERSION
+    if sizes != DEFAULT_SIZES or seed != 0:
+        name += "-" + "-".join(str(sizes[k]) for k in DEFAULT_SIZES) + f"-seed{seed}"
+    root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
+    target = root / name
+    datalist = target / f"datalist_{dims}d.json"
+    if _complete(target):
+        return str(datalist.resolve())
+    root.mkdir(parents=True, exist_ok=True)
+    with _file_lock(root / f".{name}.lock"):
+        if not _complete(target):  # another process may have finished while we waited
+            staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+            try:
+                generate_dataset(staging, seed=seed, num_workers=num_workers, **sizes)
+                _publish(staging, target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    return str(datalist.resolve())
+
+
+def _user_datalist(path: Path, dims: int) -> str:
+    if path.is_file():
+        return str(path.resolve())
+    if not path.is_dir():
+        raise DataContractError(path, "dataset_dir does not exist")
+    for pattern in _DATALIST_NAMES:
+        candidate = path / pattern.format(dims=dims)
+        if candidate.is_file():
+            return str(candidate.resolve())
+    names = " or ".join(p.format(dims=dims) for p in _DATALIST_NAMES)
+    raise DataContractError(path, f"no {names} in dataset_dir (see common/data/contract.py for the format)")
+
+
+def _complete(folder: Path) -> bool:
+    """True when ``folder`` holds a finished phantom dataset of this generator version."""
+    manifest = folder / "phantoms.json"
+    if not (manifest.is_file() and (folder / "datalist_3d.json").is_file() and (folder / "datalist_2d.json").is_file()):
+        return False
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8")).get("generator") == GENERATOR_VERSION
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Atomically move a finished dataset into place; if another process won the race, keep theirs."""
+    try:
+        os.rename(staging, target)
+    except OSError:
+        if not _complete(target):
+            stale = target.with_name(f".{target.name}.stale-{os.getpid()}")
+            os.rename(target, stale)  # an incomplete leftover (e.g. a killed run that used another tool)
+            shutil.rmtree(stale, ignore_errors=True)
+            os.rename(staging, target)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock on ``path`` (POSIX ``flock``); a no-op where ``fcntl`` is unavailable."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: rely on the atomic rename alone
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
