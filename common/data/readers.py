@@ -196,8 +196,9 @@ def _read_nifti(path: Path, dims: int) -> tuple[np.ndarray, np.ndarray]:
     header = _nifti_header(path)
     shape = _spatial_shape(path, header.get_data_shape(), dims)
     _check_spacing(path, header["pixdim"][1 : 1 + dims], "header pixdim")
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     try:
-        image = nib.load(path)
+        image = image_class.from_filename(path)  # the class is known: no content sniffing of a damaged file
         affine = np.asarray(image.affine, dtype=np.float64)
         array = image.get_fdata(dtype=np.float32, caching="unchanged")
     except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as err:
