@@ -1,0 +1,399 @@
+"""Atomic, resumable training checkpoints and the flat inference export.
+
+:class:`CheckpointHandler` is an ignite handler that writes ``<save_dir>/checkpoint_<iteration>.pt`` holding
+
+* ``objects``: the state dicts of the configured objects (objective with its EMA teacher, optimizer, lr scheduler)
+  plus, found on the engine, the trainer's ``GradScaler`` and the data loader's sampler/dataset (epoch, seed);
+  modules are unwrapped from DDP/``torch.compile`` first, so single- and multi-GPU checkpoints are interchangeable;
+* ``engine``: ``iteration``, ``epoch``, ``epoch_length``, ``max_epochs``;
+* ``rank_states``: per rank, the python/numpy/torch/CUDA generator states and the trainer's counters.
+
+Everything is tensors, numbers, strings, lists and dicts, so :func:`load_checkpoint` uses
+``torch.load(weights_only=True)``. Files are written atomically (``*.tmp`` in the same directory, ``fsync``,
+``os.replace``, directory ``fsync``) by rank 0 only, so a crash during a save leaves the previous checkpoint
+valid. Saving is collective (every rank contributes its generator states), so attach the handler on **every** rank
+(``train#handlers``, not ``rank0_handlers``); every rank reads the checkpoint on resume. No checkpoint is written
+when an iteration raises (e.g. :class:`~common.engines.trainer.NonFiniteLossError`).
+
+``resume=True`` restores the newest readable checkpoint of ``save_dir`` on ``Events.STARTED``, before the first
+iteration (corrupt or truncated files are skipped with a warning); the trainer then skips the part of the epoch
+already trained on, so a killed run continues with the same losses it would have produced uninterrupted.
+
+:func:`export_inference_weights` writes the flat ``state_dict`` of an inference ``network_def`` (``models/model.pt``
+as the MONAI Model Zoo CI and MONAI Label load it, or ``.safetensors``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from common import distributed
+from common.data.contract import DataContractError
+from common.engines.trainer import unwrap_module
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointHandler",
+    "atomic_save",
+    "capture_rng_state",
+    "restore_rng_state",
+    "find_checkpoints",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "export_inference_weights",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "medvlp-training-checkpoint-v1"
+_CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
+
+
+# ------------------------------------------------------------------------------------------------------ file writing
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically: a reader sees the old file or the complete new one, never a part."""
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+# ------------------------------------------------------------------------------------------------ generator states
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy, torch-CPU and (if initialised) CUDA generator states as tensors and numbers."""
+    version, state, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return {
+        "python": {"version": int(version), "state": torch.tensor(state, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": list(cuda),
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, int(npy["pos"]), int(npy["has_gauss"]), float(npy["cached_gaussian"])))
+    torch.set_rng_state(state["torch"])
+    cuda = list(state.get("cuda", []))
+    if cuda and torch.cuda.is_available():
+        count = min(len(cuda), torch.cuda.device_count())
+        for index in range(count):
+            torch.cuda.set_rng_state(cuda[index], index)
+
+
+def _gather_rank_states(local: dict[str, Any], device: torch.device) -> list[dict[str, Any]]:
+    """Every rank's ``local`` dict on rank 0 (other ranks get ``[]``); a collective when distributed."""
+    world_size = distributed.get_world_size()
+    if world_size == 1:
+        return [local]
+    buffer = io.BytesIO()
+    torch.save(local, buffer)
+    data = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+    sizes = distributed.all_gather_no_grad(torch.tensor([data.numel()], dtype=torch.int64, device=device)).tolist()
+    padded = torch.zeros(1, max(sizes), dtype=torch.uint8, device=device)
+    padded[0, : data.numel()] = data.to(device)
+    gathered = distributed.all_gather_no_grad(padded).cpu()
+    if not distributed.is_main_process():
+        return []
+    return [
+        torch.load(io.BytesIO(gathered[r, : sizes[r]].numpy().tobytes()), weights_only=True) for r in range(world_size)
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------- loading
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :class:`CheckpointHandler` with ``torch.load(weights_only=True)``.
+
+    Raises:
+        DataContractError: if the file is missing, truncated, needs unsafe unpickling or is not such a checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataContractError(path, "checkpoint file does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
+        raise DataContractError(
+            path, f"cannot be loaded with torch.load(weights_only=True) (truncated or holds pickled objects): {err}"
+        ) from err
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise DataContractError(path, f"not a training checkpoint written by CheckpointHandler ({CHECKPOINT_FORMAT})")
+    return checkpoint
+
+
+def find_checkpoints(save_dir: str | os.PathLike) -> list[Path]:
+    """``checkpoint_<iteration>.pt`` files of ``save_dir``, oldest first (``*.tmp`` leftovers are ignored)."""
+    directory = Path(save_dir)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _CHECKPOINT_NAME.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(
+    save_dir: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[Path, dict[str, Any]] | None:
+    """Newest loadable checkpoint of ``save_dir`` and its content; unreadable ones are skipped with a warning."""
+    for path in reversed(find_checkpoints(save_dir)):
+        try:
+            return path, load_checkpoint(path, map_location)
+        except DataContractError as err:
+            logger.warning("ignoring unusable checkpoint %s", err)
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------- handler
+def _state_dict(obj: Any) -> Any:
+    return unwrap_module(obj).state_dict() if isinstance(obj, nn.Module) else obj.state_dict()
+
+
+def _load_state_dict(obj: Any, state: Any) -> None:
+    if isinstance(obj, nn.Module):
+        unwrap_module(obj).load_state_dict(state)
+    else:
+        obj.load_state_dict(state)
+
+
+class CheckpointHandler:
+    """Ignite handler: atomic periodic checkpoints and exact resume.
+
+    Args:
+        save_dir: directory of ``checkpoint_<iteration>.pt`` files (created on first save).
+        objects: named objects with ``state_dict``/``load_state_dict`` (``None`` values are ignored), e.g.
+            ``{"objective": @objective, "optimizer": @optimizer, "lr_scheduler": @lr_scheduler}``. The engine's
+            ``scaler`` and its data loader's ``sampler``/``dataset`` (when they have a ``state_dict``) are added
+            as ``scaler``/``train_sampler``/``train_dataset``.
+        save_every_n_iterations: also save every n iterations (``None``: only at epoch ends).
+        save_on_epoch_end: save at every ``EPOCH_COMPLETED``.
+        keep_last: number of newest checkpoints kept (``None`` or 0: keep all).
+        resume: ``False``; ``True`` for the newest valid checkpoint in ``save_dir`` (none: start fresh); or a
+            checkpoint file or a directory to take the newest from (which must exist).
+        save_final: save when the run completes if the last iteration was not saved yet.
+
+    Raises:
+        ValueError: on non-positive ``save_every_n_iterations`` or negative ``keep_last``.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        objects: Mapping[str, Any],
+        save_every_n_iterations: int | None = None,
+        save_on_epoch_end: bool = True,
+        keep_last: int | None = 2,
+        resume: bool | str | os.PathLike = False,
+        save_final: bool = True,
+    ) -> None:
+        if save_every_n_iterations is not None and save_every_n_iterations < 1:
+            raise ValueError(f"save_every_n_iterations must be >= 1 or None, got {save_every_n_iterations}")
+        if keep_last is not None and keep_last < 0:
+            raise ValueError(f"keep_last must be >= 0 or None, got {keep_last}")
+        self.save_dir = Path(save_dir)
+        self.objects = {k: v for k, v in objects.items() if v is not None}
+        self.save_every_n_iterations = save_every_n_iterations
+        self.save_on_epoch_end = save_on_epoch_end
+        self.keep_last = keep_last or None
+        self.resume = resume
+        self.save_final = save_final
+        self.last_saved_iteration: int | None = None
+        self.last_saved_path: Path | None = None
+        self.resumed_from: Path | None = None
+
+    def attach(self, engine: Engine) -> None:
+        from ignite.engine import Events
+
+        if self.resume:
+            engine.add_event_handler(Events.STARTED, self.load_latest)
+        if self.save_every_n_iterations:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_every_n_iterations), self.save)
+        if self.save_on_epoch_end:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+        if self.save_final:
+            engine.add_event_handler(Events.COMPLETED, self.save)
+
+    # ------------------------------------------------------------------------------------------------- objects
+    def _all_objects(self, engine: Engine) -> dict[str, Any]:
+        objects = dict(self.objects)
+        scaler = getattr(engine, "scaler", None)
+        if scaler is not None and "scaler" not in objects:
+            objects["scaler"] = scaler
+        loader = getattr(engine, "data_loader", None)
+        for name, attr in (("train_sampler", "sampler"), ("train_dataset", "dataset")):
+            obj = getattr(loader, attr, None)
+            if name not in objects and callable(getattr(obj, "state_dict", None)):
+                objects[name] = obj
+        return objects
+
+    # ---------------------------------------------------------------------------------------------------- saving
+    def save(self, engine: Engine) -> Path | None:
+        """Write a checkpoint of the current state (collective; rank 0 writes). Returns its path on rank 0."""
+        iteration = int(engine.state.iteration)
+        if iteration == self.last_saved_iteration:
+            return None
+        device = engine.state.device if getattr(engine.state, "device", None) is not None else torch.device("cpu")
+        local = {"rng": capture_rng_state(), "counters": dict(getattr(engine, "counters", {}))}
+        rank_states = _gather_rank_states(local, torch.device(device))
+        self.last_saved_iteration = iteration
+        if not distributed.is_main_process():
+            return None
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "objects": {name: _state_dict(obj) for name, obj in self._all_objects(engine).items()},
+            "engine": {
+                "iteration": iteration,
+                "epoch": int(engine.state.epoch),
+                "epoch_length": engine.state.epoch_length,
+                "max_epochs": engine.state.max_epochs,
+            },
+            "rank_states": rank_states,
+            "world_size": distributed.get_world_size(),
+        }
+        path = atomic_save(checkpoint, self.save_dir / f"checkpoint_{iteration:08d}.pt")
+        self.last_saved_path = path
+        self._prune()
+        logger.info("saved checkpoint %s", path)
+        return path
+
+    def _prune(self) -> None:
+        if not self.keep_last:
+            return
+        for path in find_checkpoints(self.save_dir)[: -self.keep_last]:
+            path.unlink(missing_ok=True)
+
+    # --------------------------------------------------------------------------------------------------- loading
+    def load_latest(self, engine: Engine) -> Path | None:
+        """``Events.STARTED``: restore the checkpoint selected by ``resume``; returns its path (``None``: fresh run)."""
+        if self.resume is True:
+            found = latest_checkpoint(self.save_dir)
+            if found is None:
+                logger.info("no checkpoint in %s: starting from scratch", self.save_dir)
+                return None
+        else:
+            target = Path(self.resume)  # type: ignore[arg-type]
+            found = latest_checkpoint(target) if target.is_dir() else (target, load_checkpoint(target))
+            if found is None:
+                raise DataContractError(target, "no loadable checkpoint_<iteration>.pt in this directory")
+        path, checkpoint = found
+        self.restore(engine, checkpoint, path)
+        return path
+
+    def restore(self, engine: Engine, checkpoint: Mapping[str, Any], path: str | os.PathLike = "<checkpoint>") -> None:
+        """Load ``checkpoint`` into the objects, the engine state, this rank's generators and the trainer counters.
+
+        Raises:
+            DataContractError: if a configured object is missing from the checkpoint.
+            ValueError: if the checkpoint's epoch length differs from the engine's (the data order would not match).
+        """
+        stored = checkpoint["objects"]
+        objects = self._all_objects(engine)
+        missing = [name for name in self.objects if name not in stored]
+        if missing:
+            raise DataContractError(path, f"checkpoint has no state for {missing}; it holds {sorted(stored)}")
+        for name, obj in objects.items():
+            if name in stored:
+                _load_state_dict(obj, stored[name])
+            else:
+                logger.warning("checkpoint %s has no state for %r; keeping its current state", path, name)
+
+        state = checkpoint["engine"]
+        iteration, saved_length = int(state["iteration"]), state["epoch_length"]
+        if saved_length != engine.state.epoch_length:
+            raise ValueError(
+                f"{path}: written with epoch_length={saved_length}, the trainer now has {engine.state.epoch_length} "
+                "(batch size, dataset or epoch_length changed); resuming would not continue the same data order. "
+                "Start a new run initialised from the checkpoint's weights instead."
+            )
+        engine.state.iteration = iteration
+        engine.state.epoch = int(state["epoch"]) if saved_length is None else iteration // saved_length
+
+        rank, rank_states = distributed.get_rank(), checkpoint.get("rank_states", [])
+        if rank < len(rank_states):
+            restore_rng_state(rank_states[rank]["rng"])
+            counters = getattr(engine, "counters", None)
+            if isinstance(counters, dict):
+                counters.update({k: int(v) for k, v in rank_states[rank]["counters"].items()})
+        else:
+            seed = int(np.random.SeedSequence([iteration, rank]).generate_state(1)[0])
+            logger.warning("checkpoint has generator states for %d ranks; seeding rank %d with %d", len(rank_states), rank, seed)
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+        self.last_saved_iteration = iteration
+        self.resumed_from = Path(path)
+        logger.info("resumed from %s at iteration %d (epoch %d)", path, iteration, engine.state.epoch)
+
+
+# ---------------------------------------------------------------------------------------------------------- export
+def export_inference_weights(module: nn.Module, path: str | os.PathLike) -> Path:
+    """Write the flat ``state_dict`` of ``module`` (unwrapped from DDP/``torch.compile``) for inference.
+
+    The file holds tensors only, keyed by parameter/buffer name: ``torch.save`` format unless ``path`` ends with
+    ``.safetensors``. Both load with ``network_def.load_state_dict(...)`` (``torch.load(weights_only=True)`` or
+    ``safetensors.torch.load_file``), which is what MONAI bundle ``ckpt_export``, the Model Zoo CI and MONAI Label do
+    with ``models/model.pt``. Non-tensor ``extra_state`` entries are left out with a warning. The write is atomic.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in unwrap_module(module).state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            logger.warning("export_inference_weights: leaving out non-tensor entry %r", name)
+            continue
+        tensors[name] = value.detach().to("cpu").contiguous().clone()
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save as safetensors_bytes
+
+        data = safetensors_bytes(tensors, metadata={"format": "pt"})
+        return _atomic_write(path, lambda f: f.write(data))
+    return atomic_save(tensors, path)
