@@ -202,48 +202,105 @@ def _guess_impression(text: str) -> tuple[str, str] | None:
     return join_sentences(sentences[:cut]), join_sentences(sentences[cut:])
 
 
+def _flat(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _section_text(text: str) -> str:
+    """Whitespace-normalised section content without stray edge quotes/bullets (CT-RATE leftovers)."""
+    text = _flat(text)
+    if text.count('"') % 2 or text.startswith("\u2022"):
+        text = text.strip(' "\u2022')
+    return text
+
+
+def _first_sentence_end(text: str) -> int:
+    """Index just after the first sentence of ``text`` (``len(text)`` for a single sentence)."""
+    for match in _BOUNDARY.finditer(text):
+        if _is_boundary(text, 0, match):
+            return match.end()
+    return len(text)
+
+
+def _split_other(content: str) -> tuple[str, str]:
+    """An ``INDICATION:``-like section's own text and the unheaded text after it.
+
+    The section ends at the first blank line, else at the next header when that starts a new line; text that
+    runs on in the same line (a one-line report) ends it with its first sentence.
+    """
+    content = content.lstrip(" \t").lstrip("\n")
+    blank = re.search(r"\n[ \t]*\n", content)
+    if blank is not None:
+        return content[: blank.start()], content[blank.end() :]
+    if "\n" in content:
+        return content, ""
+    end = _first_sentence_end(content.strip())
+    content = content.strip()
+    return content[:end], content[end:]
+
+
+def _split_unheaded(text: str, guess_impression: bool) -> tuple[str, str]:
+    """``(findings, impression)`` of text without headers (CT-RATE marker, then the heuristics)."""
+    flat = _flat(text)
+    marker = _IMPRESSION_MARKER.search(flat)
+    if marker is not None and any(ch.isalnum() for ch in flat[: marker.start()]):
+        return flat[: marker.start()].strip(), _items_to_sentences(flat[marker.start() :])
+    if guess_impression:
+        split = _guess_impression(flat)
+        if split is not None:
+            return split
+    return flat, ""
+
+
 def extract_sections(text: str, guess_impression: bool = True) -> dict[str, str]:
     """Split a report into ``findings``, ``impression`` and ``other`` text.
 
-    Rules, in order:
+    Rules:
 
     1. **Headers** (case-insensitive, ending with ``:``, at the start of the text, a line or a sentence; or a
        bare upper-case line such as ``FINDINGS``): ``FINDINGS``/``Findings``/``DESCRIPTION`` → findings;
-       ``IMPRESSION(S)``/``CONCLUSION(S)``/``OPINION``/``SUMMARY`` → impression; ``INDICATION``, ``HISTORY``,
-       ``COMPARISON``, ``TECHNIQUE``, ``EXAMINATION``, ``RECOMMENDATION(S)`` … and text before the first header
-       → other. A repeated header appends to its section.
-    2. **CT-RATE concatenation** (no header): the impression starts at the first ``"``/``“``/``•``/``·`` that
-       follows a sentence end; its items are rewritten as sentences ending with a full stop.
-    3. **Chest-CT heuristics** (``guess_impression``; no header, no marker, at least 6 sentences): a final
-       unpunctuated run of noun phrases ("Atherosclerosis Emphysema Renal cyst"), else the sentences after the
-       last bone/spine sentence if it lies in the second half, form the impression.
-    4. Otherwise the whole text is findings.
+       ``IMPRESSION(S)``/``CONCLUSION(S)``/``OPINION``/``SUMMARY`` → impression, each up to the next header;
+       ``INDICATION``, ``HISTORY``, ``COMPARISON``, ``TECHNIQUE``, ``EXAMINATION``, ``RECOMMENDATION(S)`` … →
+       other, up to a blank line (or, in a one-line report, to the end of their first sentence). A repeated
+       header appends to its section. Unheaded text is findings when there is no findings header (and is
+       then split by rules 2-3 when there is no impression header either), else other.
+    2. **CT-RATE concatenation**: the impression starts at the first ``"``/``“``/``•``/``·`` that follows a
+       sentence end; its items are rewritten as sentences ending with a full stop.
+    3. **Chest-CT heuristics** (``guess_impression``; no marker, at least 6 sentences): a final unpunctuated
+       run of noun phrases ("Atherosclerosis Emphysema Renal cyst"), else the sentences after the last
+       bone/spine sentence if it lies in the second half, form the impression.
+    4. Otherwise the text is findings.
 
     Args:
         text: raw or cleaned report.
         guess_impression: enable rule 3, a heuristic for unmarked CT-RATE reports.
 
     Returns:
-        ``{"findings": str, "impression": str, "other": str}``, each stripped (``""`` when absent).
+        ``{"findings": str, "impression": str, "other": str}``, whitespace-normalised (``""`` when absent).
     """
     text = _normalise_unicode(text)
-    sections = {name: [] for name in SECTION_NAMES}
     headers = [m for m in _HEADER.finditer(text) if _header_section(m) is not None]
-    if headers:
-        sections["other"].append(text[: headers[0].start()])
-        for header, following in zip(headers, headers[1:] + [None]):
-            end = following.start() if following is not None else len(text)
-            sections[_header_section(header)].append(text[header.end() : end])
-        return {name: re.sub(r"\s+", " ", " ".join(parts)).strip() for name, parts in sections.items()}
-    flat = re.sub(r"\s+", " ", text).strip()
-    marker = _IMPRESSION_MARKER.search(flat)
-    if marker is not None and any(ch.isalnum() for ch in flat[: marker.start()]):
-        return {"findings": flat[: marker.start()].strip(), "impression": _items_to_sentences(flat[marker.start() :]), "other": ""}
-    if guess_impression:
-        split = _guess_impression(flat)
-        if split is not None:
-            return {"findings": split[0], "impression": split[1], "other": ""}
-    return {"findings": flat, "impression": "", "other": ""}
+    if not headers:
+        findings, impression = _split_unheaded(text, guess_impression)
+        return {"findings": findings, "impression": impression, "other": ""}
+    sections: dict[str, list[str]] = {name: [] for name in SECTION_NAMES}
+    unheaded = [text[: headers[0].start()]]
+    for header, following in zip(headers, headers[1:] + [None]):
+        content = text[header.end() : following.start() if following is not None else len(text)]
+        section = _header_section(header)
+        if section == "other":
+            content, rest = _split_other(content)
+            unheaded.append(rest)
+        sections[section].append(content)
+    out = {name: _section_text(" ".join(parts)) for name, parts in sections.items()}
+    rest = _flat(" ".join(unheaded))
+    if rest and out["findings"]:
+        out["other"] = _flat(f"{out['other']} {rest}")
+    elif rest and out["impression"]:
+        out["findings"] = _section_text(rest)
+    elif rest:
+        out["findings"], out["impression"] = _split_unheaded(rest, guess_impression)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
