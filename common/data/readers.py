@@ -27,7 +27,6 @@ and per-slice DICOM positions, which those readers do not expose; parity with th
 from __future__ import annotations
 
 import io
-import os
 import re
 import zlib
 from collections.abc import Hashable, Iterator, Mapping, Sequence
@@ -215,7 +214,26 @@ def _sitk_affine(direction: Sequence[float], spacing: Sequence[float], origin: S
     return _LPS_TO_RAS @ lps
 
 
+def _check_detached_data(path: Path) -> None:
+    """For a detached header (``.mhd``/``.nhdr``), the data file it names must exist (ITK only says it cannot read)."""
+    pattern = {".mhd": r"^\s*ElementDataFile\s*=\s*(.+?)\s*$", ".nhdr": r"^\s*data ?file\s*:\s*(.+?)\s*$"}[_suffix(path)]
+    try:
+        header = path.read_bytes()[:65536].decode("latin-1")
+    except OSError as err:
+        raise DataContractError(path, f"cannot read the header ({err})") from err
+    match = re.search(pattern, header, flags=re.MULTILINE | re.IGNORECASE)
+    if match is None:
+        return
+    name = match.group(1)
+    if name.upper() == "LOCAL" or name.upper().startswith("LIST") or "%" in name or " " in name:
+        return  # data inside the header file, or a file list/pattern: left to ITK
+    if not (path.parent / name).is_file():
+        raise DataContractError(path, f"data file {name!r} named in the header does not exist")
+
+
 def _read_itk(path: Path, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    if _suffix(path) in (".mhd", ".nhdr"):
+        _check_detached_data(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -224,7 +242,8 @@ def _read_itk(path: Path, dims: int) -> tuple[np.ndarray, np.ndarray]:
         raise DataContractError(path, f"cannot read the header ({_itk_message(err)})") from err
     if reader.GetNumberOfComponents() != 1:
         raise DataContractError(
-            path, f"has {reader.GetNumberOfComponents()} components per voxel (RGB/vector image); a scalar image is expected"
+            path,
+            f"has {reader.GetNumberOfComponents()} components per voxel (RGB/vector image); a scalar image is expected",
         )
     shape = _spatial_shape(path, reader.GetSize(), dims)
     spacing = reader.GetSpacing()
@@ -260,6 +279,21 @@ def _dicom_files(folder: Path) -> list[Path]:
 
 def _slice_vector(text: str) -> np.ndarray:
     return np.asarray([float(v) for v in text.strip().split("\\")], dtype=np.float64)
+
+
+def _check_pixel_spacing(folder: Path, reader: sitk.ImageSeriesReader, n: int) -> None:
+    """GDCM silently replaces a zero or absent Pixel Spacing by 1 mm: check the headers instead."""
+    tag = "0028|0030"
+    if not all(reader.HasMetaDataKey(i, tag) for i in range(n)):
+        raise DataContractError(folder, "DICOM slices have no Pixel Spacing (0028,0030); the voxel size is unknown")
+    values = [reader.GetMetaData(i, tag).strip() for i in range(n)]
+    if len(set(values)) > 1:
+        raise DataContractError(folder, f"slices have different Pixel Spacing ({', '.join(sorted(set(values)))})")
+    try:
+        spacing = _slice_vector(values[0])
+    except ValueError as err:
+        raise DataContractError(folder, f"unreadable Pixel Spacing {values[0]!r}") from err
+    _check_spacing(folder, spacing, "DICOM Pixel Spacing")
 
 
 def _check_slice_positions(folder: Path, reader: sitk.ImageSeriesReader, files: Sequence[str]) -> None:
@@ -324,7 +358,9 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray
     with _quiet_itk():
         names = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
     if len(names) < 2:
-        raise DataContractError(folder, f"contains a single DICOM slice ({Path(names[0]).name}); a 3D series needs several")
+        raise DataContractError(
+            folder, f"contains a single DICOM slice ({Path(names[0]).name}); a 3D series needs several"
+        )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(names)
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -337,6 +373,7 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray
         if "spacing" in message.lower():
             raise DataContractError(folder, f"zero voxel spacing in the DICOM headers ({message})") from err
         raise DataContractError(folder, f"cannot read the DICOM series ({message})") from err
+    _check_pixel_spacing(folder, reader, len(names))
     _check_slice_positions(folder, reader, names)
     if image.GetDimension() != 3:
         raise DataContractError(folder, f"DICOM series decoded to {image.GetDimension()}D; a 3D volume is expected")
@@ -440,7 +477,9 @@ def _read_dicom_radiograph(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raw_constant = array.min() == array.max()
         array = np.asarray(apply_voi_lut(array, ds), dtype=np.float32)
         if not raw_constant and array.min() == array.max():
-            raise DataContractError(path, f"image is constant after the VOI LUT/window (every pixel = {array.flat[0]:g})")
+            raise DataContractError(
+                path, f"image is constant after the VOI LUT/window (every pixel = {array.flat[0]:g})"
+            )
         if photometric == "MONOCHROME1":  # low values are bright: invert within the value range
             array = array.max() + array.min() - array
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
@@ -613,7 +652,9 @@ class _LoadValidatedd(MapTransform):
         self.reader = self.reader_class()
         # Readers are always passed at call time: LoadImage then neither falls back to other readers on an error
         # nor hides our DataContractError behind its own "cannot find a suitable reader" message.
-        self.loader = LoadImage(reader=self.reader, image_only=True, dtype=dtype, ensure_channel_first=ensure_channel_first)
+        self.loader = LoadImage(
+            reader=self.reader, image_only=True, dtype=dtype, ensure_channel_first=ensure_channel_first
+        )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

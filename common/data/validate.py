@@ -50,8 +50,9 @@ class Problem:
     problem: str
 
     def __str__(self) -> str:
-        where = f"{self.section}[{self.index}] " if self.index is not None else (f"{self.section} " if self.section else "")
-        return f"{where}{self.source}: {self.problem}"
+        if self.index is not None:
+            return f"{self.section}[{self.index}] {self.source}: {self.problem}"
+        return f"{self.section + ' ' if self.section else ''}{self.source}: {self.problem}"
 
 
 def _load_json(path: Path) -> tuple[Any, list[Problem]]:
@@ -186,7 +187,8 @@ def _validate(
         return problems, {}
     datalist = str(path)
     if not isinstance(content, dict):
-        return [Problem("", None, datalist, f"top level must be an object with {list(SECTIONS)} lists, got {type(content).__name__}")], {}
+        problem = f"top level must be an object with {list(SECTIONS)} lists, got {type(content).__name__}"
+        return [Problem("", None, datalist, problem)], {}
     for key, value in content.items():
         if key not in SECTIONS and isinstance(value, list):
             problems.append(Problem("", None, datalist, f"unknown section {key!r}; expected one of {list(SECTIONS)}"))
@@ -204,7 +206,8 @@ def _validate(
     for name in names:
         records = content.get(name, [])
         if not isinstance(records, list):
-            problems.append(Problem(name, None, datalist, f"section {name!r} must be a list, got {type(records).__name__}"))
+            problem = f"section {name!r} must be a list, got {type(records).__name__}"
+            problems.append(Problem(name, None, datalist, problem))
             continue
         counts[name] = len(records)
         jobs += [(name, index, record) for index, record in enumerate(records)]

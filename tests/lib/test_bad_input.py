@@ -164,6 +164,17 @@ def negative_spacing_mha(tmp: Path, make: SimpleNamespace) -> Case:
     return lambda: read_volume(path), path, "negative voxel spacing"
 
 
+def zero_pixel_spacing_dicom_series(tmp: Path, make: SimpleNamespace) -> Case:
+    make.series(tmp / "zero", np.zeros((3, 6, 6), np.int16), spacing=(0.0, 0.7))  # GDCM would silently use 1 mm
+    return lambda: read_volume(tmp / "zero"), tmp / "zero", "zero voxel spacing .*DICOM Pixel Spacing"
+
+
+def mhd_without_its_raw_file(tmp: Path, make: SimpleNamespace) -> Case:
+    sitk.WriteImage(sitk.GetImageFromArray(_volume()), str(tmp / "v.mhd"))
+    (tmp / "v.raw").unlink()
+    return lambda: read_volume(tmp / "v.mhd"), tmp / "v.mhd", "data file 'v.raw' named in the header does not exist"
+
+
 def singular_affine(tmp: Path, make: SimpleNamespace) -> Case:
     degenerate = np.array([[1.0, 1.0, 0, 0], [0, 0, 0, 0], [0, 0, 2.0, 0], [0, 0, 0, 1]])
     image = nib.Nifti1Image(_volume(), degenerate)
@@ -288,6 +299,8 @@ READER_CASES = [
     nan_spacing_nifti,
     zero_spacing_mha,
     negative_spacing_mha,
+    zero_pixel_spacing_dicom_series,
+    mhd_without_its_raw_file,
     singular_affine,
     mixed_dicom_series,
     unknown_series_uid,

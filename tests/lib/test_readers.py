@@ -161,14 +161,16 @@ def test_series_built_from_ct_small_applies_per_slice_rescale(tmp_path: Path) ->
     intercepts = [-1024.0, -1000.0, -1024.0]
     for k, intercept in enumerate(intercepts):
         ds = pydicom.dcmread(_pydicom_file("CT_small.dcm"))
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in np.asarray(source.ImagePositionPatient, float) + 3.0 * k * normal]
+        position = np.asarray(source.ImagePositionPatient, dtype=float) + 3.0 * k * normal
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
         ds.InstanceNumber = k + 1
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
         ds.RescaleIntercept = f"{intercept:g}"
         ds.save_as(folder / f"{2 - k}.dcm")  # reverse file order: sorting must follow the positions
     array, affine = read_volume(folder)
     assert array.shape == (source.Columns, source.Rows, 3)
-    np.testing.assert_allclose(np.linalg.norm(affine[:3, :3], axis=0), [*map(float, source.PixelSpacing), 3.0], rtol=1e-4)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    np.testing.assert_allclose(spacing, [*map(float, source.PixelSpacing), 3.0], rtol=1e-4)
     for k, intercept in enumerate(intercepts):
         expected = source.pixel_array * float(source.RescaleSlope) + intercept
         np.testing.assert_array_equal(array[:, :, k], expected.T.astype(np.float32))
@@ -291,6 +293,14 @@ def test_trailing_singleton_fourth_dimension_is_dropped(tmp_path: Path, write_ni
     array, _ = read_volume(write_nifti(tmp_path / "v.nii", data))
     assert array.shape == (4, 5, 6)
     np.testing.assert_array_equal(array, data[..., 0])
+
+
+def test_nifti2_is_read(tmp_path: Path) -> None:
+    data = np.random.default_rng(7).normal(size=(3, 4, 5)).astype(np.float32)
+    nib.save(nib.Nifti2Image(data, np.diag([1.0, 2.0, 3.0, 1.0])), tmp_path / "v2.nii.gz")
+    array, affine = read_volume(tmp_path / "v2.nii.gz")
+    np.testing.assert_array_equal(array, data)
+    np.testing.assert_allclose(np.diag(affine), [1.0, 2.0, 3.0, 1.0])
 
 
 def test_nifti_scaling_is_applied(tmp_path: Path) -> None:

@@ -159,7 +159,8 @@ def test_problem_formatting_and_bad_arguments(tmp_path: Path) -> None:
     assert str(Problem("test", 3, "/x/a.nii.gz", "boom")) == "test[3] /x/a.nii.gz: boom"
     assert str(Problem("", None, "/x/list.json", "boom")) == "/x/list.json: boom"
     missing = validate_datalist(tmp_path / "nothing.json")
-    assert [(p.source, p.problem) for p in missing] == [(str(tmp_path / "nothing.json"), "datalist file does not exist")]
+    expected = [(str(tmp_path / "nothing.json"), "datalist file does not exist")]
+    assert [(p.source, p.problem) for p in missing] == expected
     with pytest.raises(ValueError, match="dims must be 2 or 3"):
         validate_datalist(tmp_path / "nothing.json", dims=4)
 
