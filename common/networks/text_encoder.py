@@ -100,11 +100,14 @@ def _not_found(source: str, local_files_only: bool) -> OSError:
     where = "the local Hugging Face cache (offline)" if local_files_only else "the Hugging Face cache or the Hub"
     return OSError(
         f"text encoder {source!r} was not found in {where}. Pass a local folder, or download it once where there is "
-        f"internet (`huggingface-cli download {source}`) and copy the cache; HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r}"
+        f"internet (`huggingface-cli download {source}`) and copy the cache "
+        f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r})"
     )
 
 
-def _file(source: str, filename: str, local_files_only: bool, revision: str | None, required: bool = True) -> str | None:
+def _file(
+    source: str, filename: str, local_files_only: bool, revision: str | None, required: bool = True
+) -> str | None:
     """Local path of ``filename`` in a folder or a (cached) Hub repository; ``None`` if optional and absent."""
     if os.path.isdir(source):
         path = os.path.join(source, filename)
@@ -126,7 +129,9 @@ def _file(source: str, filename: str, local_files_only: bool, revision: str | No
     except OSError as err:
         raise _not_found(source, local_files_only) from err
     if path is None and required:
-        raise _not_found(source, local_files_only) if local_files_only else FileNotFoundError(f"{source}: no {filename}")
+        if local_files_only:
+            raise _not_found(source, local_files_only)
+        raise FileNotFoundError(f"{source}: no {filename}")
     return path
 
 
@@ -171,7 +176,12 @@ def _summarise(keys: list[str]) -> str:
 
 
 def _load_bert_style(
-    source: str, config: dict[str, Any], pretrained: bool, add_pooling_layer: bool, local_files_only: bool, revision: str | None
+    source: str,
+    config: dict[str, Any],
+    pretrained: bool,
+    add_pooling_layer: bool,
+    local_files_only: bool,
+    revision: str | None,
 ) -> BertModel:
     """A BertModel from a checkpoint whose config/weights wrap a BERT under ``bert.*`` (CXR-BERT)."""
     bert_config = _bert_config(config)
@@ -246,10 +256,10 @@ def load_text_backbone(
         from transformers import AutoConfig, AutoModel
 
         logger.warning("%s: model_type %r loaded with its own code (trust_remote_code=True)", source, model_type)
+        options = {"trust_remote_code": True, "local_files_only": local, "revision": revision}
         if not pretrained:
-            auto_config = AutoConfig.from_pretrained(source, trust_remote_code=True, local_files_only=local, revision=revision)
-            return AutoModel.from_config(auto_config, trust_remote_code=True).eval()
-        return AutoModel.from_pretrained(source, trust_remote_code=True, local_files_only=local, revision=revision).eval()
+            return AutoModel.from_config(AutoConfig.from_pretrained(source, **options), trust_remote_code=True).eval()
+        return AutoModel.from_pretrained(source, **options).eval()
     else:
         raise ValueError(
             f"{source}: model_type {model_type!r} is not a BERT (supported: 'bert', {sorted(_BERT_STYLE_TYPES)}); "

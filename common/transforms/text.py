@@ -407,7 +407,8 @@ def _record_source(data: Mapping[Hashable, Any], image_key: str | None) -> str:
 def _require_text(data: Mapping[Hashable, Any], key: Hashable, image_key: str | None) -> str:
     value = data[key]
     if not isinstance(value, str):
-        raise DataContractError(_record_source(data, image_key), f"{key!r} must be a string, got {type(value).__name__}")
+        problem = f"{key!r} must be a string, got {type(value).__name__}"
+        raise DataContractError(_record_source(data, image_key), problem)
     return value
 
 
@@ -646,7 +647,7 @@ def _cached_tokenizer(source: str, trust_remote_code: bool, local_files_only: bo
         remote = "auto_map" in config and "AutoTokenizer" in config.get("auto_map", {})
         if remote and not trust_remote_code and "bert" in str(config.get("tokenizer_class", "")).lower():
             # CXR-BERT's CXRBertTokenizer is a BertTokenizer subclass adding nothing: load its vocabulary directly.
-            logger.info("loading %s with BertTokenizerFast instead of its remote class %s", source, config["tokenizer_class"])
+            logger.info("%s: BertTokenizerFast instead of the remote class %s", source, config["tokenizer_class"])
             return BertTokenizerFast.from_pretrained(source, local_files_only=local_files_only)
         return AutoTokenizer.from_pretrained(
             source, trust_remote_code=trust_remote_code, local_files_only=local_files_only

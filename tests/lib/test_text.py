@@ -115,10 +115,16 @@ def test_clean_report_idempotent_on_real_reports(iu_reports: list[dict[str, str]
 
 @pytest.mark.parametrize(
     ("findings_header", "impression_header"),
-    list(itertools.product(["FINDINGS:", "Findings:", "findings :", "FINDINGS\n"], ["IMPRESSION:", "Impressions:", "CONCLUSION:", "IMPRESSION\n"])),
+    list(
+        itertools.product(
+            ["FINDINGS:", "Findings:", "findings :", "FINDINGS\n"],
+            ["IMPRESSION:", "Impressions:", "CONCLUSION:", "IMPRESSION\n"],
+        )
+    ),
 )
 def test_extract_sections_headers(findings_header: str, impression_header: str) -> None:
-    text = f"EXAM: CT chest.\nHistory: cough.\n{findings_header} Lungs are clear. No effusion.\n{impression_header} Normal study."
+    text = "EXAM: CT chest.\nHistory: cough.\n"
+    text += f"{findings_header} Lungs are clear. No effusion.\n{impression_header} Normal study."
     sections = extract_sections(text)
     assert sections["findings"] == "Lungs are clear. No effusion."
     assert sections["impression"] == "Normal study."
@@ -196,14 +202,14 @@ def test_extract_sections_real_iu_reports(iu_reports: list[dict[str, str]]) -> N
     ("text", "expected"),
     [
         ("A 5.2 mm nodule. No effusion.", ["A 5.2 mm nodule.", "No effusion."]),
-        ("Small nodes, e.g. in the hilum. Dr. Smith was informed.", ["Small nodes, e.g. in the hilum.", "Dr. Smith was informed."]),
+        ("Nodes, e.g. in the hilum. Dr. Smith was informed.", ["Nodes, e.g. in the hilum.", "Dr. Smith was informed."]),
         ("Seen on image No. 45 of series 2. Stable.", ["Seen on image No. 45 of series 2.", "Stable."]),
         ("Pneumothorax? No. Effusion? Yes.", ["Pneumothorax?", "No.", "Effusion?", "Yes."]),
         ("1. Small nodule. 2. No effusion. 3) Stable heart", ["Small nodule.", "No effusion.", "Stable heart"]),
-        ("Compared with 19.01.2020. The nodule (cyst?) is stable.", ["Compared with 19.01.2020.", "The nodule (cyst?) is stable."]),
+        ("Compared with 19.01.2020. The cyst (?) is stable.", ["Compared with 19.01.2020.", "The cyst (?) is stable."]),
         ("Size approx. 3 cm vs. 2 cm before. Normal.", ["Size approx. 3 cm vs. 2 cm before.", "Normal."]),
         ('Bones normal. " Emphysema " Nodule."', ["Bones normal.", "Emphysema", "Nodule."]),
-        ("Heart normal.\n\nLungs clear\n- Atelectasis\n- Effusion", ["Heart normal.", "Lungs clear", "Atelectasis", "Effusion"]),
+        ("Heart ok.\n\nLungs clear\n- Atelect\n- Effusion", ["Heart ok.", "Lungs clear", "Atelect", "Effusion"]),
         ("Lung apex.There are streaky opacities.", ["Lung apex.", "There are streaky opacities."]),
         ("\u2022 Emphysema. \u2022 Cyst in the liver", ["Emphysema.", "Cyst in the liver"]),
         ("  ", []),
@@ -240,12 +246,14 @@ def test_clean_and_select_transforms() -> None:
         "There is a 5.2 mm nodule in the right upper lobe, e.g. near the fissure. Dr. Smith was notified. "
         "No pleural effusion! The heart is normal in size. 1. Small nodule. 2. No effusion."
     )
-    assert SelectReportSectionsd(sections=("impression",))({"report": REPORT})["report"] == "1. Small nodule. 2. No effusion."
+    impression = SelectReportSectionsd(sections=("impression",))({"report": REPORT})["report"]
+    assert impression == "1. Small nodule. 2. No effusion."
     other = SelectReportSectionsd(sections="other")({"report": REPORT})["report"]
     assert other == "___-year-old with cough. None."
     # no chosen section present: the whole text (or nothing)
     assert SelectReportSectionsd(sections="impression")({"report": "Lungs clear."})["report"] == "Lungs clear."
-    assert SelectReportSectionsd(sections="impression", fallback_to_full=False)({"report": "Lungs clear."})["report"] == ""
+    strict = SelectReportSectionsd(sections="impression", fallback_to_full=False)
+    assert strict({"report": "Lungs clear."})["report"] == ""
     assert CleanReportd(allow_missing_keys=True)({"image": "a.nii"}) == {"image": "a.nii"}
     with pytest.raises(KeyError):
         CleanReportd()({"image": "a.nii"})
@@ -371,7 +379,8 @@ def test_build_prompts_default_shapes() -> None:
         assert len(pos) == len(neg) == prompts.num_prompts
         assert len(set(zip(pos, neg))) == len(pos)  # no repeated pair
         assert all(p != n for p, n in zip(pos, neg))
-        assert pos[:3] == (f"{finding.name} is present.", f"There is {finding.name.lower()}.", f"The volume shows: {finding.name}.")
+        name = finding.name
+        assert pos[:3] == (f"{name} is present.", f"There is {name.lower()}.", f"The volume shows: {name}.")
         assert neg[2] == f"The volume shows: Not {finding.name}."
         assert set(zip(pos, neg)) & set(zip(finding.prompts_positive, finding.prompts_negative))
     flat_pos, flat_neg = prompts.flatten()

@@ -82,7 +82,8 @@ def _make_cxr_bert(folder: Path, weights_format: str) -> BertForMaskedLM:
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     torch.manual_seed(0)
-    bert_fields = {k: v for k, v in config.items() if k not in ("architectures", "auto_map", "model_type", "projection_size")}
+    extra = ("architectures", "auto_map", "model_type", "projection_size")
+    bert_fields = {k: v for k, v in config.items() if k not in extra}
     reference = BertForMaskedLM(BertConfig(**bert_fields)).eval()
     state = {key: value.clone() for key, value in reference.state_dict().items()}
     projection = {
@@ -219,7 +220,8 @@ def test_cxr_bert_random_init_and_missing_weights(tmp_path: Path) -> None:
     folder = tmp_path / "cxr_bert"
     _make_cxr_bert(folder, "bin")
     random_model = load_text_backbone(folder, pretrained=False)
-    assert type(random_model) is BertModel and random_model.pooler is None and random_model.config.vocab_size == len(VOCAB)
+    assert type(random_model) is BertModel and random_model.pooler is None
+    assert random_model.config.vocab_size == len(VOCAB)
     state = torch.load(folder / "pytorch_model.bin", weights_only=True)
     del state["bert.encoder.layer.1.output.dense.weight"]
     torch.save(state, folder / "pytorch_model.bin")
