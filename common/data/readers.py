@@ -126,7 +126,7 @@ def _check_affine(path: Path, affine: np.ndarray) -> None:
     if not np.isfinite(affine).all():
         raise DataContractError(path, "affine (voxel-to-world matrix) contains non-finite values")
     zooms = np.linalg.norm(affine[:3, :3], axis=0)
-    if (zooms == 0).any() or abs(np.linalg.det(affine[:3, :3])) < 1e-12 * max(float(np.prod(zooms)), 1e-300):
+    if (zooms == 0).any() or abs(np.linalg.det(affine[:3, :3])) < 1e-6 * max(float(np.prod(zooms)), 1e-300):
         raise DataContractError(path, f"singular affine (voxel axes are degenerate; column norms {zooms.round(4)})")
 
 

@@ -104,21 +104,20 @@ def _label_problems(labels: Any) -> list[str]:
     return []
 
 
-def _geometry_problems(image: str, mask: str, dims: int) -> list[tuple[str, str]]:
-    """(source, problem) pairs for a mask that cannot be read or does not match its image's grid."""
+def _mask_problems(mask: str, shape: tuple[int, ...], affine: np.ndarray | None) -> list[tuple[str, str]]:
+    """(source, problem) pairs for a mask that cannot be read or is not on its image's grid (``affine``: 3D only)."""
     try:
-        if dims == 3:
-            (image_array, image_affine), (mask_array, mask_affine) = read_volume(image), read_volume(mask)
+        if affine is not None:
+            mask_array, mask_affine = read_volume(mask)
         else:
-            (image_array, image_affine), (mask_array, mask_affine) = (
-                read_radiograph(image),
-                read_radiograph(mask, allow_constant=True),
-            )
+            mask_array, mask_affine = read_radiograph(mask, allow_constant=True)[0], None
     except DataContractError as err:
         return [(err.source or mask, err.problem)]
-    if image_array.shape != mask_array.shape:
-        return [(mask, f"mask shape {mask_array.shape} does not match image shape {image_array.shape}")]
-    if dims == 3 and not np.allclose(image_affine, mask_affine, rtol=1e-4, atol=1e-2):
+    except Exception as err:  # the validator reports, it never stops at one record
+        return [(mask, f"unexpected error while reading: {type(err).__name__}: {err}")]
+    if mask_array.shape != shape:
+        return [(mask, f"mask shape {mask_array.shape} does not match image shape {shape}")]
+    if affine is not None and not np.allclose(affine, mask_affine, rtol=1e-4, atol=1e-2):
         return [(mask, "mask affine (voxel-to-world) does not match the image's")]
     return []
 
@@ -159,7 +158,7 @@ def _check_record(record: Any, base: Path, datalist: str, dims: int, open_images
             out.append((image, "file or folder does not exist"))
         return out
     try:
-        read_volume(image) if dims == 3 else read_radiograph(image)
+        array, affine = read_volume(image) if dims == 3 else (read_radiograph(image)[0], None)
     except DataContractError as err:
         out.append((err.source or image, err.problem))
         return out
@@ -167,7 +166,7 @@ def _check_record(record: Any, base: Path, datalist: str, dims: int, open_images
         out.append((image, f"unexpected error while reading: {type(err).__name__}: {err}"))
         return out
     if mask_ok:
-        out += _geometry_problems(image, mask, dims)
+        out += _mask_problems(mask, array.shape, affine)
     return out
 
 
@@ -276,6 +275,10 @@ def main(
         base_dir: folder that relative paths resolve against (default: the datalist's folder).
         num_workers: threads used to open images.
     """
+    if isinstance(open_images, str):  # fire passes "false"/"no" through as text
+        if open_images.lower() not in ("true", "false", "yes", "no", "1", "0"):
+            raise ValueError(f"open_images must be True or False, got {open_images!r}")
+        open_images = open_images.lower() in ("true", "yes", "1")
     problems, counts = _validate(datalist, int(dims), bool(open_images), section, base_dir, int(num_workers))
     for problem in problems:
         print(problem)

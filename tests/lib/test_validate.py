@@ -103,7 +103,7 @@ def test_cli_prints_lines_and_exits_1(tmp_path: Path, write_nifti, capsys: pytes
     assert lines[3] == f"{path}: checked 3 record(s) (training: 3); 3 problem(s) in 3 record(s)"
 
     with pytest.raises(SystemExit):  # without opening images the corrupt file passes, the missing ones do not
-        fire.Fire(main, command=[str(path), "--open_images", "False"])
+        fire.Fire(main, command=[str(path), "--open_images", "false"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(":")[0] for line in lines[:-1]] == [
         f"training[0] {tmp_path / good}",
