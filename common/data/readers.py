@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import zlib
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -260,15 +261,28 @@ def _read_itk(path: Path, dims: int) -> tuple[np.ndarray, np.ndarray]:
     return sitk.GetArrayFromImage(image).T.reshape(shape), affine
 
 
+_quiet_lock = threading.Lock()
+_quiet_state = {"depth": 0, "previous": True}
+
+
 @contextmanager
 def _quiet_itk() -> Iterator[None]:
-    """Silence ITK's console warnings (e.g. non-uniform sampling) that the checks here report as errors."""
-    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    """Silence ITK's console warnings (e.g. non-uniform sampling), which the checks here report as errors.
+
+    ITK's switch is global: nested and concurrent uses are counted so the user's setting comes back at the end.
+    """
+    with _quiet_lock:
+        if _quiet_state["depth"] == 0:
+            _quiet_state["previous"] = sitk.ProcessObject.GetGlobalWarningDisplay()
+            sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        _quiet_state["depth"] += 1
     try:
         yield
     finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+        with _quiet_lock:
+            _quiet_state["depth"] -= 1
+            if _quiet_state["depth"] == 0:
+                sitk.ProcessObject.SetGlobalWarningDisplay(_quiet_state["previous"])
 
 
 def _dicom_files(folder: Path) -> list[Path]:
@@ -310,6 +324,14 @@ def _check_slice_positions(folder: Path, reader: sitk.ImageSeriesReader, files: 
         raise DataContractError(folder, "slices have different orientations (Image Orientation Patient)")
     normal = np.cross(orientations[0][:3], orientations[0][3:6])
     along = positions @ normal
+    offset = positions[-1] - positions[0]
+    sideways = float(np.linalg.norm(offset - (offset @ normal) * normal))
+    if sideways > max(0.1, 1e-3 * float(np.linalg.norm(offset))):
+        raise DataContractError(
+            folder,
+            f"slices are not stacked along their normal ({sideways:.2f} mm sideways drift, gantry tilt?); "
+            "resample the series (e.g. dcm2niix) first",
+        )
     steps = np.diff(along)
     step = float(np.median(np.abs(steps)))
     names = [Path(f).name for f in files]

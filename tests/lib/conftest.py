@@ -119,8 +119,9 @@ def write_dicom() -> Callable[..., Path]:
 def write_dicom_series() -> Callable[..., list[Path]]:
     """``write_dicom_series(folder, volume, step=2.5, positions=None, series_uid=None, **tags)``.
 
-    Writes ``volume`` ``(Z, rows, columns)`` as one CT slice per file, slice k at z = ``positions[k]`` (default
-    ``k * step``), in shuffled file order so readers must sort by position. Returns the files in slice order.
+    Writes ``volume`` ``(Z, rows, columns)`` as one CT slice per file, slice k at ``(-10, -20, positions[k])`` (default
+    z = ``k * step``; a 3-sequence gives the whole position), in shuffled file order so readers must sort by position.
+    A tag given as a list is set per slice. Returns the files in slice order.
     """
     from pydicom.uid import generate_uid
 
@@ -147,7 +148,7 @@ def write_dicom_series() -> Callable[..., list[Path]]:
                 series_uid=series_uid,
                 study_uid=study_uid,
                 frame_uid=frame_uid,
-                position=(-10.0, -20.0, z),
+                position=tuple(z) if np.ndim(z) else (-10.0, -20.0, z),
                 instance=k + 1,
                 **per_slice,
             )

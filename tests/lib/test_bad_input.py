@@ -212,6 +212,12 @@ def non_uniform_slices(tmp: Path, make: SimpleNamespace) -> Case:
     return lambda: read_volume(tmp / "uneven"), tmp / "uneven", "non-uniform slice spacing"
 
 
+def tilted_stack(tmp: Path, make: SimpleNamespace) -> Case:
+    positions = [(-10.0, -20.0 + 0.5 * k, 2.0 * k) for k in range(4)]  # each slice 0.5 mm further back
+    make.series(tmp / "tilt", np.zeros((4, 6, 6), np.int16), positions=positions)
+    return lambda: read_volume(tmp / "tilt"), tmp / "tilt", r"not stacked along their normal \(1\.50 mm sideways"
+
+
 def single_dicom_file_to_volume_reader(tmp: Path, make: SimpleNamespace) -> Case:
     path = make.dicom(tmp / "one.dcm", np.zeros((6, 6), np.int16))
     return lambda: read_volume(path), path, "single DICOM file"
@@ -307,6 +313,7 @@ READER_CASES = [
     missing_slice,
     duplicate_slice,
     non_uniform_slices,
+    tilted_stack,
     single_dicom_file_to_volume_reader,
     folder_with_one_slice,
     empty_folder,
