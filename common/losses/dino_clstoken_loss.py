@@ -19,45 +19,41 @@ __all__ = ["DINOClsTokenLoss", "sinkhorn_knopp"]
 
 
 @torch.no_grad()
-def sinkhorn_knopp(
-    scores: torch.Tensor, n_iterations: int = 3, num_samples: int | torch.Tensor | None = None
-) -> torch.Tensor:
+def sinkhorn_knopp(teacher_output: torch.Tensor, teacher_temp: float, n_iterations: int = 3) -> torch.Tensor:
     """Balanced soft assignments of samples to prototypes (SwAV/DINOv2 Sinkhorn-Knopp), over all ranks.
 
-    ``Q = exp(scores)^T`` is alternately rescaled so that every prototype receives ``1/K`` of the mass and every
-    sample ``1/B``, where ``K`` is the number of prototypes and ``B`` the number of samples on all ranks; the
-    result is multiplied by ``B`` so that each sample's row is a distribution. Prototype sums and the total mass
-    are summed across ranks through :mod:`common.distributed`, so ``n`` ranks holding parts of a batch get the
-    rows that one process would compute on the whole batch (up to floating-point rounding).
+    DINOv2 rescales ``Q = exp(t / teacher_temp)^T`` in turn so that every prototype (row) holds ``1/K`` of the mass
+    and every sample (column) ``1/B``, then multiplies by ``B`` so that each sample's assignment sums to 1.
+    Here ``Q`` is kept as ``diag(b) E diag(a)`` with ``E = exp(t / teacher_temp)`` and only the scaling vectors
+    are updated: ``a = 1 / (E^T b)`` up to scale, with the prototype sums all-reduced across ranks, then
+    ``b = 1 / (E a)``. The assignments are the same, since the constants ``K``, ``B`` and DINOv2's initial division
+    by the total cancel, with about a third of the passes over the ``(B, K)`` matrix and no sample count.
+    ``n`` ranks holding parts of a batch get the rows that one process would compute on the whole batch (up to
+    rounding). Runs in float32 with autocast off.
 
     Args:
-        scores: ``(B_local, K)`` teacher logits already divided by the teacher temperature.
-        n_iterations: number of (row, column) normalisation rounds (DINOv2: 3).
-        num_samples: number of this rank's samples to count in ``B`` (default: ``B_local``); DINOv2's iBOT passes
-            the number of masked patches.
+        teacher_output: ``(B_local, K)`` teacher logits.
+        teacher_temp: teacher temperature.
+        n_iterations: number of (prototype, sample) normalisation rounds (DINOv2: 3).
 
     Returns:
         ``(B_local, K)`` float32 assignments, each row summing to 1.
+
+    Raises:
+        ValueError: if ``n_iterations < 1``.
     """
-    q = torch.exp(scores.float()).t()  # (K, B_local)
-    num_prototypes = q.shape[0]
-    local_count = q.shape[1] if num_samples is None else num_samples
-    # total mass and global sample count in one collective
-    totals = torch.stack(
-        [q.sum().double(), torch.as_tensor(local_count, dtype=torch.float64, device=q.device).reshape(())]
-    )
-    distributed.all_reduce_sum(totals)
-    q /= totals[0]
-    num_total = totals[1]
-    for _ in range(n_iterations):
-        prototype_mass = q.sum(dim=1, keepdim=True)
-        distributed.all_reduce_sum(prototype_mass)
-        q /= prototype_mass
-        q /= num_prototypes
-        q /= q.sum(dim=0, keepdim=True)
-        q /= num_total
-    q *= num_total
-    return q.t()
+    if n_iterations < 1:
+        raise ValueError(f"n_iterations must be >= 1, got {n_iterations}")
+    with torch.autocast(device_type=teacher_output.device.type, enabled=False):
+        assignments = (teacher_output.float() / teacher_temp).exp_()  # E, (B_local, K)
+        sample_scale = assignments.new_ones(assignments.shape[0])
+        for _ in range(n_iterations):
+            prototype_mass = torch.mv(assignments.t(), sample_scale)
+            distributed.all_reduce_sum(prototype_mass)
+            prototype_scale = prototype_mass.reciprocal_()
+            prototype_scale /= prototype_scale.sum()  # the overall scale cancels; fixing it stops drift
+            sample_scale = torch.mv(assignments, prototype_scale).reciprocal_()
+        return assignments.mul_(prototype_scale).mul_(sample_scale[:, None])
 
 
 class DINOClsTokenLoss(nn.Module):
@@ -106,10 +102,10 @@ class DINOClsTokenLoss(nn.Module):
 
     @torch.no_grad()
     def sinkhorn_knopp_teacher(
-        self, teacher_output: torch.Tensor, teacher_temp: float, n_iterations: int = 3
+        self, teacher_output: torch.Tensor, teacher_temp: float, *, n_iterations: int = 3
     ) -> torch.Tensor:
-        """Teacher targets from :func:`sinkhorn_knopp` on ``teacher_output / teacher_temp``, ``(B, K)`` float32."""
-        return sinkhorn_knopp(teacher_output.float() / teacher_temp, n_iterations)
+        """Teacher targets ``(B, K)`` (float32) from :func:`sinkhorn_knopp`; the centre is not used."""
+        return sinkhorn_knopp(teacher_output, teacher_temp, n_iterations)
 
     def forward(
         self,

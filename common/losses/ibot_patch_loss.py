@@ -60,18 +60,14 @@ class IBOTPatchLoss(nn.Module):
 
     @torch.no_grad()
     def sinkhorn_knopp_teacher(
-        self,
-        teacher_output: torch.Tensor,
-        teacher_temp: float,
-        n_masked_patches_tensor: int | torch.Tensor | None = None,
-        n_iterations: int = 3,
+        self, teacher_output: torch.Tensor, teacher_temp: float, *, n_iterations: int = 3
     ) -> torch.Tensor:
-        """Sinkhorn-Knopp targets for the masked teacher tokens ``(M, K)``.
+        """Sinkhorn-Knopp targets ``(M, K)`` (float32) for the masked teacher tokens ``(M, K)``.
 
-        ``n_masked_patches_tensor`` is this rank's number of masked patches (default ``M``); it is summed over
-        ranks for the sample marginal, without modifying the caller's tensor (DINOv2 all-reduces it in place).
+        DINOv2 also takes the number of masked patches and all-reduces it for the sample marginal ``B``; ``B``
+        cancels in the result (see :func:`~common.losses.dino_clstoken_loss.sinkhorn_knopp`), so it is not needed.
         """
-        return sinkhorn_knopp(teacher_output.float() / teacher_temp, n_iterations, n_masked_patches_tensor)
+        return sinkhorn_knopp(teacher_output, teacher_temp, n_iterations)
 
     def forward(
         self, student_patch_tokens: torch.Tensor, teacher_patch_tokens: torch.Tensor, student_masks_flat: torch.Tensor
