@@ -10,8 +10,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from common.evaluation._arrays import as_numpy, to_2d_labels
 from common.evaluation._arrays import label_names as _label_names
 from common.evaluation.plots import plot_dice_bars, plot_embedding_map, plot_recall_curve, plot_roc_curves
@@ -129,15 +127,16 @@ def evaluate_embeddings(
             "temperature": knn_temperature,
         }
         if figures is not None:
-            report.add_figure("linear_probe_roc", plot_roc_curves(linear, labels, names, figures / "linear_probe_roc.png"))
-            report.add_figure("knn_probe_roc", plot_roc_curves(knn, labels, names, figures / "knn_probe_roc.png"))
+            for figure, probe_scores in (("linear_probe_roc", linear), ("knn_probe_roc", knn)):
+                report.add_figure(figure, plot_roc_curves(probe_scores, labels, names, figures / f"{figure}.png"))
 
     seg_inputs = (train_patch_features, train_masks, test_patch_features, test_masks)
     if all(x is not None for x in seg_inputs):
         kwargs = {"seed": seed, **dict(segmentation_kwargs or {})}
         results["segmentation"] = train_segmentation_probe(*seg_inputs, **kwargs)
         if figures is not None:
-            report.add_figure("segmentation_dice", plot_dice_bars(results["segmentation"], figures / "segmentation_dice.png"))
+            path = plot_dice_bars(results["segmentation"], figures / "segmentation_dice.png")
+            report.add_figure("segmentation_dice", path)
     elif any(x is not None for x in seg_inputs):
         logger.warning("segmentation probe skipped: it needs train/test patch features and masks")
 

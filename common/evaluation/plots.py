@@ -110,14 +110,19 @@ def plot_embedding_map(
     if method == "pca":
         xy = PCA(n_components=2, random_state=seed).fit_transform(x)
     else:
-        xy = TSNE(n_components=2, perplexity=min(30.0, (len(x) - 1) / 3), init="pca", random_state=seed).fit_transform(x)
+        perplexity = min(30.0, (len(x) - 1) / 3)  # t-SNE needs perplexity < N
+        xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
     cols = min(6, len(names))
     rows = -(-len(names) // cols)
     figure = Figure(figsize=(2.4 * cols, 2.4 * rows))
     for k, name in enumerate(names):
         ax = figure.add_subplot(rows, cols, k + 1)
-        for value, colour, label in ((np.nan, "#dddddd", "unknown"), (0.0, "#7f9fbf", "absent"), (1.0, "#d62728", "present")):
-            sel = np.isnan(labels[:, k]) if np.isnan(value) else labels[:, k] == value
+        groups = (
+            (np.isnan(labels[:, k]), "#dddddd", "unknown"),
+            (labels[:, k] == 0, "#7f9fbf", "absent"),
+            (labels[:, k] == 1, "#d62728", "present"),
+        )
+        for sel, colour, label in groups:
             ax.scatter(xy[sel, 0], xy[sel, 1], s=4, c=colour, label=label, linewidths=0)
         ax.set_title(name, fontsize=8)
         ax.set_xticks([])

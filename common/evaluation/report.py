@@ -202,7 +202,7 @@ class EvaluationReport:
         tmp.replace(path)
         (self.output_dir / "summary.md").write_text(self._markdown(content), encoding="utf-8")
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # imported here: it loads the tensorboard package
 
             with SummaryWriter(log_dir=str(self.output_dir / "tensorboard")) as writer:
                 for tag, value in flatten_scalars(content["results"]).items():

@@ -114,7 +114,8 @@ def train_segmentation_probe(
 ) -> dict[str, Any]:
     """Train a :class:`SegmentationProbe` on frozen features and report Dice per class and mean.
 
-    Features stay on the CPU and are moved to ``device`` one mini-batch at a time, so large 3D feature sets fit.
+    Features stay on the CPU and are moved to ``device`` one mini-batch at a time, so large 3D feature sets fit;
+    the loss is taken on logits upsampled to the mask size, so lower ``batch_size`` for large 3D label maps.
     Optimiser: AdamW with a cosine learning-rate decay over all steps; ``seed`` fixes initialisation and batch order.
 
     Args:
@@ -154,8 +155,9 @@ def train_segmentation_probe(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out_size = tuple(y_train.shape[1:])
 
-    torch.manual_seed(seed)
-    probe = SegmentationProbe(x_train.shape[1], num_classes, x_train.ndim - 2, hidden_dim).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG state
+        torch.manual_seed(seed)
+        probe = SegmentationProbe(x_train.shape[1], num_classes, x_train.ndim - 2, hidden_dim).to(device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = -(-len(x_train) // batch_size)
@@ -167,8 +169,6 @@ def train_segmentation_probe(
     for _ in range(epochs):
         total = 0.0
         for batch in torch.randperm(len(x_train), generator=generator).split(batch_size):
-            if len(batch) == 1 and len(x_train) > 1:
-                continue  # BatchNorm cannot train on a single sample; it reappears in another epoch's batches
             features, masks = x_train[batch].to(device), y_train[batch].to(device)
             loss = loss_fn(probe(features, out_size), masks[:, None])
             optimizer.zero_grad(set_to_none=True)

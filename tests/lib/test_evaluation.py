@@ -1,4 +1,4 @@
-"""Tests of the frozen-encoder evaluation harness (common/evaluation) on small synthetic data and the real report CSV."""
+"""Tests of the frozen-encoder evaluation harness (common/evaluation): small synthetic data and the real report CSV."""
 
 from __future__ import annotations
 
@@ -152,7 +152,8 @@ def test_auroc_rejects_bad_input() -> None:
 
 def test_zero_shot_scores_equal_mean_of_pairwise_softmax() -> None:
     gen = torch.Generator().manual_seed(0)
-    image, pos, neg = torch.randn(5, 8, generator=gen), torch.randn(3, 4, 8, generator=gen), torch.randn(3, 4, 8, generator=gen)
+    image = torch.randn(5, 8, generator=gen)
+    pos, neg = torch.randn(3, 4, 8, generator=gen), torch.randn(3, 4, 8, generator=gen)
     temperature = 0.05
     probs = zero_shot_scores(image, pos, neg, temperature)
     n_img, n_pos, n_neg = (torch.nn.functional.normalize(t, dim=-1) for t in (image, pos, neg))
@@ -299,18 +300,20 @@ def _toy_segmentation(n: int, seed: int, dims: int, informative: bool = True) ->
     onehot = torch.nn.functional.one_hot(maps, 3).movedim(-1, 1).float()
     if not informative:
         onehot = onehot[torch.randperm(n, generator=gen)]
-    features = torch.cat([onehot, torch.zeros_like(onehot)], 1) + 0.2 * torch.randn(onehot.shape[:1] + (6,) + onehot.shape[2:], generator=gen)
+    features = torch.cat([onehot, torch.zeros_like(onehot)], 1)
+    features += 0.2 * torch.randn(features.shape, generator=gen)
     masks = torch.nn.functional.interpolate(maps[:, None].float(), scale_factor=scale, mode="nearest")[:, 0].long()
     return features, masks
 
 
 def test_segmentation_probe_learns_class_channel_2d() -> None:
     train, test = _toy_segmentation(16, 0, 2), _toy_segmentation(8, 1, 2)
-    result = train_segmentation_probe(*train, *test, epochs=60, lr=3e-2, seed=0, device="cpu", class_names=["bg", "a", "b"])
+    options = {"epochs": 60, "lr": 3e-2, "seed": 0, "device": "cpu"}
+    result = train_segmentation_probe(*train, *test, class_names=["bg", "a", "b"], **options)
     assert set(result["per_class"]) == {"a", "b"}
     assert all(entry["dice"] > 0.9 for entry in result["per_class"].values())
     assert result["mean_dice"] > 0.9
-    control = train_segmentation_probe(*_toy_segmentation(16, 0, 2, informative=False), *test, epochs=60, lr=3e-2, device="cpu")
+    control = train_segmentation_probe(*_toy_segmentation(16, 0, 2, informative=False), *test, **options)
     assert control["mean_dice"] < result["mean_dice"] - 0.2  # features without the class carry no segmentation
 
 
@@ -383,10 +386,14 @@ def test_report_json_round_trip_tensorboard_and_summary(tmp_path) -> None:
 
 
 def test_format_table_and_flatten_scalars() -> None:
-    results = {"zero_shot": {"macro": {"auroc": 0.75, "auroc_ci": [0.7, 0.8], "n_labels": 2}, "per_label": {"a": {"auroc": None}}}}
-    flat = flatten_scalars(results)
-    assert flat == {"zero_shot/macro/auroc": 0.75, "zero_shot/macro/auroc_ci_low": 0.7,
-                    "zero_shot/macro/auroc_ci_high": 0.8, "zero_shot/macro/n_labels": 2.0}
+    macro = {"auroc": 0.75, "auroc_ci": [0.7, 0.8], "n_labels": 2}
+    results = {"zero_shot": {"macro": macro, "per_label": {"a": {"auroc": None}}}}
+    assert flatten_scalars(results) == {
+        "zero_shot/macro/auroc": 0.75,
+        "zero_shot/macro/auroc_ci_low": 0.7,
+        "zero_shot/macro/auroc_ci_high": 0.8,
+        "zero_shot/macro/n_labels": 2.0,
+    }
     table = format_table(results)
     assert re.search(r"zero_shot/macro/auroc\s+0\.7500\s+\[0\.7000, 0\.8000\]", table)
     assert "zero_shot/per_label/a/auroc" in table and "n/a" in table
