@@ -10,7 +10,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from common.evaluation._arrays import as_numpy, to_2d_labels
+import numpy as np
+
+from common.evaluation._arrays import to_2d_labels
 from common.evaluation._arrays import label_names as _label_names
 from common.evaluation.plots import plot_dice_bars, plot_embedding_map, plot_recall_curve, plot_roc_curves
 from common.evaluation.metrics import multilabel_auroc
@@ -93,10 +95,10 @@ def evaluate_embeddings(
     figures = report.figure_dir if report is not None else None
     labels = to_2d_labels(test_labels, "test_labels") if test_labels is not None else None
     names = _label_names(label_names, labels.shape[1]) if labels is not None else None
-    if test_emb is not None:
-        test_emb = as_numpy(test_emb, "test_emb", ndim=2)
-        if labels is not None and len(labels) != len(test_emb):
-            raise ValueError(f"test_emb has {len(test_emb)} rows but test_labels has {len(labels)}")
+    if test_emb is not None:  # kept as given (a CUDA tensor stays on the GPU for zero-shot and retrieval)
+        shape = tuple(test_emb.shape) if hasattr(test_emb, "shape") else np.shape(test_emb)
+        if len(shape) != 2 or (labels is not None and shape[0] != len(labels)):
+            raise ValueError(f"test_emb must be (N, D) with one row per test_labels row, got shape {shape}")
 
     if test_emb is not None and labels is not None and pos_prompt_emb is not None and neg_prompt_emb is not None:
         scores = zero_shot_scores(test_emb, pos_prompt_emb, neg_prompt_emb, temperature)

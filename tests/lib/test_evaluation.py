@@ -426,6 +426,8 @@ def test_evaluate_embeddings_runs_sections_with_inputs(tmp_path) -> None:
     assert set(only_retrieval) == {"retrieval"}
     with pytest.raises(ValueError, match="nothing to evaluate"):
         evaluate_embeddings(x)
+    with pytest.raises(ValueError, match="one row per test_labels row"):
+        evaluate_embeddings(x[:10], y[:11], test_text_emb=x[:10])
 
 
 # ---------------------------------------------------------------------------------------------------------------
