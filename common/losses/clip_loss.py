@@ -54,7 +54,8 @@ class ClipLoss(nn.Module):
     ``loss = (CE(s * I T^T, y) + CE(s * T I^T, y)) / 2`` over the batch gathered from all ranks, ``y`` the
     diagonal. The scale ``s`` is kept in log space, initialised to ``init_logit_scale`` and clamped at
     ``max_logit_scale`` when used (CLIP clamps the parameter after each step; clamping on use gives the same
-    forward value and zero gradient beyond the cap).
+    forward value and zero gradient beyond the cap). Embeddings are L2-normalised here and the similarities are
+    computed in (at least) float32 with autocast off (open_clip leaves them to autocast).
 
     Rows with ``valid=False`` (image-only samples of a mixed batch) are removed from both directions before the
     softmax: the result equals the loss computed on the valid subset alone.
@@ -141,21 +142,24 @@ class ClipLoss(nn.Module):
             valid = valid.reshape(batch).to(device=image_emb.device, dtype=torch.bool)
         rank = distributed.get_rank() if self.rank is None else self.rank
         world_size = distributed.get_world_size() if self.world_size is None else self.world_size
-        image = F.normalize(image_emb, dim=-1)
-        text = F.normalize(text_emb, dim=-1)
-        scale = self.logit_scale
-        gather = {"gather_with_grad": self.gather_with_grad, "local_loss": self.local_loss}
-        all_image = gather_features(image, rank=rank, world_size=world_size, **gather)
-        all_text = gather_features(text, rank=rank, world_size=world_size, **gather)
         if valid is None:
             all_valid = None
         elif world_size > 1:
             all_valid = distributed.all_gather_no_grad(valid.to(torch.uint8)).bool()
         else:
             all_valid = valid
-        if self.local_loss and world_size > 1:
-            return self._local_loss(image, text, all_image, all_text, valid, all_valid, scale, rank, world_size)
-        return self._global_loss(all_image, all_text, all_valid, scale)
+        # logits up to 100 lose about 0.5 to bfloat16 rounding: keep them in float32 (cheap, B x B)
+        with torch.autocast(device_type=image_emb.device.type, enabled=False):
+            dtype = torch.promote_types(image_emb.dtype, torch.float32)
+            image = F.normalize(image_emb.to(dtype), dim=-1)
+            text = F.normalize(text_emb.to(dtype), dim=-1)
+            scale = self.logit_scale.to(dtype)
+            gather = {"gather_with_grad": self.gather_with_grad, "local_loss": self.local_loss}
+            all_image = gather_features(image, rank=rank, world_size=world_size, **gather)
+            all_text = gather_features(text, rank=rank, world_size=world_size, **gather)
+            if self.local_loss and world_size > 1:
+                return self._local_loss(image, text, all_image, all_text, valid, all_valid, scale, rank, world_size)
+            return self._global_loss(all_image, all_text, all_valid, scale)
 
     def _global_loss(
         self, image: torch.Tensor, text: torch.Tensor, valid: torch.Tensor | None, scale: torch.Tensor

@@ -136,3 +136,12 @@ def test_simulated_ranks_average_to_global_loss(monkeypatch, local_loss: bool, m
         if not local_loss:
             torch.testing.assert_close(values[-1], expected, **TOL)
     torch.testing.assert_close(torch.stack(values).mean(), expected, **TOL)
+
+
+def test_logits_stay_float32_under_autocast() -> None:
+    image, text = _embeddings(16, 32, seed=5)
+    loss = ClipLoss(init_logit_scale=100.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss(image, text)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value.double(), _reference(image, text, 100.0), **TOL)
