@@ -22,6 +22,9 @@ from common.data.contract import DataContractError
 from common.data.readers import read_radiograph, read_volume
 from common.data.validate import MAX_REPORT_CHARS, Problem, validate_datalist
 
+# pydicom warns while parsing the deliberately broken DICOM file; the error is what is tested
+pytestmark = pytest.mark.filterwarnings("ignore:End of file reached before delimiter")
+
 NIFTI_PIXDIM_OFFSET = 76  # float32[8] in the NIfTI-1 header; pixdim[1] (x spacing) is at byte 80
 
 
