@@ -80,7 +80,7 @@ class EpochIndex(int):
 
 
 def sample_seed(seed: int, epoch: int, index: int, attempt: int = 0) -> int:
-    """32-bit seed of record ``index`` in ``epoch`` (``attempt > 0``: the k-th substitute), via ``numpy.SeedSequence``."""
+    """32-bit seed of record ``index`` in ``epoch`` (``attempt > 0``: its k-th substitute), via ``SeedSequence``."""
     return int(np.random.SeedSequence([seed, epoch, index, attempt]).generate_state(1)[0])
 
 
@@ -141,6 +141,9 @@ class PretrainingDataset(Dataset):
             transform) in memory, computed once in the constructor like ``monai.data.CacheDataset`` with
             ``cache_rate=1``; only the random part runs per sample.
         max_consecutive_bad: with ``"skip"``, give up (raise) after this many unreadable records in a row.
+
+    Re-seeding mutates the transforms, so one instance must not serve several threads at once (use process
+    workers, not ``ThreadDataLoader``); CUDA generators are not seeded (keep random transforms on the CPU).
 
     Raises:
         ValueError: on an unknown ``on_bad_sample`` or a non-positive ``max_consecutive_bad``.
@@ -203,7 +206,7 @@ class PretrainingDataset(Dataset):
                 if self.on_bad_sample == "raise":
                     raise self._contract_error(index, record, err) from err
                 cache.append(None)
-                self._known_bad[index] = self._problem(cause)
+                self._known_bad[index] = self._problem(cause, record)
         self._cache = cache
 
     # ------------------------------------------------------------------------------------------------- transform
@@ -218,14 +221,17 @@ class PretrainingDataset(Dataset):
             return self.transform(deepcopy(self._cache[index]), start=self._first_random)
 
     @staticmethod
-    def _problem(cause: BaseException) -> str:
+    def _problem(cause: BaseException, record: Any) -> str:
+        """What went wrong, naming the offending file when it is not the record's image (e.g. a DICOM slice)."""
         if isinstance(cause, DataContractError):
-            return cause.problem if cause.source is None else f"{cause.source}: {cause.problem}"
+            if cause.source is None or cause.source == _describe(record):
+                return cause.problem
+            return f"{cause.source}: {cause.problem}"
         return f"{type(cause).__name__}: {cause}"
 
     def _contract_error(self, index: int, record: Any, err: BaseException) -> DataContractError:
         cause = _bad_sample_cause(err) or err
-        return DataContractError(_describe(record), f"record {index}: {self._problem(cause)}")
+        return DataContractError(_describe(record), f"record {index}: {self._problem(cause, record)}")
 
     def __getitem__(self, index: int | slice | Sequence[int]) -> Any:
         if isinstance(index, slice) or (isinstance(index, Sequence) and not isinstance(index, (str, bytes))):
@@ -250,7 +256,7 @@ class PretrainingDataset(Dataset):
                     raise
                 if self.on_bad_sample == "raise":
                     raise self._contract_error(candidate, self.data[candidate], err) from err
-                problem = self._problem(cause)
+                problem = self._problem(cause, self.data[candidate])
                 self._known_bad[candidate] = problem
                 logger.warning(
                     "skipping record %d (%s): %s; substituting the next record",
@@ -336,7 +342,9 @@ class ResumableSampler(DistributedSampler):
             raise ValueError("ResumableSampler needs a non-empty dataset")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        super().__init__(range(length), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        super().__init__(
+            range(length), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
         if num_samples is not None:
             if num_samples < 1:
                 raise ValueError(f"num_samples must be >= 1, got {num_samples}")

@@ -366,7 +366,9 @@ class CheckpointHandler:
                 counters.update({k: int(v) for k, v in rank_states[rank]["counters"].items()})
         else:
             seed = int(np.random.SeedSequence([iteration, rank]).generate_state(1)[0])
-            logger.warning("checkpoint has generator states for %d ranks; seeding rank %d with %d", len(rank_states), rank, seed)
+            logger.warning(
+                "checkpoint has generator states for %d ranks; seeding rank %d with %d", len(rank_states), rank, seed
+            )
             random.seed(seed)
             np.random.seed(seed)
             torch.manual_seed(seed)

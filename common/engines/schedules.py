@@ -58,9 +58,13 @@ _BLOCK_PATTERN = re.compile(r"(?:^|\.)(?:blocks|layer|layers)\.(\d+)(?:\.|$)")
 
 def _check_iters(total_iters: int, warmup_iters: int, freeze_iters: int = 0) -> None:
     if total_iters < 0 or warmup_iters < 0 or freeze_iters < 0:
-        raise ValueError(f"iteration counts must be >= 0, got total={total_iters}, warmup={warmup_iters}, freeze={freeze_iters}")
+        raise ValueError(
+            f"iteration counts must be >= 0, got total={total_iters}, warmup={warmup_iters}, freeze={freeze_iters}"
+        )
     if warmup_iters + freeze_iters > total_iters:
-        raise ValueError(f"warmup_iters + freeze_iters ({warmup_iters} + {freeze_iters}) exceed total_iters ({total_iters})")
+        raise ValueError(
+            f"warmup_iters + freeze_iters ({warmup_iters} + {freeze_iters}) exceed total_iters ({total_iters})"
+        )
 
 
 def cosine_schedule(
@@ -236,7 +240,8 @@ def param_groups_lrd(
     the embeddings ``layer_decay ** (L + 1)``, block ``i`` ``layer_decay ** (L - i)``, the final norm and heads 1
     (DINOv2's ``get_vit_lr_decay_rate``). Patch-embedding weights are further multiplied by ``patch_embed_lr_mult``
     (DINOv2/RAD-DINO: 0.2). Parameters whose names contain ``last_layer`` are flagged ``is_last_layer`` for
-    :func:`warmup_cosine_lambda`'s ``freeze_last_layer_iters``. Frozen parameters (``requires_grad=False``) are left out.
+    :func:`warmup_cosine_lambda`'s ``freeze_last_layer_iters``. Frozen parameters (``requires_grad=False``) are
+    left out.
 
     Blocks are found by name anywhere in ``model``, so pass the backbone (plus heads) rather than a model holding
     several towers, whose block indices would be pooled.
@@ -261,7 +266,9 @@ def param_groups_lrd(
     if not 0.0 < layer_decay <= 1.0:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
     if weight_decay < 0 or patch_embed_lr_mult < 0:
-        raise ValueError(f"weight_decay and patch_embed_lr_mult must be >= 0, got {weight_decay}, {patch_embed_lr_mult}")
+        raise ValueError(
+            f"weight_decay and patch_embed_lr_mult must be >= 0, got {weight_decay}, {patch_embed_lr_mult}"
+        )
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if num_layers is None:
         indices = [int(m.group(1)) for m in (_BLOCK_PATTERN.search(n) for n, _ in named) if m is not None]
@@ -304,7 +311,8 @@ class WeightDecayScheduleHandler:
         self.optimizer = optimizer
         self.schedule = [float(v) for v in schedule]
         self.multipliers = [
-            float(g.get("wd_multiplier", 1.0 if g.get("weight_decay", 0.0) > 0 else 0.0)) for g in optimizer.param_groups
+            float(g.get("wd_multiplier", 1.0 if g.get("weight_decay", 0.0) > 0 else 0.0))
+            for g in optimizer.param_groups
         ]
 
     def value(self, step: int) -> float:

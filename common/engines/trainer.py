@@ -76,6 +76,9 @@ class PretrainingObjective(Protocol):
     * ``before_iteration(step: int, max_steps: int) -> None``: before the forward of 0-based optimizer step ``step``.
     * ``after_optimizer_step(step: int, max_steps: int) -> None``: after the optimizer and lr-scheduler steps.
     * ``clip_grad_groups() -> Mapping[str, Iterable[nn.Parameter]]``: parameter groups clipped separately.
+
+    The trainer calls ``objective.train()`` every iteration (a validation handler may have switched it to eval);
+    an objective whose EMA teacher must stay in eval mode overrides ``train`` accordingly.
     """
 
     def __call__(self, batch: Mapping[str, Any]) -> Mapping[str, torch.Tensor]: ...
@@ -130,7 +133,9 @@ def prepare_dict_batch(
         TypeError: if ``batchdata`` is not a mapping.
     """
     if not isinstance(batchdata, Mapping):
-        raise TypeError(f"PretrainingTrainer expects dict batches (see common/README.md), got {type(batchdata).__name__}")
+        raise TypeError(
+            f"PretrainingTrainer expects dict batches (see common/README.md), got {type(batchdata).__name__}"
+        )
 
     def move(value: Any) -> Any:
         if isinstance(value, MetaTensor):
@@ -463,7 +468,9 @@ class PretrainingTrainer(Trainer):
             for key, value in terms.items():
                 if isinstance(value, torch.Tensor):
                     if value.numel() != 1:
-                        raise ValueError(f"objective term {key!r} has shape {tuple(value.shape)}; terms must be scalars")
+                        raise ValueError(
+                            f"objective term {key!r} has shape {tuple(value.shape)}; terms must be scalars"
+                        )
                     value = value.detach().float().reshape(())
                 else:
                     value = torch.tensor(float(value), device=loss.device)

@@ -29,6 +29,7 @@ if __name__ == "__main__":  # run as a script from anywhere: make the repository
 from ignite.engine import Events  # noqa: E402
 from monai.transforms import Compose, RandGaussianNoised  # noqa: E402
 
+from common import distributed  # noqa: E402
 from common.data.dataset import PretrainingDataset, ResumableSampler, pretraining_collate  # noqa: E402
 from common.engines.checkpoint import CheckpointHandler  # noqa: E402
 from common.engines.schedules import cosine_schedule, warmup_cosine_lambda  # noqa: E402
@@ -73,7 +74,7 @@ class ToyObjective(nn.Module):
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["image"].float()
-        noise = torch.from_numpy(np.random.normal(0, 0.01, size=tuple(x.shape)).astype(np.float32))
+        noise = torch.from_numpy(np.random.normal(0, 0.01, size=tuple(x.shape)).astype(np.float32)).to(x.device)
         out = self.student(x + noise)
         with torch.no_grad():
             target = self.teacher(x)
@@ -95,39 +96,48 @@ def run_training(
     num_workers: int = 0,
     keep_last: int | None = 2,
     max_epochs: int = MAX_EPOCHS,
+    device: str = "cpu",
+    save_every: int = SAVE_EVERY,
 ) -> dict[int, float]:
-    """Train the toy objective deterministically on CPU; returns ``{iteration: loss}`` of the iterations run."""
+    """Train the toy objective deterministically; returns ``{iteration: loss}`` of the iterations run.
+
+    Inside an initialised process group the objective is DDP-wrapped, the sampler shards by rank, every rank
+    seeds its generators differently and logs its own losses to ``losses_rank<r>.txt``.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     try:
-        random.seed(0)
-        np.random.seed(0)
-        torch.manual_seed(0)
+        rank, world_size = distributed.get_rank(), distributed.get_world_size()
+        random.seed(rank)
+        np.random.seed(rank)
+        torch.manual_seed(rank)
         transform = Compose([RandGaussianNoised(keys="image", prob=1.0, std=0.1), GlobalRngJitterd()])
         dataset = PretrainingDataset(records(), transform, seed=7)
-        sampler = ResumableSampler(len(dataset), shuffle=True, seed=3, rank=0, world_size=1)
+        sampler = ResumableSampler(len(dataset), shuffle=True, seed=3, rank=rank, world_size=world_size)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=BATCH_SIZE, sampler=sampler, num_workers=num_workers, collate_fn=pretraining_collate
         )
         max_iterations = max_epochs * len(loader)
-        objective = ToyObjective(max_iterations)
+        objective = ToyObjective(max_iterations).to(device)
+        if distributed.is_enabled():
+            objective = nn.parallel.DistributedDataParallel(objective)
         optimizer = torch.optim.AdamW(objective.parameters(), lr=3e-3, weight_decay=0.05)
         lr_scheduler = warmup_cosine_lambda(optimizer, max_iterations, warmup_iters=3, min_lr=1e-5)
         checkpoints = CheckpointHandler(
             out_dir / "checkpoints",
             {"objective": objective, "optimizer": optimizer, "lr_scheduler": lr_scheduler},
-            save_every_n_iterations=SAVE_EVERY,
+            save_every_n_iterations=save_every,
             keep_last=keep_last,
             resume=resume,
         )
         trainer = PretrainingTrainer(
-            "cpu", max_epochs, loader, objective, optimizer, lr_scheduler, train_handlers=[checkpoints], progress=False
+            device, max_epochs, loader, objective, optimizer, lr_scheduler, train_handlers=[checkpoints], progress=False
         )
         losses: dict[int, float] = {}
-        log = open(out_dir / "losses.txt", "a", encoding="utf-8")
+        log = open(out_dir / ("losses.txt" if world_size == 1 else f"losses_rank{rank}.txt"), "a", encoding="utf-8")
 
         @trainer.on(Events.ITERATION_COMPLETED)
         def record(engine: PretrainingTrainer) -> None:
@@ -163,8 +173,15 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--stall-after", type=int, default=None)
     parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    run_training(args.out_dir, resume=args.resume, stall_after=args.stall_after, num_workers=args.num_workers)
+    run_training(
+        args.out_dir,
+        resume=args.resume,
+        stall_after=args.stall_after,
+        num_workers=args.num_workers,
+        device=args.device,
+    )
 
 
 if __name__ == "__main__":

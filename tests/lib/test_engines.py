@@ -101,7 +101,8 @@ def test_loss_decreases_and_hooks_are_called():
     assert len(losses) == 8 * 4
     assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4])
     total = trainer.max_iterations
-    assert objective.hook_calls[:4] == [("before", 0, total), ("after", 0, total), ("before", 1, total), ("after", 1, total)]
+    expected = [("before", 0, total), ("after", 0, total), ("before", 1, total), ("after", 1, total)]
+    assert objective.hook_calls[:4] == expected
     assert objective.hook_calls[-1] == ("after", total - 1, total)
 
 
@@ -272,7 +273,8 @@ def _free_port() -> int:
 
 
 def test_ddp_wrapped_objective(tmp_path, monkeypatch):
-    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
+    env = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert distributed.init_distributed("gloo")
     try:
@@ -313,7 +315,10 @@ def test_poly_schedule_is_linear_for_power_one():
 def test_lambda_lr_follows_schedule_per_group():
     head, body = nn.Linear(2, 2), nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(
-        [{"params": head.parameters(), "lr_scale": 1.0, "is_last_layer": True}, {"params": body.parameters(), "lr_scale": 0.5}],
+        [
+            {"params": head.parameters(), "lr_scale": 1.0, "is_last_layer": True},
+            {"params": body.parameters(), "lr_scale": 0.5},
+        ],
         lr=1e-3,
     )
     scheduler = warmup_cosine_lambda(optimizer, total_iters=12, warmup_iters=3, min_lr=1e-5, freeze_last_layer_iters=2)
@@ -362,7 +367,9 @@ def test_weight_decay_schedule_handler():
 
     trainer = PretrainingTrainer("cpu", 2, loader, Objective(), optimizer, train_handlers=[handler], progress=False)
     seen = []
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append([g["weight_decay"] for g in optimizer.param_groups]))
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: seen.append([g["weight_decay"] for g in optimizer.param_groups])
+    )
     trainer.run()
     seen = np.array(seen)
     decayed = [i for i, g in enumerate(optimizer.param_groups) if g["wd_multiplier"] == 1.0]
@@ -394,14 +401,21 @@ def _check_lrd(model: nn.Module, num_layers: int, decay: float, patch_mult: floa
 def test_layer_decay_groups_for_dinov2():
     from transformers import Dinov2Config, Dinov2Model
 
-    config = Dinov2Config(hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32, image_size=28, patch_size=14)
+    config = Dinov2Config(
+        hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32, image_size=28, patch_size=14
+    )
     model = Dinov2Model(config)
     _check_lrd(
         model,
         3,
         0.9,
         0.2,
-        ["embeddings.cls_token", "embeddings.mask_token", "embeddings.position_embeddings", "embeddings.patch_embeddings.projection.weight"],
+        [
+            "embeddings.cls_token",
+            "embeddings.mask_token",
+            "embeddings.position_embeddings",
+            "embeddings.patch_embeddings.projection.weight",
+        ],
         "encoder.layer.{i}.mlp.fc1.weight",
     )
     groups = param_groups_lrd(model, weight_decay=0.05, layer_decay=0.9)
@@ -416,9 +430,13 @@ def test_layer_decay_groups_for_dinov2():
 def test_layer_decay_groups_for_eva_naming():
     from common.networks.eva import EvaViT
 
-    model = EvaViT(spatial_dims=2, img_size=16, patch_size=8, embed_dim=16, depth=4, num_heads=2, num_cls_tokens=1, use_abs_pos_embed=True)
-    _check_lrd(model, 4, 0.75, 0.2, ["down_projection.proj.weight", "cls_token", "eva.pos_embed"], "eva.blocks.{i}.attn.q_proj.weight")
-    groups = param_groups_lrd(model, weight_decay=0.05, layer_decay=0.75, no_weight_decay_list=["pos_embed", "cls_token"])
+    model = EvaViT(
+        spatial_dims=2, img_size=16, patch_size=8, embed_dim=16, depth=4, num_heads=2, num_cls_tokens=1,
+        use_abs_pos_embed=True,
+    )
+    embeddings = ["down_projection.proj.weight", "cls_token", "eva.pos_embed"]
+    _check_lrd(model, 4, 0.75, 0.2, embeddings, "eva.blocks.{i}.attn.q_proj.weight")
+    groups = param_groups_lrd(model, 0.05, layer_decay=0.75, no_weight_decay_list=["pos_embed", "cls_token"])
     wd = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     assert wd[id(model.cls_token)] == 0.0 and wd[id(model.eva.pos_embed)] == 0.0
     assert wd[id(model.eva.blocks[0].gamma_1)] == 0.0
