@@ -207,6 +207,7 @@ class PretrainingDataset(Dataset):
                     raise self._contract_error(index, record, err) from err
                 cache.append(None)
                 self._known_bad[index] = self._problem(cause, record)
+                logger.warning("record %d (%s) will be skipped: %s", index, _describe(record), self._known_bad[index])
         self._cache = cache
 
     # ------------------------------------------------------------------------------------------------- transform

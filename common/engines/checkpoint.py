@@ -218,8 +218,8 @@ class CheckpointHandler:
         save_every_n_iterations: also save every n iterations (``None``: only at epoch ends).
         save_on_epoch_end: save at every ``EPOCH_COMPLETED``.
         keep_last: number of newest checkpoints kept (``None`` or 0: keep all).
-        resume: ``False``; ``True`` for the newest valid checkpoint in ``save_dir`` (none: start fresh); or a
-            checkpoint file or a directory to take the newest from (which must exist).
+        resume: ``False``; ``True`` for the newest loadable checkpoint in ``save_dir`` (no checkpoint file: start
+            fresh; files but none loadable: raise); or a checkpoint file, or a directory to take the newest from.
         save_final: save when the run completes if the last iteration was not saved yet.
 
     Raises:
@@ -316,10 +316,12 @@ class CheckpointHandler:
     def load_latest(self, engine: Engine) -> Path | None:
         """``Events.STARTED``: restore the checkpoint selected by ``resume``; returns its path (``None``: fresh run)."""
         if self.resume is True:
-            found = latest_checkpoint(self.save_dir)
-            if found is None:
+            if not find_checkpoints(self.save_dir):
                 logger.info("no checkpoint in %s: starting from scratch", self.save_dir)
                 return None
+            found = latest_checkpoint(self.save_dir)
+            if found is None:  # never silently restart (and later prune) over checkpoints that exist
+                raise DataContractError(self.save_dir, "none of the checkpoint_<iteration>.pt files can be loaded")
         else:
             target = Path(self.resume)  # type: ignore[arg-type]
             found = latest_checkpoint(target) if target.is_dir() else (target, load_checkpoint(target))

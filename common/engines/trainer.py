@@ -10,15 +10,16 @@ One ignite iteration is one optimizer step, in DINOv2's order:
    (``amp_dtype``), ``loss * share`` backward (scaled by a ``GradScaler`` for fp16; DDP gradient sync only on the last);
 4. unscale, clip the gradient norm (over ``objective.clip_grad_groups()`` separately if defined, as DINOv2 clips
    backbone and heads separately; else over all parameters);
-5. one host sync reads every term and the gradient norm; a non-finite value raises :class:`NonFiniteLossError`
-   (or, with ``non_finite="skip"``, drops this step) before the optimizer is touched, so no checkpoint of that
-   state can be written;
+5. the terms and the gradient norm are averaged over ranks and read with one host sync; a non-finite value raises
+   :class:`NonFiniteLossError` on every rank at the same iteration (or, with ``non_finite="skip"``, every rank drops
+   this step) before the optimizer is touched, so no checkpoint of that state can be written;
 6. ``optimizer.step()``, ``lr_scheduler.step()`` (per iteration), then ``objective.after_optimizer_step(step,
    max_steps)`` if defined (EMA teacher update).
 
 ``step`` is the 0-based index of the optimizer step and ``max_steps = max_epochs * epoch_length``, so schedules from
 :func:`~common.engines.schedules.cosine_schedule` with ``total_iters=max_steps`` are indexed directly.
-``engine.state.output`` holds the objective's terms plus ``grad_norm`` and ``lr`` as floats; log them with
+``engine.state.output`` holds the objective's terms (mean over ranks), ``grad_norm``, ``lr`` and the objective's
+``log_values()`` if it has that method, as floats; log them with
 ``StatsHandler``/``TensorBoardStatsHandler(output_transform=loss_terms_transform)``.
 
 Reproducibility: the trainer sets the epoch of the data loader's sampler and dataset at every epoch start and, after
@@ -76,6 +77,9 @@ class PretrainingObjective(Protocol):
     * ``before_iteration(step: int, max_steps: int) -> None``: before the forward of 0-based optimizer step ``step``.
     * ``after_optimizer_step(step: int, max_steps: int) -> None``: after the optimizer and lr-scheduler steps.
     * ``clip_grad_groups() -> Mapping[str, Iterable[nn.Parameter]]``: parameter groups clipped separately.
+    * ``log_values() -> Mapping[str, float]``: extra scalars logged after the step (e.g. a learned temperature).
+
+    Under DDP every rank must return the same term names (they are averaged over ranks for logging).
 
     The trainer calls ``objective.train()`` every iteration (a validation handler may have switched it to eval);
     an objective whose EMA teacher must stay in eval mode overrides ``train`` accordingly.
@@ -481,10 +485,12 @@ class PretrainingTrainer(Trainer):
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         norms = self._clip_gradients(module)
-        names = [*sums, *norms]
-        device = loss.device
-        values = torch.stack([t.to(device) for t in [*sums.values(), *norms.values()]]).cpu().tolist()
-        output = dict(zip(names, values))
+        names = ["loss", *sorted(k for k in sums if k != "loss"), *norms]  # same order on every rank
+        tensors = {**sums, **norms}
+        stacked = torch.stack([tensors[k].to(loss.device) for k in names])
+        if distributed.get_world_size() > 1:
+            distributed.all_reduce_mean(stacked)
+        output = dict(zip(names, stacked.cpu().tolist()))
         output["lr"] = max(float(g["lr"]) for g in self.optimizer.param_groups)
         bad = [k for k in sums if not math.isfinite(output[k])]
         if self.scaler is None:  # with fp16 an inf gradient only means "lower the loss scale"
@@ -507,6 +513,9 @@ class PretrainingTrainer(Trainer):
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self._call_hook(module, "after_optimizer_step", step)
+        log_values = getattr(module, "log_values", None)
+        if callable(log_values):
+            output.update({str(k): float(v) for k, v in log_values().items()})
 
         engine.state.output = output
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

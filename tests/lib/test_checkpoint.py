@@ -194,6 +194,13 @@ def test_no_resume_without_checkpoint_starts_fresh(tmp_path):
     assert handler.resumed_from is None and trainer.state.iteration == 5
 
 
+def test_resume_refuses_to_start_over_unreadable_checkpoints(tmp_path):
+    (tmp_path / "checkpoint_00000004.pt").write_bytes(b"not a zip archive")
+    with pytest.raises(DataContractError, match="none of the checkpoint"):
+        train(tmp_path, resume=True)
+    assert (tmp_path / "checkpoint_00000004.pt").exists()
+
+
 def test_bad_handler_arguments():
     with pytest.raises(ValueError):
         CheckpointHandler("x", {}, save_every_n_iterations=0)

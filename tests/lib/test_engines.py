@@ -134,6 +134,15 @@ def test_terms_are_logged():
     assert all(f"{term}:" in logged[-1] for term in ("loss", "fit", "penalty", "grad_norm", "lr"))
 
 
+def test_objective_log_values_are_merged_into_the_output():
+    objective = ToyObjective()
+    objective.log_values = lambda: {"temperature": 0.07}
+    trainer, _ = make_trainer(objective, epoch_length=1)
+    trainer.run()
+    assert trainer.state.output["temperature"] == pytest.approx(0.07)
+    assert list(trainer.state.output)[:3] == ["loss", "fit", "penalty"]
+
+
 def test_gradient_clipping_is_applied():
     torch.manual_seed(0)
     objective = ToyObjective(scale=1e4)
