@@ -36,7 +36,6 @@ from monai.transforms import (
     Cropd,
     InvertibleTransform,
     LazyTransform,
-    LoadImaged,
     MapTransform,
     Orientationd,
     Pad,
@@ -61,6 +60,8 @@ from monai.transforms.traits import LazyTrait
 from monai.transforms.utils import create_translate
 from monai.utils import convert_to_tensor, ensure_tuple, ensure_tuple_rep
 
+from common.data.readers import LoadVolumed
+
 __all__ = [
     "centred_grid",
     "CentredSpacing",
@@ -83,11 +84,9 @@ Loader = Callable[[Sequence[Hashable]], Transform]
 
 
 def load_volume(keys: KeysCollection) -> Transform:
-    """Default volume loader: channel-first float32 MetaTensor with a RAS affine.
-
-    Swap for ``common.data.readers.LoadVolumed`` (strict checks) by passing ``loader=`` to the builders.
-    """
-    return LoadImaged(keys, image_only=True, ensure_channel_first=True, dtype=np.float32)
+    """Default volume loader: :class:`common.data.readers.LoadVolumed` (validated, ``(1, X, Y, Z)`` float32, RAS
+    affine). Pass another ``loader=`` to the builders to replace it, e.g. ``monai.transforms.LoadImaged``."""
+    return LoadVolumed(keys)
 
 
 def _as_spacing(pixdim: Sequence[float] | float, rank: int) -> np.ndarray:
@@ -704,3 +703,87 @@ def colipri_preprocessing(
         device=device,
         loader=loader,
     )
+
+
+def ct_ssl_augmentation(
+    keys: KeysCollection = ("image",),
+    spatial_size: Sequence[int] | int = 96,
+    *,
+    flip_prob: float = 0.5,
+    flip_axes: Sequence[int] = (0,),
+    affine_prob: float = 0.5,
+    rotate_degrees: float = 10.0,
+    scale_range: float = 0.1,
+    intensity_prob: float = 0.5,
+    intensity_scale: float = 0.1,
+    intensity_shift: float = 0.1,
+    contrast_prob: float = 0.3,
+    gamma: tuple[float, float] = (0.7, 1.5),
+    smooth_prob: float = 0.2,
+    smooth_sigma: tuple[float, float] = (0.5, 1.0),
+    noise_prob: float = 0.2,
+    noise_std: float = 0.05,
+    lazy: bool = True,
+) -> list[Transform]:
+    """Random single-view augmentation for 3D SSL (MAE, contrastive) on preprocessed volumes (e.g. ``[-1, 1]``).
+
+    Spatial (fused into one interpolation when ``lazy``): ``RandSpatialCropd(spatial_size)`` -> ``RandFlipd`` per
+    axis in ``flip_axes`` -> ``RandAffined`` (rotation up to ``rotate_degrees`` about every axis, per-axis zoom
+    ``1 +- scale_range``, border padding) -> :class:`ApplyPendingResampled`. With lazy resampling the rotated view
+    samples real anatomy beyond the crop's edge instead of padding. Intensity, each with its own probability:
+    ``RandScaleIntensityd`` (``v * (1 + f)``, ``|f| <= intensity_scale``), ``RandShiftIntensityd``
+    (``|offset| <= intensity_shift``, i.e. 100 HU for a [-1000, 1000] window mapped to [-1, 1]),
+    ``RandAdjustContrastd(gamma)``, ``RandGaussianSmoothd(smooth_sigma voxels)``, ``RandGaussianNoised(noise_std)``.
+
+    Choices: magnitudes are small because HU carry meaning (DINOv2's colour-jitter strength would shift tissue
+    classes); only the left-right axis (axis 0 in RAS) is flipped by default, the analogue of DINOv2's horizontal
+    flip; for vision-language training set ``flip_prob=0`` since reports name sides ("left lower lobe").
+
+    Args:
+        keys: image keys (all get the same crop, flip and affine).
+        spatial_size: crop size in voxels.
+        flip_prob: probability of flipping, per axis in ``flip_axes``.
+        flip_axes: spatial axes that may be flipped.
+        affine_prob: probability of the rotation/zoom.
+        rotate_degrees: maximum rotation about each axis.
+        scale_range: maximum relative zoom per axis.
+        intensity_prob: probability of each of the intensity scale and shift.
+        intensity_scale: maximum relative intensity scaling.
+        intensity_shift: maximum intensity offset.
+        contrast_prob: probability of the gamma change.
+        gamma: gamma range.
+        smooth_prob: probability of Gaussian smoothing.
+        smooth_sigma: smoothing sigma range in voxels.
+        noise_prob: probability of Gaussian noise.
+        noise_std: noise standard deviation.
+        lazy: fuse crop, flips and affine into one interpolation.
+
+    Returns:
+        The transforms (all ``Randomizable``; seed them through ``Compose.set_random_state``).
+    """
+    keys = ensure_tuple(keys)
+    for name, prob in (("flip_prob", flip_prob), ("affine_prob", affine_prob), ("intensity_prob", intensity_prob),
+                       ("contrast_prob", contrast_prob), ("smooth_prob", smooth_prob), ("noise_prob", noise_prob)):
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {prob}")
+    angle = math.radians(rotate_degrees)
+    transforms: list[Transform] = [RandSpatialCropd(keys, roi_size=spatial_size, random_size=False, lazy=lazy)]
+    transforms += [RandFlipd(keys, prob=flip_prob, spatial_axis=axis, lazy=lazy) for axis in flip_axes]
+    transforms += [
+        RandAffined(
+            keys,
+            prob=affine_prob,
+            rotate_range=(angle, angle, angle),
+            scale_range=(scale_range, scale_range, scale_range),
+            mode="bilinear",
+            padding_mode="border",
+            lazy=lazy,
+        ),
+        ApplyPendingResampled(keys, mode="bilinear", padding_mode="border"),
+        RandScaleIntensityd(keys, factors=intensity_scale, prob=intensity_prob),
+        RandShiftIntensityd(keys, offsets=intensity_shift, prob=intensity_prob),
+        RandAdjustContrastd(keys, prob=contrast_prob, gamma=gamma),
+        RandGaussianSmoothd(keys, sigma_x=smooth_sigma, sigma_y=smooth_sigma, sigma_z=smooth_sigma, prob=smooth_prob),
+        RandGaussianNoised(keys, prob=noise_prob, mean=0.0, std=noise_std),
+    ]
+    return transforms
