@@ -319,8 +319,12 @@ class RotaryPositionEmbedding(nn.Module):
         angles = (coords * bands).reshape(math.prod(grid), -1)  # (N, dims * bands), axis-major
         return torch.cat((angles.sin().repeat_interleave(2, -1), angles.cos().repeat_interleave(2, -1)), dim=-1)
 
+    @torch.compiler.disable
     def get_embed(self, grid: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
-        """The ``(N, 2 * head_dim)`` float32 table for token grid ``grid`` on ``device``."""
+        """The ``(N, 2 * head_dim)`` float32 table for token grid ``grid`` on ``device``.
+
+        Runs eagerly under ``torch.compile`` (the cache lookup would otherwise force recompilations).
+        """
         grid = tuple(int(g) for g in grid)
         if len(grid) != self.spatial_dims:
             raise ValueError(f"grid {grid} does not have {self.spatial_dims} entries")
