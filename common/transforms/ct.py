@@ -643,7 +643,7 @@ def ct_preprocessing(
     modes = ("bilinear",) * len(image_keys) + ("nearest",) * len(label_keys)
     transforms: list[Transform] = [] if loader is None else [loader(spatial_keys)]
     transforms += [
-        Orientationd(spatial_keys, axcodes=orientation, lazy=lazy),
+        Orientationd(spatial_keys, axcodes=orientation, labels=None, lazy=lazy),
         CentredSpacingd(spatial_keys, pixdim=pixdim, mode=modes, padding_mode="border", lazy=lazy),
         CentralCropd(spatial_keys, spatial_size, odd_voxel="start", lazy=lazy),
         ApplyPendingResampled(spatial_keys, mode=modes, padding_mode="border", device=device),

@@ -369,8 +369,8 @@ class BlockMaskGenerator:
 
     Blocks of ``U(min_num_patches, remaining)`` tokens with log-uniform aspect ratios in
     ``[min_aspect, max_aspect]`` (strictly smaller than the grid along every axis) are added until the target count
-    is reached; a block is accepted only if it adds between 1 and ``remaining`` new tokens, so the result can
-    overshoot the target by less than one block and, after 10 failed tries, fall short.
+    is reached; a block is accepted only if it adds between 1 and ``remaining`` new tokens, so the result never
+    exceeds the target and, when 10 tries in a row fail, falls short of it.
 
     Args:
         grid_size: token grid, e.g. ``(37, 37)`` or ``(12, 12, 12)``.
