@@ -74,12 +74,14 @@ def test_primus_m_matches_release_configuration() -> None:
 
 def test_permuted_keep_indices_give_permuted_tokens() -> None:
     """Attention is permutation-equivariant: with RoPE gathered at the true positions, order does not matter."""
-    model = _sharpen(_tiny())
+    model = _sharpen(_tiny(num_cls_tokens=1))
     x = torch.randn(2, 1, 32, 32, 32)
-    full = model.forward_tokens(x)["tokens"]
+    full = model.forward_tokens(x)
     perm = torch.stack([torch.randperm(64) for _ in range(2)])
-    permuted = model.forward_tokens(x, keep_indices=perm)["tokens"]
-    assert torch.allclose(permuted, full.gather(1, perm[..., None].expand_as(full)), atol=1e-5)
+    permuted = model.forward_tokens(x, keep_indices=perm)
+    tokens = full["tokens"]
+    assert torch.allclose(permuted["tokens"], tokens.gather(1, perm[..., None].expand_as(tokens)), atol=1e-5)
+    assert torch.allclose(permuted["cls"], full["cls"], atol=1e-5)
 
 
 def test_dropping_to_a_block_equals_encoding_the_crop() -> None:
