@@ -135,7 +135,7 @@ class ColipriTextEncoder(nn.Module):
         pool: bool = True,
         normalize: bool = True,
     ) -> torch.Tensor:
-        """``(B, D)`` text embeddings (``pool=False``: ``(B, L, width)`` token states, projected if a projector exists)."""
+        """``(B, D)`` text embeddings; ``pool=False`` gives the ``(B, L, width)`` token states (projected if needed)."""
         tokens = self.token_embeddings(input_ids, attention_mask)
         if pool:
             tokens = self.pooler(tokens, attention_mask)
@@ -154,7 +154,10 @@ class ColipriModel(nn.Module):
     """
 
     def __init__(
-        self, image_encoder: ColipriImageEncoder, text_encoder: ColipriTextEncoder | None = None, temperature: float = 1.0
+        self,
+        image_encoder: ColipriImageEncoder,
+        text_encoder: ColipriTextEncoder | None = None,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         if temperature <= 0:
@@ -244,7 +247,11 @@ def load_colipri_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    mis_shaped = [f"{k} {tuple(state[k].shape)}!={tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    mis_shaped = [
+        f"{k} {tuple(state[k].shape)}!={tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or mis_shaped:
         problems = []
         if missing:
@@ -269,7 +276,9 @@ def _prompt_pairs(prompt_set: Any) -> tuple[list[str], list[list[str]], list[lis
             pos, neg = value
         pos, neg = [pos] if isinstance(pos, str) else list(pos), [neg] if isinstance(neg, str) else list(neg)
         if not pos or len(pos) != len(neg):
-            raise ValueError(f"finding {key!r}: need as many negative as positive prompts, got {len(pos)} and {len(neg)}")
+            raise ValueError(
+                f"finding {key!r}: need as many negative as positive prompts, got {len(pos)} and {len(neg)}"
+            )
         keys.append(str(key))
         positives.append(pos)
         negatives.append(neg)

@@ -114,7 +114,9 @@ class MAEDecoder(nn.Module):
                 raise ValueError(f"without keep_indices tokens must cover the grid {grid} ({n}), got {x.shape[1]}")
         else:
             if keep_indices.shape != tokens.shape[:2]:
-                raise ValueError(f"keep_indices {tuple(keep_indices.shape)} must match tokens {tuple(tokens.shape[:2])}")
+                raise ValueError(
+                    f"keep_indices {tuple(keep_indices.shape)} must match tokens {tuple(tokens.shape[:2])}"
+                )
             full = self.mask_token.to(x.dtype).expand(b, n, d)
             x = full.scatter(1, keep_indices.unsqueeze(-1).expand(-1, -1, d), x)
         return self.pred(self.decoder(x, self.decoder.rope.get_embed(grid, x.device)))

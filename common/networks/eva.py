@@ -338,7 +338,9 @@ class RotaryPositionEmbedding(nn.Module):
         return table
 
     def extra_repr(self) -> str:
-        return f"spatial_dims={self.spatial_dims}, num_bands={self.num_bands}, ref_grid={self.ref_grid}, mode={self.mode}"
+        return (
+            f"spatial_dims={self.spatial_dims}, num_bands={self.num_bands}, ref_grid={self.ref_grid}, mode={self.mode}"
+        )
 
 
 class EvaEncoder(nn.Module):
@@ -588,7 +590,9 @@ class EvaViT(nn.Module):
             ``(B, num_cls_tokens, C)`` when the model has CLS tokens, and ``grid`` (the full token grid).
         """
         if x.ndim != self.spatial_dims + 2:
-            raise ValueError(f"expected a (B, C, *spatial) tensor with {self.spatial_dims} spatial dims, got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected a (B, C, *spatial) tensor with {self.spatial_dims} spatial dims, got {tuple(x.shape)}"
+            )
         grid = self.grid_size(x.shape[2:])
         tokens = self.down_projection(x).flatten(2).transpose(1, 2)  # (B, N, C)
         b, n, c = tokens.shape
@@ -639,7 +643,11 @@ def primus(
 
 
 def primus_m(
-    spatial_dims: int = 3, in_channels: int = 1, img_size: int | Sequence[int] = 192, patch_size: int | Sequence[int] = 8, **kwargs
+    spatial_dims: int = 3,
+    in_channels: int = 1,
+    img_size: int | Sequence[int] = 192,
+    patch_size: int | Sequence[int] = 8,
+    **kwargs,
 ) -> EvaViT:
     """Primus-M as in the COLIPRI release: 864 wide, 16 blocks, 12 heads, 8^3 patches, RoPE, LayerScale 0.1."""
     return primus("M", spatial_dims, in_channels, img_size, patch_size, **kwargs)

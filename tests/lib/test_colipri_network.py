@@ -120,7 +120,8 @@ def test_model_forward_and_temperature_mapping() -> None:
 
 
 def _tokenizer(tmp_path):
-    words = sorted({w for f in FINDINGS for p in f.prompts_positive + f.prompts_negative for w in p.lower().replace(".", " .").split()})
+    prompts = [p for f in FINDINGS for p in f.prompts_positive + f.prompts_negative]
+    words = sorted({w for p in prompts for w in p.lower().replace(".", " .").split()})
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
     return transformers.BertTokenizer(str(vocab))

@@ -177,7 +177,8 @@ def test_patchify_roundtrip_and_layout() -> None:
         assert torch.equal(unpatchify(rows, patch, grid, in_channels=3), x)
         first = x[(slice(None), slice(None)) + tuple(slice(0, p) for p in patch)]
         assert torch.equal(rows[:, 0], first.movedim(1, -1).reshape(2, -1))
-        second = x[(slice(None), slice(None)) + tuple(slice(0, p) for p in patch[:-1]) + (slice(patch[-1], 2 * patch[-1]),)]
+        index = tuple(slice(0, p) for p in patch[:-1]) + (slice(patch[-1], 2 * patch[-1]),)
+        second = x[(slice(None), slice(None)) + index]
         assert torch.equal(rows[:, 1], second.movedim(1, -1).reshape(2, -1))
 
 
