@@ -22,7 +22,7 @@ from common.data.phantom import GENERATOR_VERSION, generate_dataset
 
 __all__ = ["DEFAULT_SIZES", "default_cache_root", "default_datalist"]
 
-DEFAULT_SIZES: dict[str, int] = {"num_train": 240, "num_image_only": 80, "num_val": 48, "num_test": 96}
+DEFAULT_SIZES: dict[str, int] = {"num_train": 300, "num_image_only": 100, "num_val": 60, "num_test": 120}
 _DATALIST_NAMES = ("datalist.json", "datalist_{dims}d.json")
 
 

@@ -2,22 +2,24 @@
 
 Each phantom is an analytic chest drawn on an anisotropic voxel grid (in-plane 2.5-3.5 mm, slices 4-6 mm,
 about 390 x 390 x 305 mm, patient size and position varying per case) and stored as a RAS-oriented int16 HU
-NIfTI. Anatomy: air, body with subcutaneous fat, chest wall muscle, ribs, sternum, vertebrae with discs and
-spinal canal, two lungs with a dependent density gradient and a branching vessel tree, mediastinal fat,
-heart, aorta (ascending, arch, descending; non-contrast blood), trachea and main bronchi, oesophagus,
-domed diaphragm with liver and upper abdomen below it. The six findings of :mod:`common.data.findings`
-are added independently (probability :data:`FINDING_PROBABILITY` each) and are sized to be visible at
-6 mm: a 12-30 mm solid nodule in a named lobe, a dependent pleural effusion (left/right/bilateral),
-cardiomegaly (heart scaled 1.3-1.5x), upper-zone emphysema with bullae, a lobar consolidation, and
-calcified plaques on the aortic wall.
+NIfTI. Anatomy: air, body with subcutaneous fat, chest-wall muscle, twelve pairs of ribs, sternum, vertebrae
+with discs and spinal canal, two lungs with a dependent density gradient and a branching vessel tree,
+mediastinal fat, heart, aorta (ascending, arch, descending; non-contrast blood ~40 HU), trachea and main
+bronchi, oesophagus, and a domed diaphragm with liver and upper abdomen below it. Intensities get a light
+partial-volume blur and Gaussian noise (8-14 HU). The six findings of :mod:`common.data.findings` are drawn
+independently (probability :data:`FINDING_PROBABILITY` each) and sized to be visible at 6 mm: a 12-30 mm
+solid nodule in a named lobe, a dependent pleural effusion (left/right/bilateral), cardiomegaly (heart scaled
+1.3-1.5x), upper-zone emphysema (~-950 HU) with bullae, a lobar consolidation (>= 25 ml, 10-50 HU) and
+calcified plaques (900-1400 HU) on the aortic wall.
 
-A radiograph-like view of the same phantom is a digitally reconstructed radiograph (DRR): attenuation
-integrated along the antero-posterior axis, displayed as a PA film (patient's right on the viewer's left,
-bones bright) on square pixels.
+The radiograph-like view of the same phantom is a digitally reconstructed radiograph (DRR): attenuation
+integrated along the antero-posterior axis, log-domain windowed and shown as a PA film (patient's right on the
+viewer's left, bones bright) on square pixels.
 
-Deviations from real data, on purpose: nodules are at least 12 mm (two voxels at 6 mm) so that the
-positive class is learnable at the bundles' default 6 mm resolution; there is no contrast, no motion and
-no beam hardening; lobes are separated by planar fissures.
+Deliberate simplifications (documented deviations from real data): nodules are at least 12 mm (two voxels at
+6 mm) so the positive class is learnable at the bundles' default 6 mm grid; lobes are split by planar
+fissures; consolidation has no air bronchogram; there is no contrast, motion, streak or beam-hardening
+artefact, and no arms or scapulae.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from common.data.findings import FINDINGS, Finding
+from common.data.findings import FINDINGS
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -42,6 +44,7 @@ __all__ = [
     "LOBES",
     "SIDES",
     "TISSUES",
+    "KEYS_TO_CLASS",
     "Phantom",
     "make_phantom",
     "write_report",
@@ -98,9 +101,12 @@ _HU = {
 }  # fmt: skip
 _T = TISSUES
 _PARENCHYMA = (_T["lung"], _T["emphysema"], _T["bulla"], _T["vessel"])
-_MASK_OF_TISSUE = {  # lesion class (finding index + 1) of each lesion tissue
-    _T["nodule"]: 1, _T["effusion"]: 2, _T["emphysema"]: 4, _T["bulla"]: 4, _T["consolidation"]: 5,
-    _T["calcification"]: 6,
+KEYS_TO_CLASS: dict[str, int] = {f.key: i + 1 for i, f in enumerate(FINDINGS)}  # lesion mask class of each finding
+_MASK_OF_TISSUE = {
+    _T["nodule"]: KEYS_TO_CLASS["lung_nodule"], _T["effusion"]: KEYS_TO_CLASS["pleural_effusion"],
+    _T["emphysema"]: KEYS_TO_CLASS["emphysema"], _T["bulla"]: KEYS_TO_CLASS["emphysema"],
+    _T["consolidation"]: KEYS_TO_CLASS["consolidation"],
+    _T["calcification"]: KEYS_TO_CLASS["arterial_wall_calcification"],
 }  # fmt: skip
 _SPLITS = {"training": 0, "image_only": 1, "validation": 2, "test": 3}
 _CASE_PREFIX = {"training": "train", "image_only": "unpaired", "validation": "val", "test": "test"}
@@ -143,6 +149,7 @@ class Phantom:
         labels: ``{finding_key: 0 | 1}`` for every finding of the vocabulary.
         details: per present finding, what the report states (``lobe``, ``side``, ``size``) plus extras.
         report: free-text report (``FINDINGS: ... IMPRESSION: ...``).
+        geometry: a few anatomical landmarks (mm, patient frame) and the patient's shift within the field of view.
     """
 
     case_id: str
@@ -159,6 +166,13 @@ class Phantom:
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along X, Y, Z."""
         return tuple(float(v) for v in np.abs(np.diag(self.affine)[:3]))  # type: ignore[return-value]
+
+    def patient_axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Voxel-centre coordinates (mm) along X, Y, Z in the patient frame (origin mid-chest, RAS directions)."""
+        shift = (self.geometry["shift_x"], self.geometry["shift_y"], self.geometry["shift_z"])
+        return tuple(  # type: ignore[return-value]
+            (np.arange(n) - (n - 1) / 2) * s - d for n, s, d in zip(self.hu.shape, self.spacing, shift)
+        )
 
 
 class _Grid:
@@ -183,7 +197,8 @@ class _Grid:
                 return None
             slices.append(slice(int(i0), int(i1)))
         sx, sy, sz = slices
-        return tuple(slices), self.axes[0][sx][:, None, None], self.axes[1][sy][None, :, None], self.axes[2][sz][None, None, :]
+        x, y, z = self.axes[0][sx], self.axes[1][sy], self.axes[2][sz]
+        return tuple(slices), x[:, None, None], y[None, :, None], z[None, None, :]
 
     def coords(self, flat_index: np.ndarray) -> np.ndarray:
         """``(N, 3)`` patient coordinates of flat voxel indices."""
@@ -198,7 +213,9 @@ def _lut(codes: Sequence[int]) -> np.ndarray:
 
 
 _IS_PARENCHYMA = _lut(_PARENCHYMA)
-_IS_SOFT = _lut([_T[k] for k in ("mediastinal_fat", "muscle", "subcutaneous_fat", "lung", "emphysema", "vessel", "heart", "aorta")])
+_IS_SOFT = _lut(
+    [_T[k] for k in ("mediastinal_fat", "muscle", "subcutaneous_fat", "lung", "emphysema", "vessel", "heart", "aorta")]
+)  # tissues that halos and plaques may overwrite (never bone or airway)
 
 
 def _ellipsoid(grid: _Grid, center: Sequence[float], radii: Sequence[float], rotation: np.ndarray | None = None):
@@ -247,7 +264,10 @@ def _rotation(yaw: float, tilt: float) -> np.ndarray:
 
 
 class _ChestBuilder:
-    """Draws one phantom's tissue map; every random draw comes from ``rng`` in a fixed order."""
+    """Draws one phantom's tissue map and intensities; every draw comes from ``self.rng`` in a fixed order.
+
+    The caller swaps ``self.rng`` between the anatomy, findings and intensity phases (independent streams).
+    """
 
     def __init__(self, rng: np.random.Generator, labels: dict[str, int]):
         self.rng = rng
@@ -258,9 +278,8 @@ class _ChestBuilder:
         n_xy, n_z = int(round(u(380, 400) / sx)), int(round(u(290, 320) / sz))
         self.shift = np.array([u(-10, 10), u(-10, 10), u(-10, 10)])
         self.grid = _Grid((n_xy, n_xy, n_z), (sx, sx, sz), self.shift)
-        self.origin = np.array([u(-40, 40), u(-40, 40), u(-60, 60)]) - (np.array(self.grid.shape) - 1) / 2 * np.array(
-            self.grid.spacing
-        )
+        half_extent = (np.array(self.grid.shape) - 1) / 2 * np.array(self.grid.spacing)
+        self.origin = np.array([u(-40, 40), u(-40, 40), u(-60, 60)]) - half_extent  # world mm of voxel (0, 0, 0)
         self.tissue = np.zeros(self.grid.shape, dtype=np.uint8)
 
         s = self.s = u(0.9, 1.07)
@@ -309,7 +328,6 @@ class _ChestBuilder:
 
     def lungs(self) -> None:
         g, T, u = self.grid, self.tissue, self.rng.uniform
-        self.lung_x = {}
         for side in (1, -1):
             xl, rxl = side * 0.42 * self.A, 0.8 * self.A
             zl = self.z_dome_r if side > 0 else self.z_dome_l
@@ -453,7 +471,8 @@ class _ChestBuilder:
         pos = (g.axes[2][None, :] + drop[:, None] - first) / spacing
         index = np.rint(pos)
         resid = (pos - index) * spacing
-        in_rib = ((resid / (5.0 * s)) ** 2 + (radial[ii, jj][:, None] / (3.8 * s)) ** 2 < 1.0) & (index <= 0) & (index > -13)
+        in_rib = (resid / (5.0 * s)) ** 2 + (radial[ii, jj][:, None] / (3.8 * s)) ** 2 < 1.0
+        in_rib &= (index <= 0) & (index > -13)  # twelve pairs
         rows, ks = np.nonzero(in_rib)
         T[ii[rows], jj[rows], ks] = _T["rib"]
         # sternum
@@ -464,10 +483,13 @@ class _ChestBuilder:
         r = np.sqrt(x2**2 + (y2 - self.y_vb) ** 2)
         halo, body, cortex = r < self.r_vb + 4, r < self.r_vb, (r < self.r_vb) & (r > self.r_vb - 2.5)
         rc = np.sqrt(x2**2 + (y2 - self.y_canal) ** 2)
-        arch = ((rc < 13 * s) & (y2 < self.y_canal + 2)) | ((np.abs(x2) < 4 * s) & (y2 < self.y_canal) & (y2 > self.y_canal - 38 * s))
-        arch |= (np.abs(x2) < 34 * s) & (np.abs(y2 - self.y_canal) < 4.5 * s)
+        arch = (rc < 13 * s) & (y2 < self.y_canal + 2)  # laminae
+        arch |= (np.abs(x2) < 4 * s) & (y2 < self.y_canal) & (y2 > self.y_canal - 38 * s)  # spinous process
+        arch |= (np.abs(x2) < 34 * s) & (np.abs(y2 - self.y_canal) < 4.5 * s)  # transverse processes
         canal = rc < 7.5 * s
-        T[halo & ~body] = np.where(T[halo & ~body] == _T["lung"], _T["mediastinal_fat"], T[halo & ~body])
+        paraspinal = T[halo & ~body]  # (voxels, Z) copy: soft tissue, not lung, right next to the vertebra
+        paraspinal[paraspinal == _T["lung"]] = _T["mediastinal_fat"]
+        T[halo & ~body] = paraspinal
         T[arch] = _T["vertebral_body"]
         T[body] = _T["vertebral_body"]
         T[cortex] = _T["cortical_bone"]
@@ -497,6 +519,9 @@ class _ChestBuilder:
         sub = T[:, :, k0:]
         sub[sub == _T["lung"]] = _T["emphysema"]
         candidates = np.flatnonzero(T == _T["emphysema"])
+        if len(candidates) == 0:
+            self.labels["emphysema"] = 0
+            return
         n_bullae = int(self.rng.integers(2, 7))
         for _ in range(n_bullae):
             radius = u(7, 16) * self.s
@@ -514,7 +539,8 @@ class _ChestBuilder:
         for side in sides:
             depth_mm, height = u(30, 60) * self.s, u(60, 120) * self.s
             z_limit = (self.z_dome_r if side > 0 else self.z_dome_l) + height
-            half = slice(int(np.searchsorted(g.axes[0], 0)), None) if side > 0 else slice(0, int(np.searchsorted(g.axes[0], 0)))
+            midline = int(np.searchsorted(g.axes[0], 0))
+            half = slice(midline, None) if side > 0 else slice(0, midline)
             x = g.axes[0][half]
             floor = self.cy - self.B * np.sqrt(np.clip(1 - (x / self.A) ** 2, 0, 1))
             depth = depth_mm * np.clip((z_limit - g.axes[2]) / 40.0, 0, 1)
@@ -539,12 +565,13 @@ class _ChestBuilder:
                 found = _ellipsoid(self.grid, self._pick(candidates), (radius, radius, 1.2 * radius))
                 slices, inside = found
                 sub = self.tissue[slices]
-                found_x, found_y, found_z = (self.grid.axes[i][slices[i]] for i in range(3))
-                xyz = np.stack(np.broadcast_arrays(found_x[:, None, None], found_y[None, :, None], found_z[None, None, :]), -1)
+                x, y, z = (self.grid.axes[i][slices[i]] for i in range(3))
+                xyz = np.stack(np.broadcast_arrays(x[:, None, None], y[None, :, None], z[None, None, :]), -1)
                 region = inside & _IS_PARENCHYMA[sub] & (self.lobe_of(xyz) == lobe)
-                if region.sum() * np.prod(self.grid.spacing) >= 25_000:  # at least 25 ml
+                volume_ml = float(region.sum() * np.prod(self.grid.spacing)) / 1000
+                if volume_ml >= 25:  # large enough to be seen at 6 mm
                     sub[region] = _T["consolidation"]
-                    self.details["consolidation"] = {"lobe": LOBES[int(lobe)], "volume_ml": round(float(region.sum() * np.prod(self.grid.spacing)) / 1000, 1)}
+                    self.details["consolidation"] = {"lobe": LOBES[int(lobe)], "volume_ml": round(volume_ml, 1)}
                     return
         self.labels["consolidation"] = 0  # no room (lungs filled by other findings): report it as absent
 
@@ -568,17 +595,22 @@ class _ChestBuilder:
                 if inside.sum() == 0:
                     continue
                 self.tissue[slices][inside] = _T["nodule"]
-                self.details["lung_nodule"] = {"lobe": LOBES[int(lobe)], "size": int(round(diameter)), "center_mm": [round(float(c), 1) for c in center]}
+                self.details["lung_nodule"] = {
+                    "lobe": LOBES[int(lobe)],
+                    "size": int(round(diameter)),
+                    "center_mm": [round(float(c), 1) for c in center],  # patient frame
+                }
                 return
-        self.labels["lung_nodule"] = 0
+        self.labels["lung_nodule"] = 0  # no room: report it as absent
 
     def calcification(self) -> None:
         u, T = self.rng.uniform, self.tissue
         (_, asc0, asc1), _, (_, desc0, desc1) = self.aorta
         desc1 = np.array([desc1[0], desc1[1], max(desc1[2], self.z_dome_l - 40)])
         pieces = (("segment", asc0, asc1), ("arch", asc1, desc0), ("segment", desc0, desc1))
-        lengths = np.array([np.linalg.norm(asc1 - asc0), np.pi * np.linalg.norm(desc0 - asc1) / 2, np.linalg.norm(desc1 - desc0)])
-        n_plaques = int(self.rng.integers(4, 10))
+        arch_length = np.pi * np.linalg.norm(desc0 - asc1) / 2
+        lengths = np.array([np.linalg.norm(asc1 - asc0), arch_length, np.linalg.norm(desc1 - desc0)])
+        n_plaques = int(self.rng.integers(5, 11))
         painted = 0
         for _ in range(n_plaques):
             piece = int(self.rng.choice(3, p=lengths / lengths.sum()))
@@ -594,7 +626,7 @@ class _ChestBuilder:
                 point, tangent = a + t * (b - a), (b - a) / np.linalg.norm(b - a)
             normal = np.cross(tangent, self.rng.normal(size=3))
             normal /= np.linalg.norm(normal)
-            size = u(6, 11) * self.s
+            size = u(8, 14) * self.s
             found = self.grid.box(point + normal * self.r_ao - size, point + normal * self.r_ao + size)
             if found is None:
                 continue
@@ -603,7 +635,7 @@ class _ChestBuilder:
             near = (X - center[0]) ** 2 + (Y - center[1]) ** 2 + (Z - center[2]) ** 2 < size**2
             dist = (_arch_distance if kind == "arch" else _segment_distance)(X, Y, Z, a, b)
             sub = T[slices]
-            plaque = near & (dist > self.r_ao - 4.0) & (dist < self.r_ao + 1.0) & _IS_SOFT[sub]
+            plaque = near & (dist > self.r_ao - 4.5) & (dist < self.r_ao + 1.0) & _IS_SOFT[sub]
             sub[plaque] = _T["calcification"]
             painted += int(plaque.sum())
         if painted == 0:
@@ -623,7 +655,7 @@ class _ChestBuilder:
         table[_T["effusion"]] = u(5, 20)
         table[_T["consolidation"]] = u(10, 50)
         table[_T["nodule"]] = u(30, 60)
-        table[_T["calcification"]] = u(800, 1200)
+        table[_T["calcification"]] = u(900, 1400)
         gradient, noise_sd = u(25, 50), u(8, 14)
         # outside the body stays exactly -1000 HU (as a scanner's padding); work on the body's bounding box
         rows, cols = np.nonzero(self.body2d)
@@ -650,9 +682,7 @@ class _ChestBuilder:
         for code, klass in _MASK_OF_TISSUE.items():
             table[code] = klass
         if self.labels["cardiomegaly"]:
-            table[_T["heart"]] = 3
-        if not self.labels["emphysema"]:
-            table[_T["bulla"]] = 0
+            table[_T["heart"]] = KEYS_TO_CLASS["cardiomegaly"]
         return np.take(table, self.tissue)
 
 
@@ -725,7 +755,8 @@ def _capitalise(sentence: str) -> str:
 
 _FILM_WINDOW = (1.2, 7.0)  # line integral of attenuation mapped to black ... white
 _FILM_GAMMA = 1.4
-_FILM_MASK_PRIORITY = (4, 3, 2, 5, 6, 1)  # emphysema, cardiomegaly, effusion, consolidation, calcification, nodule
+_FILM_MASK_ORDER = ("emphysema", "cardiomegaly", "pleural_effusion", "consolidation", "arterial_wall_calcification")
+_FILM_MASK_PRIORITY = tuple(KEYS_TO_CLASS[k] for k in (*_FILM_MASK_ORDER, "lung_nodule"))  # most focal drawn last
 _MU_WATER = 0.02  # 1/mm at an effective energy of ~60 keV
 
 
@@ -789,13 +820,18 @@ def _interpolation_matrix(position: np.ndarray, n: int) -> np.ndarray:
     return weights
 
 
-def _case_rngs(seed: int, split: str, index: int) -> tuple[np.random.Generator, np.random.Generator]:
-    """Independent anatomy and text generators of one case; the same for any dataset size."""
-    anatomy, text = np.random.SeedSequence(entropy=seed, spawn_key=(_SPLITS[split], index)).spawn(2)
-    return np.random.default_rng(anatomy), np.random.default_rng(text)
+def _case_rngs(seed: int, split: str, index: int) -> list[np.random.Generator]:
+    """Independent anatomy, findings, intensity and text generators of one case, the same for any dataset size.
+
+    Separate streams make a phantom and its twin with other findings share anatomy and intensities exactly.
+    """
+    streams = np.random.SeedSequence(entropy=seed, spawn_key=(_SPLITS[split], index)).spawn(4)
+    return [np.random.default_rng(stream) for stream in streams]
 
 
-def make_phantom(seed: int = 0, split: str = "training", index: int = 0, labels: dict[str, int] | None = None) -> Phantom:
+def make_phantom(
+    seed: int = 0, split: str = "training", index: int = 0, labels: dict[str, int] | None = None
+) -> Phantom:
     """Build one phantom, deterministic in ``(seed, split, index)``.
 
     Args:
@@ -803,13 +839,19 @@ def make_phantom(seed: int = 0, split: str = "training", index: int = 0, labels:
         split: ``training``, ``image_only``, ``validation`` or ``test``; each split draws its own cases.
         index: case number within the split.
         labels: force findings on (1) or off (0); unspecified findings are drawn with :data:`FINDING_PROBABILITY`.
+            Anatomy, findings, intensities and text use separate random streams, so the same case with other
+            ``labels`` is its exact counterfactual twin. A finding that finds no room (e.g. a consolidation whose
+            lobes are all filled by effusion) is left out and its label set to 0, so labels always match the image.
 
     Returns:
         The :class:`Phantom` (volume, lesion mask, tissue map, affine, labels, details, report).
+
+    Raises:
+        ValueError: unknown ``split`` or finding key.
     """
     if split not in _SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {list(_SPLITS)}")
-    rng, text_rng = _case_rngs(seed, split, index)
+    rng, findings_rng, intensity_rng, text_rng = _case_rngs(seed, split, index)
     drawn = rng.random(len(FINDINGS)) < FINDING_PROBABILITY
     wanted = {f.key: int(d) for f, d in zip(FINDINGS, drawn)}
     unknown = set(labels or {}) - set(wanted)
@@ -823,6 +865,7 @@ def make_phantom(seed: int = 0, split: str = "training", index: int = 0, labels:
     chest.mediastinum()
     chest.vessels()
     chest.skeleton()
+    chest.rng = findings_rng
     if wanted["emphysema"]:
         chest.emphysema()
     if wanted["pleural_effusion"]:
@@ -833,6 +876,7 @@ def make_phantom(seed: int = 0, split: str = "training", index: int = 0, labels:
         chest.nodule()
     if wanted["arterial_wall_calcification"]:
         chest.calcification()
+    chest.rng = intensity_rng
     hu = chest.to_hu()
     affine = np.diag([*chest.grid.spacing, 1.0])
     affine[:3, 3] = chest.origin
@@ -962,7 +1006,7 @@ def generate_dataset(
     out = Path(out_dir)
     for folder in ("ct", "ct_mask", "cxr", "cxr_mask"):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out), int(seed), split, index, int(image_size_2d)) for split, n in counts.items() for index in range(n)]
+    jobs = [(str(out), int(seed), split, i, int(image_size_2d)) for split, n in counts.items() for i in range(n)]
     if num_workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=num_workers) as pool:
             results = list(pool.map(_write_case, *zip(*jobs), chunksize=4))
