@@ -478,7 +478,8 @@ class PretrainingTrainer(Trainer):
                     value = value.detach().float().reshape(())
                 else:
                     value = torch.tensor(float(value), device=loss.device)
-                sums[key] = sums[key] + value * share if key in sums else value * share
+                weighted = value if share == 1.0 else value * share
+                sums[key] = sums[key] + weighted if key in sums else weighted
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
 
         # clip gradients, then read every value with one host sync
