@@ -58,7 +58,7 @@ from monai.transforms.lazy.functional import apply_pending
 from monai.transforms.lazy.utils import affine_from_pending, combine_transforms
 from monai.transforms.traits import LazyTrait
 from monai.transforms.utils import create_translate
-from monai.utils import convert_to_tensor, ensure_tuple, ensure_tuple_rep
+from monai.utils import LazyAttr, convert_to_tensor, ensure_tuple, ensure_tuple_rep
 
 from common.data.readers import LoadVolumed
 
@@ -509,7 +509,7 @@ def apply_pending_fast(
     if not img.has_pending_operations:
         return img
     pending = img.pending_operations
-    rank = img.peek_pending_rank()
+    rank = len(img.peek_pending_shape())  # not peek_pending_rank(): see the 4x4 note below
     matrix = to_affine_nd(rank, affine_from_pending(pending[0]))
     for op in pending[1:]:
         matrix = combine_transforms(matrix, to_affine_nd(rank, affine_from_pending(op)))
@@ -519,12 +519,23 @@ def apply_pending_fast(
         overrides = {"mode": mode, "padding_mode": padding_mode, "dtype": dtype, "align_corners": align_corners}
         if device is not None:
             overrides["device"] = device
-        return apply_pending(img, overrides=overrides)[0]
+        # MONAI's random transforms record a (4, 4) identity for 2D images when they do not fire, which its
+        # apply_pending cannot chain with the (3, 3) matrices of the others: hand it rank-consistent matrices.
+        consistent = [
+            {**op, LazyAttr.AFFINE: to_affine_nd(rank, affine_from_pending(op))} if isinstance(op, dict) else op
+            for op in pending
+        ]
+        original_affine = img.affine.clone()
+        img.clear_pending_operations()
+        out = apply_pending(img, pending=consistent, overrides=overrides)[0]
+        out.affine = to_affine_nd(original_affine, out.affine)  # keep e.g. a 2D image's (4, 4) affine, as eager
+        return out
     shape = [int(s) for s in img.peek_pending_shape()]
     source = img.as_tensor() if device is None else img.as_tensor().to(device)
     values = resample_axis_aligned(source, plan, shape, mode)
     out = MetaTensor(values, meta=dict(img.meta), applied_operations=list(img.applied_operations))
-    out.affine = to_affine_nd(rank, img.affine.to(torch.float64)) @ torch.as_tensor(matrix_np)
+    new_affine = to_affine_nd(rank, img.affine.to(torch.float64)) @ torch.as_tensor(matrix_np)
+    out.affine = to_affine_nd(img.affine.to(torch.float64), new_affine)
     for op in pending:
         out.push_applied_operation(op)
     img.clear_pending_operations()
