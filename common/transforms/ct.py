@@ -205,7 +205,13 @@ class CentredSpacing(InvertibleTransform, LazyTransform):
         )
 
     def inverse(self, data: torch.Tensor) -> torch.Tensor:
-        return self.sp_resample.inverse(data)
+        """Resample back to the input grid, eagerly (a lazily inverted result would stay pending)."""
+        lazy = self.sp_resample.lazy
+        self.sp_resample.lazy = False
+        try:
+            return self.sp_resample.inverse(data)
+        finally:
+            self.sp_resample.lazy = lazy
 
 
 class CentredSpacingd(MapTransform, InvertibleTransform, LazyTransform):

@@ -249,12 +249,20 @@ def test_pad_value_is_the_windowed_minimum_when_there_is_no_air():
     assert inner_min > 0.0  # 20 HU -> 0.02, not the window floor -1
 
 
-def test_centred_spacing_inverts():
-    img = _volume(shape=(12, 10, 8), spacing=(1.0, 1.2, 2.0))
-    spacing = CentredSpacingd("image", pixdim=1.5)
-    out = spacing({"image": img.clone()})
-    restored = spacing.inverse(out)["image"]
+@pytest.mark.parametrize("lazy", [True, False])
+def test_pipeline_inverts_to_the_input_grid(lazy):
+    """Maps (e.g. dense similarities) computed on the 2 mm grid can be taken back to the scan's own grid."""
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 1, 4, 4, 3) * 1600 - 800, size=(30, 26, 12),
+                                             mode="trilinear", align_corners=False)[0]
+    img = MetaTensor(smooth, affine=torch.as_tensor(_oblique_affine((0.9, 0.9, 3.0), flips=(-1, -1, 1))))
+    pipeline = Compose(ct_preprocessing(pixdim=1.5, spatial_size=(16, 20, 28), loader=None, lazy=lazy), lazy=lazy)
+    out = pipeline({"image": img.clone()})
+    restored = pipeline.inverse(out)["image"]
+    assert restored.shape == img.shape and not restored.pending_operations
     np.testing.assert_allclose(restored.affine.numpy(), img.affine.numpy(), atol=1e-6)
+    inside = (slice(None), slice(4, 26), slice(4, 22), slice(2, 10))  # away from the cropped/padded margins
+    expected = (img.as_tensor() / 1000).clamp(-1, 1)[inside]
+    assert float((restored.as_tensor()[inside] - expected).abs().mean()) < 0.02
 
 
 # ------------------------------------------------------------------------------------------------ real volumes
