@@ -58,7 +58,7 @@ from monai.transforms.lazy.functional import apply_pending
 from monai.transforms.lazy.utils import affine_from_pending, combine_transforms
 from monai.transforms.traits import LazyTrait
 from monai.transforms.utils import create_translate
-from monai.utils import LazyAttr, convert_to_tensor, ensure_tuple, ensure_tuple_rep
+from monai.utils import LazyAttr, convert_to_numpy, convert_to_tensor, ensure_tuple, ensure_tuple_rep
 
 from common.data.readers import LoadVolumed
 
@@ -531,17 +531,18 @@ def apply_pending_fast(
             {**op, LazyAttr.AFFINE: to_affine_nd(rank, affine_from_pending(op))} if isinstance(op, dict) else op
             for op in pending
         ]
-        original_affine = img.affine.clone()
+        original_affine = convert_to_numpy(img.affine, dtype=np.float64)
         img.clear_pending_operations()
         out = apply_pending(img, pending=consistent, overrides=overrides)[0]
-        out.affine = to_affine_nd(original_affine, out.affine)  # keep e.g. a 2D image's (4, 4) affine, as eager
+        # keep e.g. a 2D image's (4, 4) affine, as eager execution does
+        out.affine = torch.as_tensor(to_affine_nd(original_affine, convert_to_numpy(out.affine, dtype=np.float64)))
         return out
     shape = [int(s) for s in img.peek_pending_shape()]
     source = img.as_tensor() if device is None else img.as_tensor().to(device)
     values = resample_axis_aligned(source, plan, shape, mode)
     out = MetaTensor(values, meta=dict(img.meta), applied_operations=list(img.applied_operations))
-    new_affine = to_affine_nd(rank, img.affine.to(torch.float64)) @ torch.as_tensor(matrix_np)
-    out.affine = to_affine_nd(img.affine.to(torch.float64), new_affine)
+    base = convert_to_numpy(img.affine, dtype=np.float64)
+    out.affine = torch.as_tensor(to_affine_nd(base, to_affine_nd(rank, base) @ matrix_np))
     for op in pending:
         out.push_applied_operation(op)
     img.clear_pending_operations()
