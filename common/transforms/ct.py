@@ -16,8 +16,12 @@ three small transforms here carry TorchIO's geometry:
   (MONAI's centre crop/pad put it at the end), and the pad value can be the image minimum (``"minimum"``).
 
 With ``lazy=True`` orientation, spacing and crop are accumulated as pending operations and executed by
-:class:`ApplyPendingResampled` as ONE ``grid_sample`` over the cropped field of view only; padding is a constant fill
-afterwards, so no time is spent interpolating the padded margin. Remaining differences from TorchIO (documented in
+:class:`ApplyPendingResampled` as ONE interpolation over the cropped field of view only; padding is a constant fill
+afterwards, so no time is spent interpolating the padded margin. Because that voxel map is axis-aligned (also for
+oblique scans, whose direction cosines are kept), the interpolation runs separably (:func:`resample_axis_aligned`,
+same values as ``grid_sample``); rotations fall back to MONAI's resampler. Single-threaded CPU, per volume, versus
+the TorchIO processor: 0.03 vs 0.09 s (chest CTA 120x126x164), 0.07 vs 0.98 s (512x512x64 thorax), 0.06 vs 0.25 s
+(abdomen 122x101x112), loading excluded. Remaining differences from TorchIO (documented in
 :func:`colipri_preprocessing`) are below 1 HU.
 """
 
@@ -113,7 +117,7 @@ def centred_grid(
     Returns:
         The output affine (float64 numpy) and spatial shape.
     """
-    affine = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+    affine = convert_to_numpy(affine, dtype=np.float64)
     shape = np.asarray(spatial_shape, dtype=np.int64)
     rank = len(shape)
     new_spacing = _as_spacing(pixdim, rank)
@@ -180,7 +184,7 @@ class CentredSpacing(InvertibleTransform, LazyTransform):
         affine = img.peek_pending_affine()
         rank = len(shape)
         affine_nd = np.eye(rank + 1)
-        src = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+        src = convert_to_numpy(affine, dtype=np.float64)
         affine_nd[:rank, :rank] = src[:rank, :rank]
         affine_nd[:rank, rank] = src[:rank, -1]
         dst_affine, dst_shape = centred_grid(affine_nd, shape, self.pixdim)
@@ -519,7 +523,7 @@ def apply_pending_fast(
     matrix = to_affine_nd(rank, affine_from_pending(pending[0]))
     for op in pending[1:]:
         matrix = combine_transforms(matrix, to_affine_nd(rank, affine_from_pending(op)))
-    matrix_np = np.asarray(matrix.detach().cpu() if isinstance(matrix, torch.Tensor) else matrix, np.float64)
+    matrix_np = convert_to_numpy(matrix, dtype=np.float64)
     plan = _axis_aligned_plan(matrix_np, rank)
     if plan is None or mode not in ("bilinear", "nearest") or padding_mode != "border" or align_corners:
         overrides = {"mode": mode, "padding_mode": padding_mode, "dtype": dtype, "align_corners": align_corners}
