@@ -22,18 +22,9 @@ from common.losses.masked_patch_mse_loss import MaskedPatchMSELoss
 from common.losses.opposite_sentence_loss import OppositeSentenceLoss
 from common.networks.colipri import ColipriModel
 from common.networks.decoders import MAEDecoder, ReportDecoder
-from common.networks.eva import patchify
+from common.networks.eva import patchify, random_keep_indices
 
-__all__ = ["ColipriPretraining", "random_keep_indices"]
-
-
-def random_keep_indices(
-    batch_size: int, num_tokens: int, mask_ratio: float, device: torch.device, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Indices of the visible tokens, ``(B, N_keep)`` sorted, for MAE token dropping at ``mask_ratio``."""
-    num_keep = max(1, int(round(num_tokens * (1.0 - mask_ratio))))
-    noise = torch.rand(batch_size, num_tokens, device=device, generator=generator)
-    return noise.argsort(dim=1)[:, :num_keep].sort(dim=1).values
+__all__ = ["ColipriPretraining"]
 
 
 class ColipriPretraining(nn.Module):
@@ -110,8 +101,7 @@ class ColipriPretraining(nn.Module):
             text_emb = self.model.encode_text(input_ids, attention_mask)
             terms["contrastive"] = self.weights["contrastive"] * self.clip_loss(image_emb, text_emb, valid=has_report)
         if self.report_decoder is not None:
-            tokens = patch_tokens.flatten(2).transpose(1, 2)  # (B, N, D)
-            logits = self.report_decoder(tokens, input_ids, attention_mask)
+            logits = self.report_decoder(patch_tokens, input_ids, attention_mask)
             terms["report"] = self.weights["report"] * self.caption_loss(
                 logits, input_ids, attention_mask, valid=has_report
             )
