@@ -1,4 +1,8 @@
-"""DINO projection head (and, from the networks engineer, the RAD-DINO backbones).
+"""DINO projection head and the RAD-DINO backbone adapters (2D transformers ``Dinov2Model``, 3D EVA ViT).
+
+Every backbone adapter has one interface: ``backbone(images, masks=None) -> (cls (B, D), patch tokens (B, N, D))``,
+both after the final norm, with ``masks`` ``(B, N)`` bool replacing the masked patch embeddings by a learnable mask
+token (iBOT). :class:`DinoClsEncoder` turns an adapter into the inference network ``image -> CLS embedding``.
 
 Oquab et al., "DINOv2: Learning Robust Visual Features without Supervision", https://arxiv.org/abs/2304.07193;
 Pérez-García et al., "Exploring scalable medical image encoders beyond text supervision" (RAD-DINO),
@@ -7,11 +11,36 @@ https://doi.org/10.1038/s42256-024-00965-w.
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-__all__ = ["DINOHead"]
+from common.data.contract import DataContractError
+from common.networks.eva import EvaViT
+
+__all__ = [
+    "DINOHead",
+    "DinoV2Backbone",
+    "EvaDinoBackbone",
+    "DinoClsEncoder",
+    "dinov2_config",
+    "load_rad_dino_backbone",
+    "DINOV2_SIZES",
+]
+
+#: Widths/depths/heads of the DINOv2 ViTs (``dinov2/models/vision_transformer.py``) and a CPU-demo ``tiny``.
+DINOV2_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"hidden_size": 96, "num_hidden_layers": 4, "num_attention_heads": 3},
+    "small": {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6},
+    "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12},
+    "large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16},
+}
 
 
 class DINOHead(nn.Module):
@@ -98,3 +127,171 @@ class DINOHead(nn.Module):
         eps = 1e-6 if x.dtype == torch.float16 else 1e-12
         x = nn.functional.normalize(x, dim=-1, p=2, eps=eps)
         return self.last_layer(x)
+
+
+def dinov2_config(size: str = "base", **overrides: Any) -> Any:
+    """A transformers ``Dinov2Config`` of DINOv2 size ``size`` (RAD-DINO: ``"base"``, 518 px, patch 14, 3 channels).
+
+    ``overrides`` set any ``Dinov2Config`` field (e.g. ``image_size``, ``drop_path_rate``, ``layerscale_value``).
+    """
+    from transformers import Dinov2Config
+
+    if size not in DINOV2_SIZES:
+        raise ValueError(f"unknown DINOv2 size {size!r}; expected one of {sorted(DINOV2_SIZES)}")
+    fields: dict[str, Any] = {"image_size": 518, "patch_size": 14, "num_channels": 3, **DINOV2_SIZES[size]}
+    fields.update(overrides)
+    return Dinov2Config(**fields)
+
+
+class DinoV2Backbone(nn.Module):
+    """2D RAD-DINO backbone: a transformers ``Dinov2Model`` behind the adapter interface.
+
+    Grey-scale input ``(B, 1, H, W)`` is replicated to the model's ``num_channels`` (RAD-DINO: 3, as its processor
+    does), so released RGB weights load unchanged. iBOT masks go to ``Dinov2Model``'s ``bool_masked_pos``.
+    ``H`` and ``W`` must be multiples of the patch size; the position embeddings are interpolated for other sizes
+    (local crops), as in DINOv2.
+
+    Args:
+        config: a ``Dinov2Config`` or a dict of its fields; ``None`` for ViT-B/14 at 518 px.
+        size: DINOv2 size used when ``config`` is a dict or ``None`` (see :data:`DINOV2_SIZES`).
+    """
+
+    def __init__(self, config: Any = None, size: str = "base") -> None:
+        super().__init__()
+        from transformers import Dinov2Config, Dinov2Model
+
+        if not isinstance(config, Dinov2Config):
+            config = dinov2_config(size, **dict(config or {}))
+        self.model = Dinov2Model(config)
+        self.num_register_tokens = int(getattr(config, "num_register_tokens", 0) or 0)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.model.config.patch_size)
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cls (B, D), patches (B, N, D))`` of ``images`` ``(B, C, H, W)``; ``masks`` ``(B, N)`` bool or None."""
+        channels = self.model.config.num_channels
+        if images.ndim != 4:
+            raise ValueError(f"expected (B, C, H, W) images, got {tuple(images.shape)}")
+        if images.shape[1] == 1 and channels != 1:
+            images = images.expand(-1, channels, -1, -1)
+        if any(s % self.patch_size for s in images.shape[2:]):
+            raise ValueError(f"image size {tuple(images.shape[2:])} is not a multiple of patch {self.patch_size}")
+        out = self.model(pixel_values=images, bool_masked_pos=masks).last_hidden_state
+        return out[:, 0], out[:, 1 + self.num_register_tokens :]
+
+
+class EvaDinoBackbone(nn.Module):
+    """3D (or 2D) RAD-DINO backbone: an :class:`~common.networks.eva.EvaViT` with one CLS token and a learnable
+    mask token (the Primus family used by COLIPRI), behind the adapter interface.
+
+    Args:
+        kwargs: :class:`~common.networks.eva.EvaViT` arguments (``num_cls_tokens`` and ``learnable_mask_token``
+            are fixed to 1 and True).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        kwargs["num_cls_tokens"] = 1
+        kwargs["learnable_mask_token"] = True
+        self.vit = EvaViT(**kwargs)
+        nn.init.trunc_normal_(self.vit.mask_token, std=0.02)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.vit.embed_dim
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cls (B, D), patches (B, N, D))`` of ``images`` ``(B, C, *spatial)``; ``masks`` ``(B, N)`` or None."""
+        out = self.vit.forward_tokens(images, mask=masks)
+        return out["cls"][:, 0], out["tokens"]
+
+
+class DinoClsEncoder(nn.Module):
+    """Inference network: image ``(B, 1, *spatial)`` -> CLS embedding ``(B, D)`` of a backbone adapter.
+
+    Args:
+        backbone: a :class:`DinoV2Backbone` or :class:`EvaDinoBackbone` (the EMA teacher's, after training).
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)[0]
+
+    def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"cls": (B, D), "patches": (B, N, D)}`` for :func:`common.evaluation.extract.extract_features`."""
+        cls, patches = self.backbone(images)
+        return {"cls": cls, "patches": patches}
+
+
+def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    safetensors_file, torch_file = folder / "model.safetensors", folder / "pytorch_model.bin"
+    if safetensors_file.is_file():
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(safetensors_file))
+        except Exception as err:  # safetensors raises its own error types
+            raise DataContractError(safetensors_file, f"unreadable safetensors file ({err})") from err
+    if torch_file.is_file():
+        try:
+            return torch.load(torch_file, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise DataContractError(torch_file, f"unreadable torch weights ({err})") from err
+    raise DataContractError(folder, "no model.safetensors (or pytorch_model.bin) in the weights folder")
+
+
+def load_rad_dino_backbone(path: str | os.PathLike, **config_overrides: Any) -> DinoV2Backbone:
+    """Load ``microsoft/rad-dino``-format weights (a Hugging Face folder with ``config.json`` and
+    ``model.safetensors``) into a :class:`DinoV2Backbone`, requiring every key to match.
+
+    Nothing is executed from the folder (no ``trust_remote_code``); ``config.json`` is read as data. Keys saved from a
+    wrapping model (``dinov2.`` prefix) are accepted.
+
+    Args:
+        path: the folder (e.g. a local snapshot of ``microsoft/rad-dino``).
+        config_overrides: ``Dinov2Config`` fields to change that do not affect shapes (e.g. ``drop_path_rate``).
+
+    Raises:
+        DataContractError: missing/unreadable files, or missing or unexpected weight keys or shapes.
+    """
+    from transformers import Dinov2Config
+
+    folder = Path(path)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise DataContractError(folder, "no config.json: expected a Hugging Face Dinov2Model folder")
+    try:
+        fields = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataContractError(config_file, f"not a valid JSON config ({err})") from err
+    if fields.get("model_type", "dinov2") != "dinov2":
+        raise DataContractError(config_file, f"model_type is {fields.get('model_type')!r}, expected 'dinov2'")
+    config = Dinov2Config.from_dict({**fields, **config_overrides})
+    backbone = DinoV2Backbone(config)
+    state = _read_state_dict(folder)
+    state = {(k[len("dinov2.") :] if k.startswith("dinov2.") else k): v for k, v in state.items()}
+    _load_strict(backbone.model, state, folder)
+    return backbone
+
+
+def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], where: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise DataContractError(
+            where,
+            f"weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shapes {wrong[:5]} ({len(missing)}/{len(unexpected)}/{len(wrong)} in all)",
+        )
+    model.load_state_dict(state, strict=True)
