@@ -678,6 +678,7 @@ def run(
         },  # fmt: skip
         "sections": {},
     }
+    markdown = _write(report, out)
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             start = time.perf_counter()
@@ -703,11 +704,16 @@ def run(
             result["section_wall_s"] = time.perf_counter() - start
             report["sections"][name] = result
             print(f"[benchmark] {name} done in {result['section_wall_s']:.1f} s", flush=True)
+            markdown = _write(report, out)  # after every section: a run cut short keeps what it measured
+    print(markdown)
+    return report
+
+
+def _write(report: dict[str, Any], out: Path) -> str:
     (out / "benchmark.json").write_text(json.dumps(report, indent=2))
     markdown = to_markdown(report)
     (out / "benchmark.md").write_text(markdown)
-    print(markdown)
-    return report
+    return markdown
 
 
 def _cli_run(*args: Any, **kwargs: Any) -> None:
