@@ -109,9 +109,12 @@ class RadDinoPretraining(nn.Module):
         if self.ibot_separate_head:
             student["ibot_head"] = DINOHead(embed_dim, **dict(ibot_head or head_args))
         self.student = nn.ModuleDict(student)
-        teacher = {k: copy.deepcopy(v) for k, v in student.items() if k != "backbone"}
-        teacher["backbone"] = teacher_backbone if teacher_backbone is not None else copy.deepcopy(student_backbone)
-        self.teacher = nn.ModuleDict(teacher)
+        self.teacher = nn.ModuleDict(
+            {
+                name: teacher_backbone if name == "backbone" and teacher_backbone is not None else copy.deepcopy(module)
+                for name, module in student.items()
+            }
+        )
         for name, module in self.teacher.items():
             module.load_state_dict(self.student[name].state_dict())
         self.teacher.requires_grad_(False)

@@ -1,0 +1,166 @@
+"""RAD-DINO objective (DINOv2 meta-architecture), backbone adapters and rad-dino weight loading."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from common.data.contract import DataContractError
+from common.engines.schedules import cosine_schedule, param_groups_lrd
+from common.methods.rad_dino import RadDinoPretraining
+from common.networks.dino import DinoClsEncoder, DinoV2Backbone, EvaDinoBackbone, load_rad_dino_backbone
+
+HEAD = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}
+
+
+def _tiny_dinov2(**overrides) -> DinoV2Backbone:
+    config = {"image_size": 28, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, **overrides}
+    return DinoV2Backbone(config, size="tiny")
+
+
+def _tiny_eva() -> EvaDinoBackbone:
+    return EvaDinoBackbone(spatial_dims=3, img_size=16, patch_size=8, embed_dim=48, depth=2, num_heads=4)
+
+
+def _batch(spatial: tuple[int, ...], local: tuple[int, ...], num_tokens: int, b: int = 4, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(b, 2, num_tokens, dtype=torch.bool)
+    masks[:, 0, : max(1, num_tokens // 3)] = True  # one masked global crop per sample, as DINOv2 at p=0.5
+    return {
+        "global_crops": torch.randn(b, 2, 1, *spatial, generator=g),
+        "local_crops": torch.randn(b, 3, 1, *local, generator=g),
+        "masks": masks,
+    }
+
+
+def _optimizer(objective: RadDinoPretraining) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(param_groups_lrd(objective.student, 0.04, 0.9), lr=1e-2)
+
+
+CASES = {
+    "2d": (_tiny_dinov2, (28, 28), (14, 14), 4, "centering"),
+    "3d": (_tiny_eva, (16, 16, 16), (8, 8, 8), 8, "sinkhorn_knopp"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_one_step_finite_terms_and_ema(case: str):
+    torch.manual_seed(0)
+    make, spatial, local, tokens, centering = CASES[case]
+    objective = RadDinoPretraining(make(), head=HEAD, centering=centering, warmup_teacher_temp_iters=4)
+    objective.train()
+    assert not objective.teacher.training and objective.student.training
+    optimizer = _optimizer(objective)
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert optimized and not optimized & {id(p) for p in objective.teacher.parameters()}
+    assert all(not p.requires_grad for p in objective.teacher.parameters())
+
+    objective.before_iteration(0, 10)
+    terms = objective(_batch(spatial, local, tokens))
+    assert set(terms) == {"loss", "dino_local_crops", "dino_global_crops", "koleo", "ibot"}
+    assert all(torch.isfinite(v) for v in terms.values())
+    parts = sum(v for k, v in terms.items() if k != "loss")
+    assert torch.allclose(terms["loss"], parts)
+    terms["loss"].backward()
+    assert all(p.grad is None for p in objective.teacher.parameters())
+
+    teacher_before = [p.detach().clone() for p in objective.teacher.parameters()]
+    optimizer.step()
+    student_after = [p.detach().clone() for p in objective.student.parameters()]
+    objective.after_optimizer_step(0, 10)
+    momentum = float(cosine_schedule(0.992, 1.0, 10)[0])
+    assert objective.momentum == pytest.approx(momentum)
+    moved = 0
+    for before, student, after in zip(teacher_before, student_after, objective.teacher.parameters()):
+        torch.testing.assert_close(after, momentum * before + (1 - momentum) * student)
+        moved += int(not torch.equal(after, before))
+    assert moved > 0
+
+
+def test_teacher_starts_as_student_and_schedules():
+    objective = RadDinoPretraining(_tiny_dinov2(), head=HEAD, warmup_teacher_temp_iters=4)
+    for s, t in zip(objective.student.state_dict().values(), objective.teacher.state_dict().values()):
+        torch.testing.assert_close(s, t)
+    temps = []
+    for step in range(8):
+        objective.before_iteration(step, 8)
+        temps.append(objective.teacher_temp)
+    assert temps[0] == pytest.approx(0.04) and temps[3] == pytest.approx(0.07) and temps[-1] == pytest.approx(0.07)
+    assert np.all(np.diff(temps) >= 0)
+    objective.after_optimizer_step(7, 8)
+    assert objective.momentum == pytest.approx(1.0, abs=1e-3)
+
+
+def test_ibot_only_masked_tokens_and_no_masks():
+    torch.manual_seed(0)
+    objective = RadDinoPretraining(_tiny_dinov2(), head=HEAD, ibot_separate_head=True)
+    batch = _batch((28, 28), (14, 14), 4)
+    batch["masks"][:] = False
+    terms = objective(batch)
+    assert float(terms["ibot"]) == 0.0 and torch.isfinite(terms["loss"])
+    assert "ibot_head" in objective.student and "ibot_head" in objective.teacher
+
+
+def test_weight_zero_removes_terms_and_bad_centering():
+    objective = RadDinoPretraining(_tiny_dinov2(), head=HEAD, koleo_loss_weight=0.0, ibot_loss_weight=0.0)
+    terms = objective(_batch((28, 28), (14, 14), 4))
+    assert set(terms) == {"loss", "dino_local_crops", "dino_global_crops"}
+    with pytest.raises(ValueError, match="centering"):
+        RadDinoPretraining(_tiny_dinov2(), head=HEAD, centering="mean")
+
+
+def test_adapters_shapes_and_masking():
+    torch.manual_seed(0)
+    backbone = _tiny_dinov2().eval()
+    images = torch.randn(2, 1, 28, 28)
+    cls, patches = backbone(images)
+    assert cls.shape == (2, 32) and patches.shape == (2, 4, 32)
+    mask = torch.tensor([[True, False, False, False]] * 2)
+    _, masked = backbone(images, mask)
+    assert not torch.allclose(masked, patches)
+    with pytest.raises(ValueError, match="multiple of patch"):
+        backbone(torch.randn(1, 1, 27, 28))
+    eva = _tiny_eva().eval()
+    cls3, patches3 = eva(torch.randn(2, 1, 16, 16, 16))
+    assert cls3.shape == (2, 48) and patches3.shape == (2, 8, 48)
+    assert DinoClsEncoder(eva)(torch.randn(1, 1, 16, 16, 16)).shape == (1, 48)
+
+
+def test_load_rad_dino_backbone_roundtrip(tmp_path):
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(image_size=28, patch_size=14, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+    reference = Dinov2Model(config).eval()
+    reference.save_pretrained(tmp_path / "rad-dino", safe_serialization=True)
+    assert (tmp_path / "rad-dino" / "model.safetensors").is_file()
+
+    backbone = load_rad_dino_backbone(tmp_path / "rad-dino").eval()
+    expected = reference.state_dict()
+    loaded = backbone.model.state_dict()
+    assert set(loaded) == set(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(loaded[key], value)
+    images = torch.rand(1, 1, 28, 28)
+    with torch.no_grad():
+        want = reference(pixel_values=images.expand(-1, 3, -1, -1)).last_hidden_state
+        cls, patches = backbone(images)
+    torch.testing.assert_close(cls, want[:, 0])
+    torch.testing.assert_close(patches, want[:, 1:])
+
+
+def test_load_rad_dino_backbone_rejects_mismatch(tmp_path):
+    from transformers import Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(image_size=28, patch_size=14, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+    Dinov2Model(config).save_pretrained(tmp_path / "w", safe_serialization=True)
+    cfg = json.loads((tmp_path / "w" / "config.json").read_text())
+    cfg["num_hidden_layers"] = 3
+    (tmp_path / "w" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(DataContractError, match="missing"):
+        load_rad_dino_backbone(tmp_path / "w")
+    with pytest.raises(DataContractError, match="config.json"):
+        load_rad_dino_backbone(tmp_path / "nothing")
