@@ -1,0 +1,59 @@
+"""raddino_cxr end to end: a tiny training run through `python -m monai.bundle run`, then inference on 2 cases."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.data.default import default_datalist
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "bundles" / "raddino_cxr"
+TINY = [  # a 56 px ViT/14 (4x4 tokens), 2 local crops, 64 prototypes
+    "--image_size", "56", "--global_crop_size", "56", "--local_crop_size", "28", "--num_local_crops", "2",
+    "--head_prototypes", "64", "--head_hidden_dim", "32", "--head_bottleneck_dim", "16",
+]
+
+
+def _bundle_run(configs: list[str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    files = "[" + ",".join(f"'{BUNDLE / 'configs' / c}'" for c in configs) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files,
+           "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
+           "--logging_file", str(BUNDLE / "configs" / "logging.conf"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_raddino_cxr_train_then_infer(tmp_path):
+    datalist = default_datalist(dims=2, cache_root=tmp_path / "phantoms", num_train=8, num_image_only=2,
+                                num_val=0, num_test=2)
+    model = tmp_path / "model.pt"
+    train = _bundle_run(
+        ["train.yaml", "demo.yaml"], "--dataset_dir", datalist, "--max_epochs", "1", "--batch_size", "4",
+        "--cache_preprocessed", "False", "--output_dir", str(tmp_path / "runs"), "--model_path", str(model), *TINY,
+        cwd=tmp_path,
+    )
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    assert "Epoch[1] Complete" in train.stdout + train.stderr
+    weights = torch.load(model, weights_only=True)
+    assert weights and all(k.startswith("backbone.model.") for k in weights)
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+    infer = _bundle_run(
+        ["inference.yaml", "demo.yaml"], "--dataset_dir", datalist, "--model_path", str(model), "--num_workers", "0",
+        "--output_dir", str(tmp_path / "infer"), "--image_size", "56", cwd=tmp_path,
+    )
+    assert infer.returncode == 0, infer.stdout[-3000:] + infer.stderr[-3000:]
+    rows = list(csv.reader((tmp_path / "infer" / "embeddings.csv").open()))
+    assert len(rows) == 2
+    width = weights["backbone.model.embeddings.cls_token"].shape[-1]
+    for row in rows:
+        assert Path(row[0]).suffix == ".png" and len(row) == 1 + width
+        assert all(map(lambda v: abs(float(v)) < 1e4, row[1:]))
+    assert rows[0][1:] != rows[1][1:]
