@@ -20,8 +20,8 @@ Usage::
 
 Writes ``benchmark.json`` (every number, the machine, the settings, and why a case was skipped) and
 ``benchmark.md`` (Markdown tables). Times are medians over ``repeats`` runs after ``warmup`` runs. Peak memory is
-``torch.cuda.max_memory_allocated`` on CUDA; on CPU it is the peak resident-set growth during the timed runs
-(``/proc/self/statm`` sampled every 2 ms; ``null`` where that file does not exist), a coarser figure.
+``torch.cuda.max_memory_allocated`` over the timed runs (weights included), reported for work on CUDA only
+(``null`` on CPU: the process's resident set, after warm-up, mostly reuses freed memory and says little).
 
 Only random weights are used: no download, no ``trust_remote_code``. Without ``--volume`` (or when the default
 volume is absent) a deterministic phantom from :mod:`common.data.phantom` is written to a temporary NIfTI.
@@ -37,7 +37,6 @@ import os
 import platform
 import statistics
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -70,56 +69,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _RssPeak:
-    """Peak resident-set growth (MiB) of this process while the context is open, sampled in a thread."""
-
-    _STATM = "/proc/self/statm"
-
-    def __init__(self, interval: float = 0.002) -> None:
-        self.interval = interval
-        self.peak_mib: float | None = None
-        self._stop = threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-    def _rss(self) -> int:
-        with open(self._STATM) as f:
-            return int(f.read().split()[1]) * self._page
-
-    def _watch(self, base: int) -> None:
-        peak = base
-        while not self._stop.is_set():
-            peak = max(peak, self._rss())
-            self._stop.wait(self.interval)
-        self.peak_mib = (max(peak, self._rss()) - base) / _MIB
-
-    def __enter__(self) -> _RssPeak:
-        if not os.path.exists(self._STATM):
-            return self
-        self._thread = threading.Thread(target=self._watch, args=(self._rss(),), daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if hasattr(self, "_thread"):
-            self._stop.set()
-            self._thread.join()
-
-
 @contextlib.contextmanager
 def _peak_memory(device: torch.device) -> Iterator[dict[str, float | None]]:
-    """Yields a dict whose ``peak_mib`` is filled in on exit (CUDA: allocated; CPU: resident-set growth)."""
+    """Yields a dict whose ``peak_mib`` is set on exit to CUDA's peak allocated memory (``None`` off CUDA)."""
     result: dict[str, float | None] = {"peak_mib": None}
     gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    if device.type != "cuda":
         yield result
-        _sync(device)
-        result["peak_mib"] = torch.cuda.max_memory_allocated(device) / _MIB
-    else:
-        with _RssPeak() as rss:
-            yield result
-        result["peak_mib"] = rss.peak_mib
+        return
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    yield result
+    _sync(device)
+    result["peak_mib"] = torch.cuda.max_memory_allocated(device) / _MIB
 
 
 def _measure(
@@ -579,7 +541,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             lines.append(sec.get("skipped") or sec.get("error"))
         else:
             lines.append(f"Volume `{os.path.basename(sec['volume'])}`, {sec['input_shape']} voxels at "
-                         f"{sec['input_spacing_mm']} mm. Memory: peak growth (MiB).")  # fmt: skip
+                         f"{sec['input_spacing_mm']} mm; CPU rows include no memory figure.")  # fmt: skip
             lines += [""] + _case_table(
                 sec["cases"], [("volumes_per_s", "volumes/s"), ("median_s", "s/volume"), ("peak_mib", "peak MiB")]
             )
