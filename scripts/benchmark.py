@@ -293,7 +293,7 @@ def bench_encoder(
         "cases": {},
     }
     if input_size != 192 or encoder != "primus_m":
-        result["note"] = "paper input is Primus-M at 192^3; this run used a smaller setting to stay short"
+        result["note"] = "Paper input is Primus-M at 192^3; this run used a smaller setting to stay short"
     cases = result["cases"]
     torch.manual_seed(0)
     x = (torch.rand(1, 1, input_size, input_size, input_size) * 2 - 1).to(device)
@@ -485,7 +485,7 @@ def bench_train_step(device: torch.device, repeats: int, warmup: int, batch_size
     if device.type == "cuda":
         runs += [("paper", False), ("paper", True)]
     else:
-        result["note"] = "the paper configuration (Primus-M 192^3) runs on CUDA only"
+        result["note"] = "The paper configuration (Primus-M 192^3) runs on CUDA only"
     for name, checkpointing in runs:
         cfg = _train_config(name)
         label = f"{name} ({cfg['encoder']} {cfg['input_size']}^3){', checkpointing' if checkpointing else ''}"
@@ -506,7 +506,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.0f}"
+        return f"{value:.{digits}g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
 
 
