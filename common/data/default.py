@@ -138,3 +138,26 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+#: image files an inference folder may hold
+IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".dcm", ".png", ".jpg", ".jpeg")
+
+
+def inference_records(dataset_dir: str | os.PathLike | None = None, dims: int = 3, section: str = "test") -> list[dict]:
+    """Records to run inference on: every image file in ``dataset_dir`` (sorted), a datalist's ``section``, or
+    (``None``) the ``section`` of the embedded phantom dataset."""
+    from common.data.contract import load_datalist
+
+    if dataset_dir is None or Path(dataset_dir).is_file():
+        return load_datalist(default_datalist(dataset_dir, dims=dims), section)
+    folder = Path(dataset_dir)
+    if not folder.is_dir():
+        raise DataContractError(folder, "dataset_dir does not exist")
+    for name in ("datalist.json", f"datalist_{dims}d.json"):
+        if (folder / name).is_file():
+            return load_datalist(folder / name, section)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+    if not files:
+        raise DataContractError(folder, f"no image files ({', '.join(IMAGE_SUFFIXES)}) and no datalist.json")
+    return [{"image": str(p)} for p in files]
