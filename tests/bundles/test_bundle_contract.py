@@ -68,3 +68,36 @@ def test_configs_parse_and_properties(bundle: Path, workflow_type: str, stem: st
     )
     workflow.initialize()
     assert workflow.check_properties() in (None, [])
+
+
+def test_verify_net_in_out(bundle: Path):
+    """``monai.bundle verify_net_in_out`` on the inference ``network_def`` at the metadata input shape.
+
+    The image backbone is swapped for a tiny one of the same family (CPU budget); everything else in the network
+    (projector, pooling, prompt buffers, output head) is the paper configuration.
+    """
+    from monai.bundle import verify_net_in_out
+
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    dims = len(meta["network_data_format"]["inputs"]["image"]["spatial_shape"])
+    text = Path(_config(bundle, "inference")).read_text()
+    overrides = {}
+    if "common.networks.eva" in text:
+        overrides = {
+            "image_backbone": {
+                "_target_": "common.networks.eva.eva_tiny",
+                "spatial_dims": dims,
+                "img_size": "@spatial_size",
+                "patch_size": 8 if dims == 3 else 16,
+            },
+            "projection_dim": 96,
+            "pool_heads": 4,
+        }
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        config_file=_config(bundle, "inference"),
+        device="cpu",
+        bundle_root=str(bundle),
+        **overrides,
+    )
