@@ -73,16 +73,18 @@ def test_configs_parse_and_properties(bundle: Path, workflow_type: str, stem: st
 def test_verify_net_in_out(bundle: Path):
     """``monai.bundle verify_net_in_out`` on the inference ``network_def`` at the metadata input shape.
 
-    The image backbone is swapped for a tiny one of the same family (CPU budget); everything else in the network
-    (projector, pooling, prompt buffers, output head) is the paper configuration.
+    For the CPU budget the image backbone is shrunk (a tiny one of the same family, or one block at full width);
+    everything else in the network (projector, pooling, prompt buffers, output head) is the paper configuration.
     """
     from monai.bundle import verify_net_in_out
 
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     dims = len(meta["network_data_format"]["inputs"]["image"]["spatial_shape"])
     text = Path(_config(bundle, "inference")).read_text()
-    overrides = {}
-    if "common.networks.eva" in text:
+    overrides: dict = {}
+    if "\ndepth:" in text:  # encoders sized by knobs (RAD-DINO): keep the width (= output channels), one block
+        overrides = {"depth": 1}
+    elif "\nimage_backbone:" in text:
         overrides = {
             "image_backbone": {
                 "_target_": "common.networks.eva.eva_tiny",
