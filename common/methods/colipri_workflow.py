@@ -109,7 +109,6 @@ def _loader(records: list[dict], transform: Callable, batch_size: int, num_worke
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=pretraining_collate)
 
 
-@torch.no_grad()
 def evaluate_colipri(
     model: ColipriModel,
     tokenizer: Any,
@@ -157,6 +156,7 @@ def evaluate_colipri(
     test = extract_features(encode, _loader(test_records, image_transform, batch_size, num_workers), device,
                             amp_dtype=amp_dtype)
 
+    @torch.no_grad()
     def embed_texts(texts: list[str]) -> np.ndarray:
         out = []
         for start in range(0, len(texts), 32):
