@@ -11,6 +11,7 @@ import os
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
+from torch.distributed.tensor import DTensor
 
 __all__ = [
     "is_enabled",
@@ -24,6 +25,9 @@ __all__ = [
     "barrier",
     "init_distributed",
     "destroy_distributed",
+    "local_device",
+    "ddp_device_ids",
+    "full_tensor",
 ]
 
 
@@ -104,3 +108,28 @@ def init_distributed(backend: str | None = None) -> bool:
 def destroy_distributed() -> None:
     if is_enabled():
         dist.destroy_process_group()
+
+
+def local_device() -> torch.device:
+    """``cuda:LOCAL_RANK`` when CUDA is available (``LOCAL_RANK`` from torchrun, default 0), else ``cpu``.
+
+    The same overlay then runs on a GPU node (NCCL) and under ``torchrun`` on a CPU box (gloo).
+    """
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def ddp_device_ids(device: torch.device | str) -> list[int] | None:
+    """``device_ids`` for ``DistributedDataParallel``: ``[index]`` for a CUDA device, ``None`` for CPU modules."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A plain tensor: the full value of a ``DTensor`` (a collective, e.g. an FSDP gradient norm), else ``tensor``."""
+    if isinstance(tensor, DTensor):
+        return tensor.full_tensor()
+    return tensor

@@ -285,12 +285,14 @@ class CheckpointHandler:
         device = engine.state.device if getattr(engine.state, "device", None) is not None else torch.device("cpu")
         local = {"rng": capture_rng_state(), "counters": dict(getattr(engine, "counters", {}))}
         rank_states = _gather_rank_states(local, torch.device(device))
+        # on every rank: a state_dict may be a collective (FSDP full state dicts, common.engines.fsdp)
+        states = {name: _state_dict(obj) for name, obj in self._all_objects(engine).items()}
         self.last_saved_iteration = iteration
         if not distributed.is_main_process():
             return None
         checkpoint = {
             "format": CHECKPOINT_FORMAT,
-            "objects": {name: _state_dict(obj) for name, obj in self._all_objects(engine).items()},
+            "objects": states,
             "engine": {
                 "iteration": iteration,
                 "epoch": int(engine.state.epoch),

@@ -427,9 +427,10 @@ class PretrainingTrainer(Trainer):
             if not with_grad:
                 continue
             if self.grad_clip_norm is not None:
-                norms[name] = torch.nn.utils.clip_grad_norm_(with_grad, self.grad_clip_norm)
+                norm = torch.nn.utils.clip_grad_norm_(with_grad, self.grad_clip_norm)
             else:
-                norms[name] = _total_norm([p.grad for p in with_grad])
+                norm = _total_norm([p.grad for p in with_grad])
+            norms[name] = distributed.full_tensor(norm)  # FSDP: a DTensor -> the global norm
         if not norms:
             return {"grad_norm": torch.zeros((), device=self.state.device)}
         out = {f"grad_norm/{k}": v for k, v in norms.items() if k}
