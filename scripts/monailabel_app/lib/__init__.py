@@ -1,0 +1,1 @@
+"""Infer and train tasks that serve this repository's MONAI bundles from MONAI Label."""
