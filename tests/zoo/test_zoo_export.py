@@ -1,0 +1,226 @@
+"""Model Zoo export (scripts/export_zoo_bundle.py): the exported bundle passes the Zoo checks and runs inference
+with this repository NOT importable (editable-install finder and repo paths removed, cwd outside the repo)."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from common.data.phantom import generate_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def exporter():
+    spec = importlib.util.spec_from_file_location("export_zoo_bundle", REPO / "scripts" / "export_zoo_bundle.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """One phantom case: ``ct/test_00000.nii.gz``, ``cxr/test_00000.png`` and their datalists."""
+    out = tmp_path_factory.mktemp("zoo_inputs")
+    generate_dataset(out, num_train=0, num_image_only=0, num_val=0, num_test=1, seed=5, image_size_2d=128)
+    return out
+
+
+def _editable_finders() -> list[str]:
+    """Modules of the editable install's import hooks that map this checkout (``__editable___*_finder.py``)."""
+    names = []
+    for folder in {*site.getsitepackages(), site.getusersitepackages()}:
+        for finder in Path(folder).glob("__editable__*finder.py"):
+            if str(REPO) in finder.read_text():
+                names.append(finder.stem)
+    return names
+
+
+# Runs `python -m monai.bundle <command> ...` for each command in ONE interpreter (MONAI's import costs ~10 s on the
+# 2-core CI box), after removing every way this checkout could be imported; prints a JSON report at the end.
+_ISOLATED = r"""
+import json, os, runpy, sys, traceback
+spec = json.loads(sys.argv[1])
+repo = os.path.realpath(spec["repo"])
+def serves_repo(entry):  # a path entry from which this checkout's package would be imported
+    package = os.path.realpath(os.path.join(entry or os.getcwd(), "common"))
+    return os.path.exists(package) and (package + os.sep).startswith(repo + os.sep)
+sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "__module__", "") not in spec["finders"]]
+sys.path_hooks[:] = [h for h in sys.path_hooks if getattr(h, "__module__", "") not in spec["finders"]]
+sys.path[:] = [p for p in sys.path if not serves_repo(p) and "__editable__" not in p]
+sys.path_importer_cache.clear()
+report = {"cwd": os.getcwd()}
+try:
+    import common
+    report["import_common"] = common.__file__
+except ModuleNotFoundError as err:
+    report["import_common"] = None
+for args in spec["commands"] if report["import_common"] is None else []:
+    sys.argv = ["monai.bundle", *args]
+    try:
+        runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
+    except SystemExit as err:
+        if err.code not in (0, None):
+            sys.exit(f"monai.bundle {args[0]} exited with {err.code}")
+    except BaseException:
+        traceback.print_exc()
+        sys.exit(f"monai.bundle {args[0]} failed")
+report["scripts"] = getattr(sys.modules.get("scripts"), "__file__", None)
+report["common_modules"] = sorted(m for m in sys.modules if m == "common" or m.startswith("common."))
+print("ZOO-REPORT " + json.dumps(report))
+"""
+
+
+def _run_isolated(bundle_dir: Path, commands: list[list[str]]) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MEDVLP_CACHE=str(bundle_dir.parent / "medvlp_cache"))
+    spec = json.dumps({"repo": str(REPO), "finders": _editable_finders(), "commands": commands})
+    proc = subprocess.run([sys.executable, "-c", _ISOLATED, spec], cwd=bundle_dir, env=env, capture_output=True,
+                          text=True, timeout=400)
+    log = proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, log
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("ZOO-REPORT ")]
+    assert lines, log
+    return json.loads(lines[-1][len("ZOO-REPORT "):])
+
+
+def _library_imports(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module or ""]
+        found += [n for n in names if n == "common" or n.startswith("common.")]
+    return found
+
+
+CASES = {  # bundle -> (inference input under the phantom folder, file the inference writes into eval/)
+    "colipri_ct": ("ct", "predictions.csv"),
+    "raddino_cxr": ("datalist_2d.json", "embeddings.csv"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", sorted(CASES))
+def test_exported_bundle_runs_without_the_repository(bundle: str, exporter, inputs: Path, tmp_path: Path):
+    out = tmp_path / f"{bundle}_zoo"  # not the bundle's name: the bundle root must not be found by name
+    summary = exporter.export(bundle, str(out), random_init=True, overlay="demo", changelog="test export")
+
+    # layout, metadata, weights and their large_files.yml entry
+    for name in ("LICENSE", "large_files.yml", "configs/metadata.json", "configs/inference.yaml", "configs/logging.conf",
+                 "models/model.pt", "docs/README.md", "docs/data_license.txt", "scripts/__init__.py"):
+        assert (out / name).is_file(), name
+    source_meta = json.loads((REPO / "bundles" / bundle / "configs" / "metadata.json").read_text())
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    assert meta["version"] == summary["version"] != source_meta["version"]
+    assert meta["changelog"][meta["version"]] == "test export" and list(meta["changelog"])[0] == meta["version"]
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == summary["input_shape"][2:]
+    state = torch.load(out / "models" / "model.pt", weights_only=True)
+    assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+    (entry,) = yaml.safe_load((out / "large_files.yml").read_text())["large_files"]
+    assert entry["path"] == "models/model.pt" and entry["hash_type"] == "sha256" and entry["url"]
+    assert entry["hash_val"] == hashlib.sha256((out / "models" / "model.pt").read_bytes()).hexdigest()
+
+    # vendored code and configs no longer name the repository's package
+    vendored = sorted((out / "scripts").rglob("*.py"))
+    assert vendored and not [(p.name, n) for p in vendored for n in _library_imports(p)]
+    for config in (out / "configs").glob("*.yaml"):
+        assert not re.search(r"(?<![\w.])common\.[a-z]", config.read_text()), config.name
+    readme = (out / "docs" / "README.md").read_text()
+    for heading in ("# Model Overview", "## Data", "### Preprocessing", "## Training configuration", "## Input",
+                    "## Output", "## Performance", "## MONAI Bundle Commands", "# References", "# License"):
+        assert f"\n{heading}\n" in readme, heading
+    trace_args = []
+    if summary["torchscript"] != "script":  # the Zoo records why a bundle is excluded from scripting
+        assert "exclude_verify_torchscript_list" in readme and "`torch.jit.script` fails" in readme
+        assert summary["torchscript"] == "trace", readme
+        trace_args = ["--use_trace", "True", "--input_shape", str(summary["input_shape"])]
+
+    # the Zoo checks and an inference run, in an interpreter that cannot import the repository
+    meta_args = ["--meta_file", "configs/metadata.json"]
+    net_args = ["network_def", *meta_args, "--config_file", "configs/inference.yaml"]
+    data, written = CASES[bundle]
+    report = _run_isolated(out, [
+        ["verify_metadata", *meta_args, "--filepath", "scripts/resources/meta_schema_20240725.json"],
+        ["verify_net_in_out", *net_args, "--device", "cpu"],
+        ["ckpt_export", *net_args, "--filepath", "models/model.ts", "--ckpt_file", "models/model.pt", *trace_args],
+        ["run", "--config_file", "configs/inference.yaml", *meta_args, "--logging_file", "configs/logging.conf",
+         "--dataset_dir", str(inputs / data)],
+    ])
+    assert report["import_common"] is None, f"the repository is still importable: {report['import_common']}"
+    assert not report["common_modules"] and Path(report["cwd"]).resolve() == out.resolve()
+    assert Path(report["scripts"]).resolve() == (out / "scripts" / "__init__.py").resolve()
+
+    scripted = torch.jit.load(str(out / "models" / "model.ts"))
+    assert scripted.state_dict().keys() == state.keys()
+    assert all(torch.equal(scripted.state_dict()[k], v) for k, v in state.items())
+    assert scripted(torch.rand(summary["input_shape"])).shape == (1, meta["network_data_format"]["outputs"]["pred"]["num_channels"])
+    rows = list(csv.reader((out / "eval" / written).open()))  # bundle_root resolved to the export, not the repo
+    assert len(rows) == 1 and Path(rows[0][0]).name.startswith("test_00000")
+    values = torch.tensor([float(v) for v in rows[0][1:]])
+    assert values.numel() == meta["network_data_format"]["outputs"]["pred"]["num_channels"] and values.isfinite().all()
+    if meta["network_data_format"]["outputs"]["pred"]["type"] == "probabilities":
+        assert ((values >= 0) & (values <= 1)).all()
+
+
+def test_rewrite_python_source(exporter):
+    source = (
+        '"""Uses common.data (text stays)."""\n'
+        "from __future__ import annotations\n"
+        "import os, common.networks.eva\n"
+        "from common.data.contract import DataContractError\n"
+        "from common import distributed  # comment about common.x\n"
+        "def f():\n"
+        "    from common.transforms import ct\n"
+        "    return common.networks.eva.primus_m, os.path, 'common.data'\n"
+    )
+    rewritten = exporter.rewrite_python_source(source)
+    assert "import os, scripts.networks.eva\n" in rewritten
+    assert "from scripts.data.contract import DataContractError\n" in rewritten
+    assert "from scripts import distributed  # comment about common.x\n" in rewritten
+    assert "    from scripts.transforms import ct\n" in rewritten
+    assert "return scripts.networks.eva.primus_m, os.path, 'common.data'" in rewritten
+    assert rewritten.startswith('"""Uses common.data (text stays)."""')
+    assert exporter.rewrite_config_text("$import common\n_target_: common.networks.eva.primus_m  # common/") == (
+        "$import scripts\n_target_: scripts.networks.eva.primus_m  # common/"
+    )
+
+
+def test_import_closure_follows_imports_only(exporter):
+    closure = exporter.import_closure(["common.networks.eva.primus_m", "common.transforms.labels.LabelVectord"])
+    assert {"common", "common.networks", "common.networks.eva", "common.transforms.labels"} <= set(closure)
+    assert "common.data.findings" in closure  # imported by transforms/labels.py
+    assert not any(m.startswith(("common.methods", "common.losses", "common.evaluation")) for m in closure)
+
+
+def test_export_refuses_bad_input(exporter, tmp_path: Path):
+    with pytest.raises(exporter.ExportError, match="no --weights given"):
+        exporter.export("raddino_cxr", str(tmp_path / "a"))
+    with pytest.raises(exporter.ExportError, match=r"no_such_bundle/configs/metadata.json: missing"):
+        exporter.export("no_such_bundle", str(tmp_path / "b"), random_init=True)
+    nested = tmp_path / "nested.pt"
+    torch.save({"model": {"w": torch.zeros(1)}}, nested)
+    with pytest.raises(exporter.ExportError, match=r"nested\.pt: not a flat state dict"):
+        exporter.export("raddino_cxr", str(tmp_path / "c"), weights=str(nested), overlay="demo")
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"w": torch.zeros(1)}, wrong)
+    with pytest.raises(exporter.ExportError, match=r"wrong\.pt: does not match the inference network_def"):
+        exporter.export("raddino_cxr", str(tmp_path / "d"), weights=str(wrong), overlay="demo")
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "keep.txt").write_text("user file")
+    with pytest.raises(exporter.ExportError, match="not empty"):
+        exporter.export("raddino_cxr", str(tmp_path / "e"), random_init=True)
