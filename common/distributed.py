@@ -6,6 +6,7 @@ engines can call them unconditionally and tests can run without a process group.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "local_device",
     "ddp_device_ids",
     "full_tensor",
+    "quiet_other_ranks",
 ]
 
 
@@ -133,3 +135,9 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     if isinstance(tensor, DTensor):
         return tensor.full_tensor()
     return tensor
+
+
+def quiet_other_ranks(level: int | str = logging.WARNING) -> None:
+    """On ranks other than 0, raise the root logger to ``level``: rank 0 alone reports progress, every rank warns."""
+    if not is_main_process():
+        logging.getLogger().setLevel(level)

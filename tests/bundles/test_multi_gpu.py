@@ -1,0 +1,119 @@
+"""Every bundle's multi_gpu_train overlay under `torchrun --standalone --nproc_per_node 2` on CPU (gloo).
+
+Each run trains a tiny network for one epoch of two iterations on phantoms and checks what only a real launch shows:
+the ResumableSampler shards the records by rank (iterations per epoch = records / (2 ranks x batch)), only rank 0
+logged, wrote checkpoints, TensorBoard events and the export, and the checkpoint is a plain state dict that loads
+strictly into the single-process objective. One more run shards the 3D COLIPRI objective with FSDP2.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from common.data.phantom import generate_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+WORLD_SIZE = 2
+BATCH = 2
+RECORDS = 8  # 6 paired + 2 image-only training records
+COLIPRI_TINY = {"max_text_length": 32, "projection_dim": 48, "text_projection_dim": 48, "pool_heads": 2,
+                "mae_decoder_dim": 48, "mae_decoder_heads": 2, "report_decoder_width": 32,
+                "report_decoder_heads": 2, "image_backbone#embed_dim": 48, "image_backbone#num_heads": 2,
+                "image_backbone#depth": 2}
+CT = {"spatial_size": 32, "pixdim": 12.0}
+RADDINO_TINY = {"num_local_crops": 2, "head_prototypes": 64, "head_hidden_dim": 32, "head_bottleneck_dim": 16}
+CASES = {  # bundle -> (datalist dims, overrides, model file exported by rank 0)
+    "colipri_ct": (3, {**COLIPRI_TINY, **CT}, "colipri_model.pt"),
+    "colipri_cxr": (2, {**COLIPRI_TINY, "spatial_size": 64, "image_backbone#patch_size": 16}, "colipri_model.pt"),
+    "raddino_ct": (3, {**RADDINO_TINY, **CT, "global_crop_size": 32, "local_crop_size": 16, "depth": 2}, "model.pt"),
+    "raddino_cxr": (2, {**RADDINO_TINY, "image_size": 56, "global_crop_size": 56, "local_crop_size": 28}, "model.pt"),
+}
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("phantoms")
+    for dims in (2, 3):
+        generate_dataset(out, num_train=6, num_image_only=2, num_val=0, num_test=0, seed=3, dims=dims)
+    return out
+
+
+def _configs(bundle: str) -> list[str]:
+    return [str(REPO / "bundles" / bundle / "configs" / f) for f in ("train.yaml", "demo.yaml", "multi_gpu_train.yaml")]
+
+
+def _overrides(bundle: str, phantoms: Path, root: Path, extra: dict) -> dict:
+    dims, tiny, _ = CASES[bundle]
+    return {"dataset_dir": str(phantoms / f"datalist_{dims}d.json"), "bundle_root": str(root), "max_epochs": 1,
+            "batch_size": BATCH, "cache_preprocessed": False, **tiny, **extra}
+
+
+def _torchrun(bundle: str, overrides: dict, log_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
+    files = "[" + ",".join(f"'{c}'" for c in _configs(bundle)) + "]"
+    configs = REPO / "bundles" / bundle / "configs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD_SIZE),
+           "--log-dir", str(log_dir), "--redirects", "3", "-m", "monai.bundle", "run", "--config_file", files,
+           "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf")]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
+           "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _rank_logs(log_dir: Path) -> dict[int, str]:
+    logs = {}
+    for rank in range(WORLD_SIZE):
+        files = sorted(log_dir.glob(f"*/attempt_0/{rank}/std*.log"))
+        logs[rank] = "".join(f.read_text() for f in files)
+    return logs
+
+
+def _single_process_objective(bundle: str, overrides: dict) -> torch.nn.Module:
+    parser = ConfigParser()
+    parser.read_config(_configs(bundle)[:2])  # train + demo: no process group
+    parser.update(overrides)
+    return parser.get_parsed_content("objective_def")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle,fsdp", [("colipri_ct", True), ("colipri_cxr", False), ("raddino_ct", False),
+                                         ("raddino_cxr", False)])
+def test_torchrun_two_ranks(bundle: str, fsdp: bool, phantoms: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = tmp_path / "bundle"
+    overrides = _overrides(bundle, phantoms, root, {"fsdp": True} if fsdp else {})
+    run = _torchrun(bundle, overrides, tmp_path / "logs", tmp_path)
+    logs = _rank_logs(tmp_path / "logs")
+    assert run.returncode == 0, run.stderr[-3000:] + logs[0][-3000:] + logs[1][-3000:]
+
+    # only rank 0 logged the epoch and wrote checkpoints, TensorBoard events and the export
+    assert "Epoch[1] Complete" in logs[0] and "saved checkpoint" in logs[0]
+    assert "Epoch[1] Complete" not in logs[1] and "saved checkpoint" not in logs[1]
+    assert len(list((root / "runs").glob("events.out.tfevents.*"))) == 1
+    checkpoints = sorted((root / "runs" / "checkpoints").glob("checkpoint_*.pt"))
+    assert [c.name for c in checkpoints] == [f"checkpoint_{RECORDS // (WORLD_SIZE * BATCH):08d}.pt"]
+    assert (root / "models" / CASES[bundle][2]).is_file()
+
+    checkpoint = torch.load(checkpoints[0], weights_only=True)
+    assert checkpoint["world_size"] == WORLD_SIZE and len(checkpoint["rank_states"]) == WORLD_SIZE
+    # the sampler sharded the records: each rank saw half of them per epoch
+    assert checkpoint["engine"]["epoch_length"] == RECORDS // (WORLD_SIZE * BATCH)
+    state = checkpoint["objects"]["objective"]
+    assert not any(k.startswith("module.") for k in state)
+    assert all(type(v) is torch.Tensor for v in state.values())
+    objective = _single_process_objective(bundle, overrides)
+    objective.load_state_dict(state, strict=True)
+    exported = torch.load(root / "models" / CASES[bundle][2], weights_only=True)
+    prefix = "model." if bundle.startswith("colipri") else "teacher."  # the two towers / the EMA teacher encoder
+    shared = [k for k in exported if prefix + k in state and k != "softmax_temperature"]
+    assert len(shared) > len(exported) // 2
+    for key in shared:  # the export is the trained state (gathered from the shards under FSDP)
+        torch.testing.assert_close(exported[key], state[prefix + key], rtol=0, atol=0)
