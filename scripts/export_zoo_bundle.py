@@ -44,6 +44,7 @@ URL_TODO = "TODO: upload models/model.pt and put its download URL here"
 SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 _LIBRARY_REF = re.compile(rf"(?<![\w.\-/]){LIBRARY}(?:\.[A-Za-z_]\w*)+")
 _LIBRARY_IMPORT = re.compile(rf"(\$import\s+){LIBRARY}\b")
+_IMPORT_STATEMENT = re.compile(rf"^\s*(?:from\s+{LIBRARY}\b|import\s+(?:[\w.]+\s*,\s*)*{LIBRARY}\b)", re.M)
 
 __all__ = ["ExportError", "export", "import_closure", "rewrite_config_text", "rewrite_python_source"]
 
@@ -130,11 +131,10 @@ def rewrite_python_source(source: str, filename: str = "<module>") -> str:
     Token based, so strings, comments and formatting are untouched: ``from common.x import y``, ``import common.x``
     and, after a plain ``import common...``, attribute chains that start with ``common``.
     """
+    if not _IMPORT_STATEMENT.search(source):
+        return source
     tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-    plain_import = any(
-        isinstance(n, ast.Import) and any(a.name.split(".")[0] == LIBRARY and a.asname is None for a in n.names)
-        for n in ast.walk(ast.parse(source, filename))
-    )
+    plain_import = re.search(rf"^\s*import\s+(?:[\w.]+\s*,\s*)*{LIBRARY}\b(?!\s+as\b)", source, re.M) is not None
     edits: list[tuple[int, int]] = []
     statement: str | None = None  # "import" / "from" while inside such a statement
     previous = ""
@@ -162,12 +162,13 @@ def rewrite_python_source(source: str, filename: str = "<module>") -> str:
         line = lines[row - 1]
         lines[row - 1] = line[:col] + VENDORED + line[col + len(LIBRARY) :]
     rewritten = "".join(lines)
-    for node in ast.walk(ast.parse(rewritten, filename)):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-        if isinstance(node, ast.ImportFrom) and node.level == 0:
-            names = [node.module or ""]
-        if any(n == LIBRARY or n.startswith(LIBRARY + ".") for n in names):
-            raise ExportError(filename, f"line {node.lineno}: import of '{LIBRARY}' left after vendoring")
+    if _IMPORT_STATEMENT.search(rewritten):  # maybe only text in a docstring: ask the parser
+        for node in ast.walk(ast.parse(rewritten, filename)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            if any(n == LIBRARY or n.startswith(LIBRARY + ".") for n in names):
+                raise ExportError(filename, f"line {node.lineno}: import of '{LIBRARY}' left after vendoring")
     return rewritten
 
 

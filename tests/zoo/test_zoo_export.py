@@ -50,10 +50,11 @@ def _editable_finders() -> list[str]:
     return names
 
 
-# Runs `python -m monai.bundle <command> ...` for each command in ONE interpreter (MONAI's import costs ~10 s on the
-# 2-core CI box), after removing every way this checkout could be imported; prints a JSON report at the end.
+# Runs `python -m monai.bundle <command> ...` for every exported bundle in ONE interpreter (importing MONAI costs
+# 10-30 s on the 2-core CI box), after removing every way this checkout could be imported. Each bundle runs from its
+# own root with its own `scripts` package (the previous one is dropped from sys.modules); a JSON report per bundle.
 _ISOLATED = r"""
-import json, os, runpy, sys, traceback
+import importlib, json, os, runpy, sys, time, traceback
 spec = json.loads(sys.argv[1])
 repo = os.path.realpath(spec["repo"])
 def serves_repo(entry):  # a path entry from which this checkout's package would be imported
@@ -63,39 +64,51 @@ sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "__module__", "") not
 sys.path_hooks[:] = [h for h in sys.path_hooks if getattr(h, "__module__", "") not in spec["finders"]]
 sys.path[:] = [p for p in sys.path if not serves_repo(p) and "__editable__" not in p]
 sys.path_importer_cache.clear()
-report = {"cwd": os.getcwd()}
 try:
     import common
-    report["import_common"] = common.__file__
-except ModuleNotFoundError as err:
-    report["import_common"] = None
-for args in spec["commands"] if report["import_common"] is None else []:
-    sys.argv = ["monai.bundle", *args]
-    try:
-        runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
-    except SystemExit as err:
-        if err.code not in (0, None):
-            sys.exit(f"monai.bundle {args[0]} exited with {err.code}")
-    except BaseException:
-        traceback.print_exc()
-        sys.exit(f"monai.bundle {args[0]} failed")
-report["scripts"] = getattr(sys.modules.get("scripts"), "__file__", None)
-report["common_modules"] = sorted(m for m in sys.modules if m == "common" or m.startswith("common."))
-print("ZOO-REPORT " + json.dumps(report))
+    import_common = common.__file__
+except ModuleNotFoundError:
+    import_common = None
+reports = {}
+for bundle_dir, commands in spec["bundles"].items() if import_common is None else []:
+    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[name]
+    sys.path[:] = [p for p in sys.path if p not in spec["bundles"]]
+    os.chdir(bundle_dir)
+    importlib.invalidate_caches()
+    report = reports[bundle_dir] = {"cwd": os.getcwd(), "seconds": {}, "error": None}
+    for args in commands:
+        sys.argv, start = ["monai.bundle", *args], time.perf_counter()
+        try:
+            runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
+        except SystemExit as err:
+            if err.code not in (0, None):
+                report["error"] = f"monai.bundle {args[0]} exited with {err.code}"
+        except BaseException:
+            report["error"] = f"monai.bundle {args[0]} failed:\n" + traceback.format_exc()[-3000:]
+        if report["error"]:
+            break
+        report["seconds"][args[0]] = round(time.perf_counter() - start, 2)
+    report["scripts"] = getattr(sys.modules.get("scripts"), "__file__", None)
+    report["common_modules"] = sorted(m for m in sys.modules if m == "common" or m.startswith("common."))
+print("ZOO-REPORT " + json.dumps({"import_common": import_common, "bundles": reports}))
 """
 
 
-def _run_isolated(bundle_dir: Path, commands: list[list[str]]) -> dict:
+def _run_isolated(runs: dict[Path, list[list[str]]], cwd: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MEDVLP_CACHE=str(bundle_dir.parent / "medvlp_cache"))
-    spec = json.dumps({"repo": str(REPO), "finders": _editable_finders(), "commands": commands})
-    proc = subprocess.run([sys.executable, "-c", _ISOLATED, spec], cwd=bundle_dir, env=env, capture_output=True,
-                          text=True, timeout=400)
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MEDVLP_CACHE=str(cwd / "medvlp_cache"))
+    spec = json.dumps({"repo": str(REPO), "finders": _editable_finders(),
+                       "bundles": {str(k): v for k, v in runs.items()}})
+    proc = subprocess.run([sys.executable, "-c", _ISOLATED, spec], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
     log = proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert proc.returncode == 0, log
     lines = [line for line in proc.stdout.splitlines() if line.startswith("ZOO-REPORT ")]
-    assert lines, log
-    return json.loads(lines[-1][len("ZOO-REPORT "):])
+    assert proc.returncode == 0 and lines, log
+    report = json.loads(lines[-1][len("ZOO-REPORT "):])
+    for bundle_dir, result in report["bundles"].items():
+        print(f"{Path(bundle_dir).name}: seconds per command (the first includes importing MONAI): {result['seconds']}")
+    return report
 
 
 def _library_imports(path: Path) -> list[str]:
@@ -114,11 +127,36 @@ CASES = {  # bundle -> (inference input under the phantom folder, file the infer
 }
 
 
+@pytest.fixture(scope="module")
+def zoo_exports(exporter, inputs: Path, tmp_path_factory) -> dict[str, tuple[Path, dict, dict]]:
+    """Export each bundle (demo overlay, random init), then run the Zoo checks and an inference on every export in
+    one interpreter that cannot import the repository: bundle -> (exported root, export summary, run report)."""
+    root = tmp_path_factory.mktemp("zoo")
+    meta_args = ["--meta_file", "configs/metadata.json"]
+    net_args = ["network_def", *meta_args, "--config_file", "configs/inference.yaml"]
+    exports, runs = {}, {}
+    for bundle, (data, _) in CASES.items():
+        out = root / f"{bundle}_zoo"  # not the bundle's name: the bundle root must not be found by name
+        summary = exporter.export(bundle, str(out), random_init=True, overlay="demo", changelog="test export")
+        trace = ["--use_trace", "True", "--input_shape", str(summary["input_shape"])]
+        runs[out] = [
+            ["verify_metadata", *meta_args, "--filepath", "scripts/resources/meta_schema_20240725.json"],
+            ["verify_net_in_out", *net_args, "--device", "cpu"],
+            ["ckpt_export", *net_args, "--filepath", "models/model.ts", "--ckpt_file", "models/model.pt",
+             *(trace if summary["torchscript"] == "trace" else [])],
+            ["run", "--config_file", "configs/inference.yaml", *meta_args, "--logging_file", "configs/logging.conf",
+             "--dataset_dir", str(inputs / data)],
+        ]
+        exports[bundle] = (out, summary)
+    report = _run_isolated(runs, cwd=root)
+    assert report["import_common"] is None, f"the repository is still importable: {report['import_common']}"
+    return {b: (out, summary, report["bundles"][str(out)]) for b, (out, summary) in exports.items()}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle", sorted(CASES))
-def test_exported_bundle_runs_without_the_repository(bundle: str, exporter, inputs: Path, tmp_path: Path):
-    out = tmp_path / f"{bundle}_zoo"  # not the bundle's name: the bundle root must not be found by name
-    summary = exporter.export(bundle, str(out), random_init=True, overlay="demo", changelog="test export")
+def test_exported_bundle_runs_without_the_repository(bundle: str, zoo_exports):
+    out, summary, report = zoo_exports[bundle]
 
     # layout, metadata, weights and their large_files.yml entry
     for name in ("LICENSE", "large_files.yml", "configs/metadata.json", "configs/inference.yaml", "configs/logging.conf",
@@ -129,13 +167,14 @@ def test_exported_bundle_runs_without_the_repository(bundle: str, exporter, inpu
     assert meta["version"] == summary["version"] != source_meta["version"]
     assert meta["changelog"][meta["version"]] == "test export" and list(meta["changelog"])[0] == meta["version"]
     assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == summary["input_shape"][2:]
+    pred_channels = meta["network_data_format"]["outputs"]["pred"]["num_channels"]
     state = torch.load(out / "models" / "model.pt", weights_only=True)
     assert state and all(isinstance(v, torch.Tensor) for v in state.values())
     (entry,) = yaml.safe_load((out / "large_files.yml").read_text())["large_files"]
     assert entry["path"] == "models/model.pt" and entry["hash_type"] == "sha256" and entry["url"]
     assert entry["hash_val"] == hashlib.sha256((out / "models" / "model.pt").read_bytes()).hexdigest()
 
-    # vendored code and configs no longer name the repository's package
+    # vendored code and configs no longer name the repository's package; the README follows the Zoo template
     vendored = sorted((out / "scripts").rglob("*.py"))
     assert vendored and not [(p.name, n) for p in vendored for n in _library_imports(p)]
     for config in (out / "configs").glob("*.yaml"):
@@ -144,35 +183,23 @@ def test_exported_bundle_runs_without_the_repository(bundle: str, exporter, inpu
     for heading in ("# Model Overview", "## Data", "### Preprocessing", "## Training configuration", "## Input",
                     "## Output", "## Performance", "## MONAI Bundle Commands", "# References", "# License"):
         assert f"\n{heading}\n" in readme, heading
-    trace_args = []
     if summary["torchscript"] != "script":  # the Zoo records why a bundle is excluded from scripting
         assert "exclude_verify_torchscript_list" in readme and "`torch.jit.script` fails" in readme
         assert summary["torchscript"] == "trace", readme
-        trace_args = ["--use_trace", "True", "--input_shape", str(summary["input_shape"])]
 
-    # the Zoo checks and an inference run, in an interpreter that cannot import the repository
-    meta_args = ["--meta_file", "configs/metadata.json"]
-    net_args = ["network_def", *meta_args, "--config_file", "configs/inference.yaml"]
-    data, written = CASES[bundle]
-    report = _run_isolated(out, [
-        ["verify_metadata", *meta_args, "--filepath", "scripts/resources/meta_schema_20240725.json"],
-        ["verify_net_in_out", *net_args, "--device", "cpu"],
-        ["ckpt_export", *net_args, "--filepath", "models/model.ts", "--ckpt_file", "models/model.pt", *trace_args],
-        ["run", "--config_file", "configs/inference.yaml", *meta_args, "--logging_file", "configs/logging.conf",
-         "--dataset_dir", str(inputs / data)],
-    ])
-    assert report["import_common"] is None, f"the repository is still importable: {report['import_common']}"
+    # verify_metadata, verify_net_in_out, ckpt_export and run passed without the repository
+    assert report["error"] is None, report["error"]
+    assert list(report["seconds"]) == ["verify_metadata", "verify_net_in_out", "ckpt_export", "run"]
     assert not report["common_modules"] and Path(report["cwd"]).resolve() == out.resolve()
     assert Path(report["scripts"]).resolve() == (out / "scripts" / "__init__.py").resolve()
-
     scripted = torch.jit.load(str(out / "models" / "model.ts"))
     assert scripted.state_dict().keys() == state.keys()
     assert all(torch.equal(scripted.state_dict()[k], v) for k, v in state.items())
-    assert scripted(torch.rand(summary["input_shape"])).shape == (1, meta["network_data_format"]["outputs"]["pred"]["num_channels"])
-    rows = list(csv.reader((out / "eval" / written).open()))  # bundle_root resolved to the export, not the repo
+    assert scripted(torch.rand(summary["input_shape"])).shape == (1, pred_channels)
+    rows = list(csv.reader((out / "eval" / CASES[bundle][1]).open()))  # bundle_root = the export, not the repo
     assert len(rows) == 1 and Path(rows[0][0]).name.startswith("test_00000")
     values = torch.tensor([float(v) for v in rows[0][1:]])
-    assert values.numel() == meta["network_data_format"]["outputs"]["pred"]["num_channels"] and values.isfinite().all()
+    assert values.numel() == pred_channels and values.isfinite().all()
     if meta["network_data_format"]["outputs"]["pred"]["type"] == "probabilities":
         assert ((values >= 0) & (values <= 1)).all()
 
