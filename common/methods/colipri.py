@@ -24,7 +24,18 @@ from common.networks.colipri import ColipriModel
 from common.networks.decoders import MAEDecoder, ReportDecoder
 from common.networks.eva import patchify, random_keep_indices
 
-__all__ = ["ColipriPretraining"]
+__all__ = ["ColipriPretraining", "trim_padding"]
+
+
+def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the trailing columns that are padding in every row (fixed-length tokenisation, right padding).
+
+    Results are unchanged (padded positions are masked everywhere); the text tower and the report decoder
+    then cost what the longest report in the batch needs, not ``max_length``.
+    """
+    valid = attention_mask.reshape(-1, attention_mask.shape[-1]).any(dim=0)
+    length = int(valid.nonzero().max()) + 1 if bool(valid.any()) else 1
+    return input_ids[..., :length], attention_mask[..., :length]
 
 
 class ColipriPretraining(nn.Module):
@@ -96,7 +107,7 @@ class ColipriPretraining(nn.Module):
         patch_tokens = encoder.patch_embeddings(image)  # (B, D, *grid), projected
         image_emb = encoder.pool(patch_tokens)  # (B, D), L2-normalised
         terms: dict[str, torch.Tensor] = {}
-        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        input_ids, attention_mask = trim_padding(batch["input_ids"], batch["attention_mask"])
         if self.weights["contrastive"] > 0:
             text_emb = self.model.encode_text(input_ids, attention_mask)
             terms["contrastive"] = self.weights["contrastive"] * self.clip_loss(image_emb, text_emb, valid=has_report)
@@ -112,8 +123,8 @@ class ColipriPretraining(nn.Module):
     def _osl_term(
         self, batch: Mapping[str, torch.Tensor], image_emb: torch.Tensor, has_report: torch.Tensor
     ) -> torch.Tensor:
-        ids_true, mask_true = batch["osl_true_input_ids"], batch["osl_true_attention_mask"]  # (B, F, L)
-        ids_false, mask_false = batch["osl_false_input_ids"], batch["osl_false_attention_mask"]
+        ids_true, mask_true = trim_padding(batch["osl_true_input_ids"], batch["osl_true_attention_mask"])  # (B, F, L)
+        ids_false, mask_false = trim_padding(batch["osl_false_input_ids"], batch["osl_false_attention_mask"])
         b, f, length = ids_true.shape
         true_emb = self.model.encode_text(ids_true.reshape(b * f, length), mask_true.reshape(b * f, length))
         false_emb = self.model.encode_text(ids_false.reshape(b * f, length), mask_false.reshape(b * f, length))
