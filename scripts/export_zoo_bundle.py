@@ -11,7 +11,8 @@ The export holds everything the Zoo asks for and nothing from this repository ha
   the inference config defines (network size, input size) into ``inference.yaml`` so that it matches the weights;
 * ``models/model.pt``: the flat state dict of the inference ``network_def`` (``--weights``, or ``--random_init``);
 * ``large_files.yml`` (path, URL or a TODO, sha256), ``docs/README.md`` (Zoo template), ``docs/data_license.txt``,
-  ``LICENSE``, ``configs/logging.conf`` and ``configs/metadata.json`` with a new version and changelog entry.
+  ``LICENSE``, ``configs/logging.conf`` and ``configs/metadata.json`` with a new version and changelog entry and
+  pins (installed versions) for every package the vendored code imports that the metadata did not list.
 """
 
 from __future__ import annotations
@@ -356,19 +357,22 @@ def _third_party_modules(sources: Iterable[str]) -> set[str]:
     return {n for n in names if n not in sys.stdlib_module_names and n not in (LIBRARY, VENDORED, "__future__")}
 
 
-def _undeclared_packages(modules: set[str], meta: dict) -> list[str]:
-    """Distributions imported by the vendored code but absent from the metadata's package pins."""
-    from importlib.metadata import packages_distributions
+def _undeclared_packages(modules: set[str], meta: dict) -> dict[str, str]:
+    """Installed distributions (name -> version) the vendored code imports but the metadata does not pin."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
 
     declared = {k.lower().replace("_", "-") for k in meta.get("required_packages_version", {})}
     declared |= {"torch", "numpy", "monai"}
     distributions = packages_distributions()
-    missing = set()
-    for module in modules:
+    missing = {}
+    for module in sorted(modules):
         for dist in distributions.get(module, [module]):
             if dist.lower().replace("_", "-") not in declared:
-                missing.add(dist)
-    return sorted(missing)
+                try:
+                    missing[dist] = version(dist)
+                except PackageNotFoundError:
+                    raise ExportError(module, "imported by the vendored code but not installed here") from None
+    return dict(sorted(missing.items()))
 
 
 # ---- README ------------------------------------------------------------------------------------------------------
@@ -568,7 +572,8 @@ def export(
         bundles_dir: folder holding the bundles; default ``<repo>/bundles``.
 
     Returns:
-        A summary: out_dir, version, vendored modules, merged overlay keys, TorchScript mode, sha256 of the weights.
+        A summary: out_dir, version, vendored modules, merged overlay keys, fake-input shape, TorchScript mode
+        (script / trace / excluded), sha256 of the weights, package pins added to the metadata.
     """
     source = Path(bundles_dir or REPO / "bundles") / bundle
     configs_dir = source / "configs"
@@ -656,7 +661,6 @@ def export(
         if leftover:
             raise ExportError(path, f"references to {sorted(leftover)} left after rewriting")
         (out / "configs" / path.name).write_text(rewritten)
-    (out / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
     logging_conf = configs_dir / "logging.conf"
     if not logging_conf.is_file():
         raise ExportError(logging_conf, "missing; the Zoo expects configs/logging.conf")
@@ -686,6 +690,9 @@ def export(
     resources = library_root / "resources"
     if resources.is_dir():
         shutil.copytree(resources, out / VENDORED / "resources")
+    added_packages = _undeclared_packages(_third_party_modules(sources), meta)  # the Zoo CI installs these pins
+    meta["required_packages_version"] = {**meta.get("required_packages_version", {}), **added_packages}
+    (out / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
 
     # weights, large_files.yml, docs
     model_pt = out / "models" / "model.pt"
@@ -715,7 +722,7 @@ def export(
         "input_shape": input_shape,
         "torchscript": torchscript[0],
         "sha256": digest,
-        "undeclared_packages": _undeclared_packages(_third_party_modules(sources), meta),
+        "added_packages": added_packages,
     }
 
 

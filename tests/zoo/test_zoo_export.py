@@ -204,6 +204,26 @@ def test_exported_bundle_runs_without_the_repository(bundle: str, zoo_exports):
         assert ((values >= 0) & (values <= 1)).all()
 
 
+@pytest.mark.slow
+def test_export_of_trained_weights(exporter, zoo_exports, tmp_path: Path):
+    previous, _, _ = zoo_exports["raddino_cxr"]
+    state = torch.load(previous / "models" / "model.pt", weights_only=True)
+    state = {k: v + 0.5 if v.is_floating_point() else v for k, v in state.items()}  # unlike any initialisation
+    torch.save(state, tmp_path / "trained.pt")
+    out = tmp_path / "exported"
+    summary = exporter.export("raddino_cxr", str(out), weights=str(tmp_path / "trained.pt"), overlay="demo",
+                              version="0.2.0", url="https://example.org/raddino/model.pt")
+    exported = torch.load(out / "models" / "model.pt", weights_only=True)
+    assert exported.keys() == state.keys() and all(torch.equal(exported[k], v) for k, v in state.items())
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    assert meta["version"] == "0.2.0" and "trained.pt" in meta["changelog"]["0.2.0"]
+    assert summary["added_packages"].items() <= meta["required_packages_version"].items()
+    (entry,) = yaml.safe_load((out / "large_files.yml").read_text())["large_files"]
+    assert entry["url"] == "https://example.org/raddino/model.pt" and entry["hash_val"] == summary["sha256"]
+    readme = (out / "docs" / "README.md").read_text()
+    assert "weights are randomly initialised" not in readme and "From the bundle's model card" in readme
+
+
 def test_rewrite_python_source(exporter):
     source = (
         '"""Uses common.data (text stays)."""\n'
@@ -247,6 +267,8 @@ def test_export_refuses_bad_input(exporter, tmp_path: Path):
     torch.save({"w": torch.zeros(1)}, wrong)
     with pytest.raises(exporter.ExportError, match=r"wrong\.pt: does not match the inference network_def"):
         exporter.export("raddino_cxr", str(tmp_path / "d"), weights=str(wrong), overlay="demo")
+    with pytest.raises(exporter.ExportError, match="version '0.1.0' is not a new"):
+        exporter.export("raddino_cxr", str(tmp_path / "f"), random_init=True, version="0.1.0")
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "keep.txt").write_text("user file")
     with pytest.raises(exporter.ExportError, match="not empty"):
