@@ -1,4 +1,5 @@
-"""Side-by-side benchmark of the COLIPRI pieces of ``common/`` against the official ``colipri==0.1.3`` package.
+"""Side-by-side benchmark of the COLIPRI pieces of ``common/`` against the official ``colipri==0.1.3`` package,
+and RAD-DINO training-step rows.
 
 Three sections, each optional (``--sections``):
 
@@ -11,7 +12,9 @@ Three sections, each optional (``--sections``):
 * ``train_step``: time and peak memory of one optimiser step of :class:`~common.methods.colipri.ColipriPretraining`
   through :class:`~common.engines.trainer.PretrainingTrainer`: the demo configuration (EVA-tiny 64^3, tiny BERT) and,
   on CUDA only, the paper configuration (Primus-M 192^3, BERT-base text tower, report decoder, MAE decoder) with and
-  without activation checkpointing.
+  without activation checkpointing; then the same for each RAD-DINO bundle's
+  :class:`~common.methods.rad_dino.RadDinoPretraining`, built from the bundle's own ``train.yaml`` (+ ``demo.yaml``)
+  and fed random multi-crop views of the configured sizes (demo on any device, paper configuration on CUDA only).
 
 Usage::
 
@@ -56,6 +59,7 @@ __all__ = [
     "to_markdown",
 ]
 
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VOLUME = "/work/shared/data/ct/lung_pet_ct_dx_A0001_5mm.nii.gz"
 SECTIONS = ("preprocessing", "encoder", "train_step")
 _MIB = 2**20
@@ -414,18 +418,20 @@ def _batch(cfg: dict[str, Any], batch_size: int, device: torch.device) -> dict[s
 
 
 def _time_trainer_steps(
-    cfg: dict[str, Any], checkpointing: bool, batch_size: int, device: torch.device, repeats: int, warmup: int
+    objective: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+    grad_clip_norm: float | None,
 ) -> dict[str, Any]:
     """Run ``warmup + repeats`` iterations of :class:`PretrainingTrainer`; time each timed one between events."""
     from ignite.engine import Events
 
     from common.engines.trainer import PretrainingTrainer
 
-    torch.manual_seed(0)
-    objective = _objective(cfg, checkpointing).to(device).train()
     params = sum(p.numel() for p in objective.parameters())
-    optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.05)
-    batch = _batch(cfg, batch_size, device)
     trainer = PretrainingTrainer(
         device=device,
         max_epochs=1,
@@ -433,7 +439,7 @@ def _time_trainer_steps(
         objective=objective,
         optimizer=optimizer,
         amp_dtype="bf16" if device.type == "cuda" else None,
-        grad_clip_norm=1.0,
+        grad_clip_norm=grad_clip_norm,
         progress=False,
     )
     times: list[float] = []
@@ -457,7 +463,6 @@ def _time_trainer_steps(
 
     trainer.run()
     loss = trainer.state.output["loss"] if isinstance(trainer.state.output, dict) else None
-    del trainer, optimizer, objective, batch
     return {
         "median_s": statistics.median(times),
         "min_s": min(times),
@@ -470,8 +475,109 @@ def _time_trainer_steps(
     }
 
 
-def bench_train_step(device: torch.device, repeats: int, warmup: int, batch_size: int) -> dict[str, Any]:
-    """Optimiser-step time and peak memory of ColipriPretraining (contrastive + report + MAE) per configuration."""
+def _time_colipri_steps(
+    cfg: dict[str, Any], checkpointing: bool, batch_size: int, device: torch.device, repeats: int, warmup: int
+) -> dict[str, Any]:
+    torch.manual_seed(0)
+    objective = _objective(cfg, checkpointing).to(device).train()
+    optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.05)
+    return _time_trainer_steps(objective, optimizer, _batch(cfg, batch_size, device), device, repeats, warmup, 1.0)
+
+
+#: RAD-DINO bundles benchmarked in the train_step section: (bundle, spatial dims).
+RADDINO_BUNDLES = (("raddino_cxr", 2), ("raddino_ct", 3))
+
+
+def _raddino_parser(bundle: str, paper: bool, device: torch.device, overrides: dict[str, Any] | None) -> Any:
+    """The bundle's own ``train.yaml`` (+ ``demo.yaml`` unless ``paper``), parsed without touching any data."""
+    from monai.bundle import ConfigParser
+
+    configs = ROOT / "bundles" / bundle / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.yaml")] + ([] if paper else [str(configs / "demo.yaml")]))
+    parser["device"] = f"$torch.device({str(device)!r})"
+    parser["iterations_per_epoch"] = parser["official_epoch_length"]  # the demo's len(dataloader) would build data
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    return parser
+
+
+def _raddino_batch(parser: Any, dims: int, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Random views with the config's crop sizes; half the global crops carry a ~30 % iBOT mask."""
+    g = torch.Generator().manual_seed(0)
+    size, local, patch = (int(parser.get_parsed_content(k)) for k in ("global_crop_size", "local_crop_size", "patch_size"))
+    num_local = int(parser.get_parsed_content("num_local_crops"))
+    tokens = (size // patch) ** dims
+    masks = torch.rand(batch_size, 2, tokens, generator=g) < 0.3
+    masks[:, 1] = False
+    return {
+        "global_crops": torch.randn(batch_size, 2, 1, *(size,) * dims, generator=g).to(device),
+        "local_crops": torch.randn(batch_size, num_local, 1, *(local,) * dims, generator=g).to(device),
+        "masks": masks.to(device),
+    }
+
+
+def _time_raddino_steps(
+    bundle: str,
+    dims: int,
+    paper: bool,
+    checkpointing: bool,
+    batch_size: int | None,
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    torch.manual_seed(0)
+    parser = _raddino_parser(bundle, paper, device, overrides)
+    if batch_size:
+        parser["batch_size"] = int(batch_size)
+    if dims == 3:
+        parser["activation_checkpointing"] = checkpointing
+    objective = parser.get_parsed_content("objective").train()
+    if checkpointing and dims == 2:  # transformers Dinov2Model; the teacher runs without gradients
+        objective.student["backbone"].model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    optimizer = parser.get_parsed_content("optimizer")
+    batch = _raddino_batch(parser, dims, int(parser.get_parsed_content("batch_size")), device)
+    result = _time_trainer_steps(
+        objective, optimizer, batch, device, repeats, warmup, parser.get_parsed_content("grad_clip_norm")
+    )
+    result["batch_size"] = int(batch["global_crops"].shape[0])
+    return result
+
+
+def _raddino_label(parser: Any, bundle: str, dims: int, paper: bool, checkpointing: bool) -> str:
+    size = parser["global_crop_size"]
+    vit = parser["vit_size"] if dims == 2 else f"EVA {parser['embed_dim']}x{parser['depth']}"
+    crop = f"{size} px" if dims == 2 else f"{size}^3"
+    return f"{bundle} {'paper' if paper else 'demo'} ({vit}/{parser['patch_size']}, {crop})" + (
+        ", checkpointing" if checkpointing else ""
+    )
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def bench_train_step(
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+    batch_size: int,
+    raddino_batch: int | None = None,
+    raddino_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Optimiser-step time and peak memory of ColipriPretraining (contrastive + report + MAE) per configuration,
+    and of each RAD-DINO bundle's RadDinoPretraining built from its own configs (``result["raddino"]``).
+
+    Args:
+        raddino_batch: RAD-DINO batch size; None uses each config's own per-GPU batch (demo 32; paper 40 2D, 4 3D).
+        raddino_overrides: config overrides for every RAD-DINO case (tests shrink the demo with them).
+    """
     _, missing = _try_import("ignite")
     if missing:
         return {"skipped": missing}
@@ -490,12 +596,31 @@ def bench_train_step(device: torch.device, repeats: int, warmup: int, batch_size
         cfg = _train_config(name)
         label = f"{name} ({cfg['encoder']} {cfg['input_size']}^3){', checkpointing' if checkpointing else ''}"
         try:
-            result["cases"][label] = _time_trainer_steps(cfg, checkpointing, batch_size, device, repeats, warmup)
+            result["cases"][label] = _time_colipri_steps(cfg, checkpointing, batch_size, device, repeats, warmup)
         except Exception as err:  # noqa: BLE001 - e.g. out of memory: record it and go on
             result["cases"][label] = _error(err)
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        _free(device)
+
+    raddino: dict[str, Any] = {
+        "precision": result["precision"],
+        "terms": "DINO (2 global + local crops) + iBOT + KoLeo, EMA teacher, AdamW with the bundle's param groups",
+        "cases": {},
+    }
+    if device.type != "cuda":
+        raddino["note"] = "The paper configurations (ViT-B/14 518 px, Primus-M 160^3) run on CUDA only"
+    modes = [(False, False)] + ([(True, False), (True, True)] if device.type == "cuda" else [])
+    for bundle, dims in RADDINO_BUNDLES:
+        for paper, checkpointing in modes:
+            overrides = None if paper else raddino_overrides
+            label = _raddino_label(_raddino_parser(bundle, paper, device, overrides), bundle, dims, paper, checkpointing)
+            try:
+                raddino["cases"][label] = _time_raddino_steps(
+                    bundle, dims, paper, checkpointing, raddino_batch, device, repeats, warmup, overrides
+                )
+            except Exception as err:  # noqa: BLE001 - e.g. out of memory: record it and go on
+                raddino["cases"][label] = _error(err)
+            _free(device)
+    result["raddino"] = raddino
     return result
 
 
@@ -577,6 +702,15 @@ def to_markdown(report: dict[str, Any]) -> str:
             lines += [""] + _case_table(
                 sec["cases"], [("median_s", "s/step"), ("peak_mib", "peak MiB"), ("parameters_m", "params (M)")]
             )
+        rad = sec.get("raddino")
+        if rad and not ("skipped" in sec or "error" in sec):
+            lines += ["", "## RAD-DINO training step (DINO + iBOT + KoLeo, EMA teacher)", ""]
+            lines.append(f"Each bundle's own configs, {rad['precision']}, AdamW." + (
+                f" {rad['note']}." if "note" in rad else ""))  # fmt: skip
+            lines += [""] + _case_table(
+                rad["cases"],
+                [("batch_size", "batch"), ("median_s", "s/step"), ("peak_mib", "peak MiB"), ("parameters_m", "params (M)")],
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -601,6 +735,7 @@ def run(
     encoder: str = "primus_m",
     encoder_input: int | None = None,
     train_batch: int = 2,
+    raddino_batch: int | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Run the selected sections and write ``benchmark.json`` and ``benchmark.md`` into ``out_dir``.
@@ -615,7 +750,8 @@ def run(
         encoder: ``primus_m`` (the paper's) or ``eva_tiny`` (tests).
         encoder_input: cube edge of the encoder input; default 192 (paper) on CUDA and 64 on CPU, where Primus-M at
             192^3 in fp32 takes minutes per forward.
-        train_batch: batch size of the training-step section.
+        train_batch: COLIPRI batch size of the training-step section.
+        raddino_batch: RAD-DINO batch size of the training-step section (default: each config's own).
         threads: ``torch.set_num_threads`` (default: leave torch's choice).
 
     Returns:
@@ -636,7 +772,7 @@ def run(
         "machine": machine_info(dev),
         "settings": {
             "sections": names, "repeats": repeats, "warmup": warmup, "encoder": encoder,
-            "encoder_input": encoder_input, "train_batch": train_batch,
+            "encoder_input": encoder_input, "train_batch": train_batch, "raddino_batch": raddino_batch,
         },  # fmt: skip
         "sections": {},
     }
@@ -658,7 +794,7 @@ def run(
                 elif name == "encoder":
                     result = bench_encoder(dev, repeats, warmup, encoder_input, encoder)
                 else:
-                    result = bench_train_step(dev, repeats, warmup, train_batch)
+                    result = bench_train_step(dev, repeats, warmup, train_batch, raddino_batch)
             except FileNotFoundError:
                 raise
             except Exception as err:  # noqa: BLE001 - one broken section must not hide the others

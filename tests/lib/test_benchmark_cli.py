@@ -45,10 +45,10 @@ def test_cli_tiny_cpu_run_writes_json_and_markdown(tmp_path: Path) -> None:
         sys.executable, str(SCRIPT), "run", "--out_dir", str(out), "--device", "cpu",
         "--sections", "preprocessing,encoder,train_step", "--repeats", "1", "--warmup", "0",
         "--volume", str(volume), "--encoder", "eva_tiny", "--encoder_input", "32", "--train_batch", "2",
-        "--threads", "1",
+        "--threads", "1", "--raddino_batch", "2",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "benchmark.json").read_text())
     markdown = (out / "benchmark.md").read_text()
@@ -87,10 +87,19 @@ def test_cli_tiny_cpu_run_writes_json_and_markdown(tmp_path: Path) -> None:
     demo = train["cases"]["demo (eva_tiny 64^3)"]
     assert demo["median_s"] > 0 and demo["parameters_m"] > 0 and math.isfinite(demo["last_loss"])
 
+    rad = train["raddino"]
+    assert "paper configurations" in rad["note"]  # ViT-B/14 and Primus-M rows are CUDA-only
+    assert [label.split()[:2] for label in rad["cases"]] == [["raddino_cxr", "demo"], ["raddino_ct", "demo"]]
+    for label, case in rad["cases"].items():
+        assert "error" not in case, f"{label}: {case}"
+        assert case["batch_size"] == 2 and case["median_s"] > 0 and math.isfinite(case["last_loss"])
+    cxr, ct = rad["cases"].values()
+    assert 0 < cxr["parameters_m"] < 10 and 0 < ct["parameters_m"] < 10  # the demo towers, not ViT-B / Primus-M
+
     assert "Machine:" in markdown and machine["torch"] in markdown
-    for title in ("CT preprocessing", "Image encoder forward", "COLIPRI training step"):
+    for title in ("CT preprocessing", "Image encoder forward", "COLIPRI training step", "RAD-DINO training step"):
         assert title in markdown
-    assert markdown.count("| case |") == 3
+    assert markdown.count("| case |") == 4
 
 
 def test_sections_are_validated(bench) -> None:
