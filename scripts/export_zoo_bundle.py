@@ -175,7 +175,8 @@ def rewrite_python_source(source: str, filename: str = "<module>") -> str:
 
 def rewrite_config_text(text: str) -> str:
     """Point a config's ``common...`` references (``$import``, ``_target_``, expressions) at ``scripts``."""
-    return _LIBRARY_REF.sub(lambda m: VENDORED + m.group(0)[len(LIBRARY) :], _LIBRARY_IMPORT.sub(rf"\1{VENDORED}", text))
+    text = _LIBRARY_IMPORT.sub(rf"\1{VENDORED}", text)
+    return _LIBRARY_REF.sub(lambda m: VENDORED + m.group(0)[len(LIBRARY) :], text)
 
 
 def _strings(value: Any) -> Iterable[str]:
@@ -411,7 +412,7 @@ def _localise(text: str, bundle: str) -> str:
 
 
 def _io_table(fmt: dict) -> str:
-    rows = ["| name | type | format | channels | spatial shape | dtype | value range |", "|---|---|---|---|---|---|---|"]
+    rows = ["| name | type | format | channels | spatial shape | dtype | value range |", "|---" * 7 + "|"]
     for name, spec in fmt.items():
         rows.append(
             f"| `{name}` | {spec.get('type', '')} | {spec.get('format', '')} | {spec.get('num_channels', '')} | "
@@ -641,7 +642,8 @@ def export(
                         f"`configs/inference.yaml` (a smaller network); `network_data_format` was measured on it, "
                         f"other `*_data_format` entries describe the paper configuration.")
     source_of_weights = "random initialisation" if random_init else f"weights {Path(weights).name}"
-    entry = changelog or f"Model Zoo export ({source_of_weights}{', overlay ' + ', '.join(map(str, overlays)) if overlays else ''})"
+    with_overlay = f", overlay {', '.join(map(str, overlays))}" if overlays else ""
+    entry = changelog or f"Model Zoo export ({source_of_weights}{with_overlay})"
     meta["version"] = new_version
     meta["changelog"] = {new_version: entry, **meta.get("changelog", {})}
     if merged:
@@ -727,4 +729,7 @@ def export(
 
 
 if __name__ == "__main__":
-    fire.Fire({"export": export})
+    try:
+        fire.Fire({"export": export})
+    except ExportError as err:
+        sys.exit(f"export_zoo_bundle: {err}")

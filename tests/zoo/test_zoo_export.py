@@ -159,8 +159,9 @@ def test_exported_bundle_runs_without_the_repository(bundle: str, zoo_exports):
     out, summary, report = zoo_exports[bundle]
 
     # layout, metadata, weights and their large_files.yml entry
-    for name in ("LICENSE", "large_files.yml", "configs/metadata.json", "configs/inference.yaml", "configs/logging.conf",
-                 "models/model.pt", "docs/README.md", "docs/data_license.txt", "scripts/__init__.py"):
+    for name in ("LICENSE", "large_files.yml", "configs/metadata.json", "configs/inference.yaml",
+                 "configs/logging.conf", "models/model.pt", "docs/README.md", "docs/data_license.txt",
+                 "scripts/__init__.py"):
         assert (out / name).is_file(), name
     source_meta = json.loads((REPO / "bundles" / bundle / "configs" / "metadata.json").read_text())
     meta = json.loads((out / "configs" / "metadata.json").read_text())
