@@ -8,7 +8,9 @@ strictly into the single-process objective. One more run shards the 3D COLIPRI o
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from common.data.phantom import generate_dataset
+from common.networks.text_encoder import resolve_text_encoder
 
 REPO = Path(__file__).resolve().parents[2]
 WORLD_SIZE = 2
@@ -45,12 +48,28 @@ def phantoms(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def tiny_text_encoder(tmp_path_factory) -> Path:
+    """The offline MiniLM's tokenizer with a one-layer, 32-wide BERT config (randomly initialised in the runs)."""
+    source = Path(resolve_text_encoder("default"))
+    out = tmp_path_factory.mktemp("tiny_bert")
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (source / name).is_file():
+            shutil.copy(source / name, out / name)
+    config = json.loads((source / "config.json").read_text())
+    config.update(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
 def _configs(bundle: str) -> list[str]:
     return [str(REPO / "bundles" / bundle / "configs" / f) for f in ("train.yaml", "demo.yaml", "multi_gpu_train.yaml")]
 
 
-def _overrides(bundle: str, phantoms: Path, root: Path, extra: dict) -> dict:
+def _overrides(bundle: str, phantoms: Path, text_encoder: Path, root: Path, extra: dict) -> dict:
     dims, tiny, _ = CASES[bundle]
+    if bundle.startswith("colipri"):
+        tiny = {**tiny, "text_encoder_name": str(text_encoder), "text_backbone#pretrained": False}
     return {"dataset_dir": str(phantoms / f"datalist_{dims}d.json"), "bundle_root": str(root), "max_epochs": 1,
             "batch_size": BATCH, "cache_preprocessed": False, **tiny, **extra}
 
@@ -86,10 +105,12 @@ def _single_process_objective(bundle: str, overrides: dict) -> torch.nn.Module:
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle,fsdp", [("colipri_ct", True), ("colipri_cxr", False), ("raddino_ct", False),
                                          ("raddino_cxr", False)])
-def test_torchrun_two_ranks(bundle: str, fsdp: bool, phantoms: Path, tmp_path: Path, monkeypatch) -> None:
+def test_torchrun_two_ranks(
+    bundle: str, fsdp: bool, phantoms: Path, tiny_text_encoder: Path, tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     root = tmp_path / "bundle"
-    overrides = _overrides(bundle, phantoms, root, {"fsdp": True} if fsdp else {})
+    overrides = _overrides(bundle, phantoms, tiny_text_encoder, root, {"fsdp": True} if fsdp else {})
     run = _torchrun(bundle, overrides, tmp_path / "logs", tmp_path)
     logs = _rank_logs(tmp_path / "logs")
     assert run.returncode == 0, run.stderr[-3000:] + logs[0][-3000:] + logs[1][-3000:]
