@@ -23,6 +23,7 @@ from collections import Counter
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import BertConfig, BertModel
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "hub_offline",
     "resolve_text_encoder",
     "load_text_backbone",
+    "freeze_lower_layers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -267,3 +269,25 @@ def load_text_backbone(
         )
     model.config.name_or_path = source
     return model.eval()
+
+
+def freeze_lower_layers(backbone: nn.Module, num_layers: int) -> nn.Module:
+    """Freeze the token embeddings and the first ``num_layers`` transformer layers of a BERT-style encoder.
+
+    ConVIRT (Zhang et al., 2020) froze the embeddings and the lower half of its text BERT; it keeps the pretrained
+    lexical features and makes each step cheaper (no backward below the first trainable layer). ``0`` is a no-op.
+
+    Raises:
+        ValueError: when ``num_layers`` is negative or exceeds the encoder's depth, or the module has no
+            ``embeddings`` / ``encoder.layer``.
+    """
+    if num_layers == 0:
+        return backbone
+    layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+    if layers is None or not hasattr(backbone, "embeddings"):
+        raise ValueError(f"{type(backbone).__name__} has no BERT-style embeddings/encoder.layer to freeze")
+    if not 0 < num_layers <= len(layers):
+        raise ValueError(f"num_layers must be in [0, {len(layers)}], got {num_layers}")
+    for module in (backbone.embeddings, *layers[:num_layers]):
+        module.requires_grad_(False)
+    return backbone

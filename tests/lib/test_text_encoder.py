@@ -12,6 +12,7 @@ import transformers
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
 from common.networks.text_encoder import (
+    freeze_lower_layers,
     DEFAULT_TEXT_ENCODER,
     TEXT_ENCODER_ALIASES,
     load_text_backbone,
@@ -241,3 +242,21 @@ def test_uncached_hub_id_offline_names_it() -> None:
         load_text_backbone(name)
     with pytest.raises(OSError, match=name):
         load_tokenizer(name)
+
+
+def test_freeze_lower_layers_stops_gradients_below_the_first_trainable_layer() -> None:
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                                 intermediate_size=32), add_pooling_layer=False)
+    assert freeze_lower_layers(model, 0) is model and all(p.requires_grad for p in model.parameters())
+    freeze_lower_layers(model, 2)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in model.named_parameters() if n.startswith(("embeddings.", "encoder.layer.0.",
+                                                                                "encoder.layer.1."))}
+    model(torch.randint(0, 50, (2, 5))).last_hidden_state.sum().backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if n in frozen)
+    assert all(p.grad is not None for n, p in model.named_parameters() if n not in frozen)
+    with pytest.raises(ValueError, match="num_layers"):
+        freeze_lower_layers(model, 4)
+    with pytest.raises(ValueError, match="no BERT-style"):
+        freeze_lower_layers(torch.nn.Linear(2, 2), 1)
