@@ -26,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tokenize
 import warnings
 from collections.abc import Iterable, Sequence
@@ -104,7 +105,8 @@ def import_closure(references: Iterable[str], library_root: Path = REPO / LIBRAR
     Follows absolute and relative imports (including function-local ones) inside the library and adds every parent
     package, whose ``__init__`` runs on import. Third-party imports are not followed.
     """
-    pending = [m for m in (_longest_module(r, library_root) for r in references) if m]
+    ours = [r for r in references if r == LIBRARY or r.startswith(LIBRARY + ".")]
+    pending = [m for m in (_longest_module(r, library_root) for r in ours) if m]
     pending.append(LIBRARY)
     seen: set[str] = set()
     while pending:
@@ -213,6 +215,10 @@ def _load_config(path: Path) -> dict:
     return data
 
 
+def _parse_config_text(text: str, path: Path) -> Any:
+    return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+
+
 def _resolve_overlay(name: str, configs_dir: Path) -> Path:
     candidates = [Path(name)] + [configs_dir / f"{name}{suffix}" for suffix in ("", *CONFIG_SUFFIXES)]
     for candidate in candidates:
@@ -304,16 +310,21 @@ def _bump_version(version: str) -> str:
     return f"{major}.{minor}.{patch + 1}"
 
 
-def _update_io_shapes(meta: dict, merged: dict[str, Any], inference: dict, network: torch.nn.Module) -> list[int]:
-    """Make ``network_data_format`` match the exported network; returns the fake-input shape ``(1, C, *spatial)``."""
+def _update_io_shapes(
+    meta: dict, merged: dict[str, Any], inference: dict, network: torch.nn.Module, device: torch.device
+) -> list[int]:
+    """Make ``network_data_format`` match a network an overlay changed (input side from ``spatial_size`` /
+    ``image_size``, output channels measured); returns the fake-input shape ``(1, C, *spatial)``."""
     image = meta["network_data_format"]["inputs"]["image"]
     pred = meta["network_data_format"]["outputs"]["pred"]
     for key in INPUT_SIZE_KEYS:
         if key in merged and isinstance(inference.get(key), int):
             image["spatial_shape"] = [inference[key]] * len(image["spatial_shape"])
     shape = [1, int(image["num_channels"]), *(int(s) for s in image["spatial_shape"])]
+    if not merged:
+        return shape
     with torch.no_grad():
-        out = network(torch.rand(shape))
+        out = network(torch.rand(shape, device=device))
     if out.shape[1] != pred["num_channels"]:
         pred["num_channels"] = int(out.shape[1])
         if pred.get("spatial_shape") and len(pred["spatial_shape"]) == 1:
@@ -321,7 +332,7 @@ def _update_io_shapes(meta: dict, merged: dict[str, Any], inference: dict, netwo
     return shape
 
 
-def _torchscript_status(network: torch.nn.Module, input_shape: list[int]) -> tuple[str, str]:
+def _torchscript_status(network: torch.nn.Module, input_shape: list[int], device: torch.device) -> tuple[str, str]:
     """``("script" | "trace" | "excluded", reason)``: how ``ckpt_export`` can convert this network."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -331,7 +342,7 @@ def _torchscript_status(network: torch.nn.Module, input_shape: list[int]) -> tup
         except Exception as err:  # noqa: BLE001 - any scripting failure is a finding, not an error
             script_error = _first_line(err)
         try:
-            x, check = torch.rand(input_shape), torch.rand(input_shape)
+            x, check = torch.rand(input_shape, device=device), torch.rand(input_shape, device=device)
             with torch.no_grad():
                 traced = torch.jit.trace(network, x)
                 if torch.allclose(traced(check), network(check), atol=1e-4, rtol=1e-4):
@@ -470,6 +481,11 @@ def _readme(
         ts_note = (f"**TorchScript: excluded from scripting** (`exclude_verify_torchscript_list`): `torch.jit.script` "
                    f"fails on this network ({reason}). It converts with `torch.jit.trace` at the fixed input shape "
                    f"`{input_shape}` (the traced graph matches the eager network); use the command above.")
+    elif mode == "unchecked":
+        commands.append(f"{export} --use_trace True --input_shape \"{input_shape}\"")
+        ts_note = ("TorchScript conversion was not checked at export (`--check_torchscript False`). The bundle's "
+                   "networks are usually traceable but not scriptable: try the command above, and list the bundle in "
+                   "`exclude_verify_torchscript_list` if `torch.jit.script` fails.")
     else:
         ts_note = (f"**TorchScript: excluded** (`exclude_verify_torchscript_list`): the network can be neither "
                    f"scripted nor traced ({reason}). Use `models/model.pt` with `configs/inference.yaml`.")
@@ -553,6 +569,8 @@ def export(
     url: str | None = None,
     overwrite: bool = False,
     seed: int = 0,
+    check_torchscript: bool = True,
+    device: str | None = None,
     bundles_dir: str | None = None,
 ) -> dict[str, Any]:
     """Write ``bundles/<bundle>`` as a self-contained Model Zoo bundle in ``out_dir`` (the bundle root).
@@ -570,6 +588,9 @@ def export(
         url: download URL of ``models/model.pt`` for ``large_files.yml``; default: a TODO placeholder.
         overwrite: replace a previous export in ``out_dir`` (a folder holding ``configs/metadata.json``).
         seed: torch seed for ``random_init``.
+        check_torchscript: find out whether ``ckpt_export`` can script or trace the network (a few forward
+            passes; turn off for paper-size 3D networks on a CPU).
+        device: where the network runs for the checks; default CUDA when available.
         bundles_dir: folder holding the bundles; default ``<repo>/bundles``.
 
     Returns:
@@ -585,11 +606,10 @@ def export(
         raise ExportError(source, "no --weights given; pass the trained models/model.pt or --random_init True")
     if weights is not None and random_init:
         raise ExportError(weights, "--weights and --random_init exclude each other")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not (overwrite and (out / "configs" / "metadata.json").is_file()):
-            raise ExportError(out, "not empty (use --overwrite True to replace a previous export)")
-        shutil.rmtree(out)
+    final = Path(out_dir)
+    if final.exists() and any(final.iterdir()):
+        if not (overwrite and (final / "configs" / "metadata.json").is_file()):
+            raise ExportError(final, "not empty (use --overwrite True to replace a previous export)")
     meta = json.loads((configs_dir / "metadata.json").read_text())
     old_version = str(meta.get("version", ""))
     if not SEMVER.match(old_version):
@@ -633,8 +653,13 @@ def export(
             )
 
     # metadata: version, changelog, shapes measured on the exported network
-    input_shape = _update_io_shapes(meta, merged, inference, network)
-    torchscript = _torchscript_status(network, input_shape)
+    run_on = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    network.to(run_on)
+    input_shape = _update_io_shapes(meta, merged, inference, network, run_on)
+    if check_torchscript:
+        torchscript = _torchscript_status(network, input_shape, run_on)
+    else:
+        torchscript = ("unchecked", "")
     overlay_note = ""
     if merged:
         listed = ", ".join(f"`{k}`" for k in merged)
@@ -649,75 +674,85 @@ def export(
     if merged:
         meta["description"] = meta.get("description", "") + overlay_note
 
-    # write the bundle
-    (out / "configs").mkdir(parents=True, exist_ok=True)
-    (out / "models").mkdir()
-    (out / "docs").mkdir()
-    references: set[str] = set()
-    for path in config_files:
-        text = inference_text if path.name == "inference.yaml" else path.read_text()
-        if path.suffix != ".conf":
-            references |= _config_references(yaml.safe_load(text) if path.suffix != ".json" else json.loads(text))
-        rewritten = rewrite_config_text(text)
-        leftover = _config_references(yaml.safe_load(rewritten) if path.suffix != ".json" else json.loads(rewritten))
-        if leftover:
-            raise ExportError(path, f"references to {sorted(leftover)} left after rewriting")
-        (out / "configs" / path.name).write_text(rewritten)
-    logging_conf = configs_dir / "logging.conf"
-    if not logging_conf.is_file():
-        raise ExportError(logging_conf, "missing; the Zoo expects configs/logging.conf")
-    shutil.copyfile(logging_conf, out / "configs" / "logging.conf")
-    shutil.copyfile(source / "LICENSE", out / "LICENSE")
+    # write the bundle into a temporary sibling folder; it replaces out_dir only once complete
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        (out / "configs").mkdir(exist_ok=True)
+        (out / "models").mkdir()
+        (out / "docs").mkdir()
+        references: set[str] = set()
+        for path in config_files:
+            text = inference_text if path.name == "inference.yaml" else path.read_text()
+            references |= _config_references(_parse_config_text(text, path))
+            rewritten = rewrite_config_text(text)
+            leftover = _config_references(_parse_config_text(rewritten, path))
+            if leftover:
+                raise ExportError(path, f"references to {sorted(leftover)} left after rewriting")
+            (out / "configs" / path.name).write_text(rewritten)
+        logging_conf = configs_dir / "logging.conf"
+        if not logging_conf.is_file():
+            raise ExportError(logging_conf, "missing; the Zoo expects configs/logging.conf")
+        shutil.copyfile(logging_conf, out / "configs" / "logging.conf")
+        shutil.copyfile(source / "LICENSE", out / "LICENSE")
 
-    # vendored library: the import closure of what the configs reference, plus its resources
-    library_root = REPO / LIBRARY
-    modules = import_closure(references, library_root)
-    sources = []
-    for module in modules:
-        src = _module_file(module, library_root)
-        target = out / VENDORED / src.relative_to(library_root)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        text = rewrite_python_source(src.read_text(), str(src))
-        target.write_text(text)
-        sources.append(text)
-    bundle_scripts = source / VENDORED
-    if bundle_scripts.is_dir():
-        for own in sorted(bundle_scripts.rglob("*.py")):
-            target = out / VENDORED / own.relative_to(bundle_scripts)
-            if target.exists() and own.read_text().strip() and target.read_text() != own.read_text():
+        # vendored library: the import closure of what the configs and the bundle's own scripts/ reference
+        library_root = REPO / LIBRARY
+        own_scripts = sorted((source / VENDORED).rglob("*.py")) if (source / VENDORED).is_dir() else []
+        for own in own_scripts:
+            references |= set(_imported_names(own.read_text(), "", False))
+        modules = import_closure(references, library_root)
+        sources = []
+        for module in modules:
+            src = _module_file(module, library_root)
+            target = out / VENDORED / src.relative_to(library_root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            sources.append(rewrite_python_source(src.read_text(), str(src)))
+            target.write_text(sources[-1])
+        for own in own_scripts:  # bundle glue sits next to the library; an empty __init__.py yields to it
+            target = out / VENDORED / own.relative_to(source / VENDORED)
+            if target.exists() and own.read_text().strip():
                 raise ExportError(own, f"collides with the vendored library file {target.relative_to(out)}")
             if not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(rewrite_python_source(own.read_text(), str(own)))
-    resources = library_root / "resources"
-    if resources.is_dir():
-        shutil.copytree(resources, out / VENDORED / "resources")
-    added_packages = _undeclared_packages(_third_party_modules(sources), meta)  # the Zoo CI installs these pins
-    meta["required_packages_version"] = {**meta.get("required_packages_version", {}), **added_packages}
-    (out / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
+                sources.append(rewrite_python_source(own.read_text(), str(own)))
+                target.write_text(sources[-1])
+        resources = library_root / "resources"
+        if resources.is_dir():
+            shutil.copytree(resources, out / VENDORED / "resources")
+        added_packages = _undeclared_packages(_third_party_modules(sources), meta)  # the Zoo CI installs these pins
+        meta["required_packages_version"] = {**meta.get("required_packages_version", {}), **added_packages}
+        (out / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
 
-    # weights, large_files.yml, docs
-    model_pt = out / "models" / "model.pt"
-    torch.save({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, model_pt)
-    digest = _sha256(model_pt)
-    large_files = {"large_files": [{"path": "models/model.pt", "url": url or URL_TODO, "hash_val": digest,
-                                    "hash_type": "sha256"}]}
-    (out / "large_files.yml").write_text(
-        "# Files too large for the Model Zoo repository; `python -m monai.bundle download_large_files` fetches them.\n"
-        + yaml.safe_dump(large_files, sort_keys=False, width=200)
-    )
-    readme_path = source / "docs" / "README.md"
-    source_readme = readme_path.read_text() if readme_path.is_file() else ""
-    (out / "docs" / "README.md").write_text(
-        _readme(bundle, meta, source_readme, [p.name for p in config_files], random_init, torchscript,
-                input_shape, _git_commit())
-    )
-    own_license = source / "docs" / "data_license.txt"
-    (out / "docs" / "data_license.txt").write_text(
-        own_license.read_text() if own_license.is_file() else _data_license(meta, source_readme, bundle)
-    )
+        # weights, large_files.yml, docs
+        model_pt = out / "models" / "model.pt"
+        torch.save({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, model_pt)
+        digest = _sha256(model_pt)
+        large_files = {"large_files": [{"path": "models/model.pt", "url": url or URL_TODO, "hash_val": digest,
+                                        "hash_type": "sha256"}]}
+        (out / "large_files.yml").write_text(
+            "# Weights too large for the Model Zoo repository: `python -m monai.bundle download_large_files`\n"
+            + yaml.safe_dump(large_files, sort_keys=False, width=200)
+        )
+        readme_path = source / "docs" / "README.md"
+        source_readme = readme_path.read_text() if readme_path.is_file() else ""
+        (out / "docs" / "README.md").write_text(
+            _readme(bundle, meta, source_readme, [p.name for p in config_files], random_init, torchscript,
+                    input_shape, _git_commit())
+        )
+        own_license = source / "docs" / "data_license.txt"
+        (out / "docs" / "data_license.txt").write_text(
+            own_license.read_text() if own_license.is_file() else _data_license(meta, source_readme, bundle)
+        )
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    out.chmod(0o755)
+    if final.exists():
+        shutil.rmtree(final)
+    out.rename(final)
     return {
-        "out_dir": str(out),
+        "out_dir": str(final),
         "version": new_version,
         "vendored_modules": len(modules),
         "merged_keys": sorted(merged),

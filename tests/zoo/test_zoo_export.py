@@ -214,6 +214,7 @@ def test_export_of_trained_weights(exporter, zoo_exports, tmp_path: Path):
     out = tmp_path / "exported"
     summary = exporter.export("raddino_cxr", str(out), weights=str(tmp_path / "trained.pt"), overlay="demo",
                               version="0.2.0", url="https://example.org/raddino/model.pt")
+    assert not list(tmp_path.glob(".exported.partial-*"))  # written aside, then moved into place
     exported = torch.load(out / "models" / "model.pt", weights_only=True)
     assert exported.keys() == state.keys() and all(torch.equal(exported[k], v) for k, v in state.items())
     meta = json.loads((out / "configs" / "metadata.json").read_text())
