@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch.distributed.tensor import DTensor
 
 __all__ = [
@@ -50,15 +50,32 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums the gradient over ranks and returns this rank's slice."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad.chunk(dist.get_world_size(), dim=0)[dist.get_rank()]
+
+
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` from all ranks along dim 0; gradients flow back to every rank's slice.
+    """Concatenate ``tensor`` (same shape on every rank) from all ranks along dim 0; gradients flow back to every
+    rank's slice.
 
     Used for contrastive negatives: the loss over the gathered batch gives, after DDP's gradient
     averaging, the same gradients as one process over the concatenated batch.
     """
     if not is_enabled() or get_world_size() == 1:
         return tensor
-    return torch.cat(dist_nn.all_gather(tensor.contiguous()), dim=0)
+    return _AllGatherWithGrad.apply(tensor.contiguous())
 
 
 @torch.no_grad()
