@@ -4,4 +4,13 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup_env.sh"
 cd "$root"
-exec "${MEDVLP_VENV:-$root/.venv}/bin/python" -m pytest -q -p no:cacheprovider tests "$@"
+status=0
+"${MEDVLP_VENV:-$root/.venv}/bin/python" -m pytest -q -p no:cacheprovider tests "$@" || status=$?
+
+# The MONAI Label app lives in its own environment (monailabel pins numpy<2): tests/label run there
+# (in .venv they skip). MEDVLP_SKIP_LABEL=1 leaves them out.
+if [ "${MEDVLP_SKIP_LABEL:-0}" != "1" ]; then
+  bash "$root/scripts/setup_label_env.sh"
+  "${MEDVLP_LABEL_VENV:-$root/.venv-label}/bin/python" -m pytest -q -p no:cacheprovider tests/label || status=$?
+fi
+exit "$status"

@@ -2,7 +2,7 @@
 
 Start it from the label environment (``bash scripts/setup_label_env.sh``)::
 
-    .venv-label/bin/monailabel start_server --app scripts/monailabel_app --studies /data/studies \
+    .venv-label/bin/python -m monailabel.main start_server --app scripts/monailabel_app --studies /data/studies \
         --conf bundles colipri_ct,raddino_cxr --conf overlays demo
 
 Tasks per bundle (names are ``<bundle>_<task>``): ``findings`` (zero-shot per-finding probabilities; paired bundles),

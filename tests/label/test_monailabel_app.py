@@ -82,7 +82,8 @@ def bundles_dir(tmp_path_factory, phantoms: Path) -> Path:
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     datalist = json.loads((task.run_dir / "datalist.json").read_text())["training"]
     assert len(datalist) == 5 and sum("report" in r for r in datalist) == 4  # paired and image-only records
-    assert stats["status"] == "DONE" and stats["epoch"] == 1 and stats["iteration"] == 1  # 5 records, batch 4
+    assert stats["status"] == "DONE" and stats["epoch"] == stats["total_epochs"] == 1  # progress parsed from the log
+    assert stats["iteration"] == stats["iterations_per_epoch"] >= 1
     assert task.stats()["status"] == "DONE"
     assert (root / BUNDLE / "models" / "model.pt").is_file()
     return root
@@ -100,7 +101,8 @@ def server(bundles_dir: Path, tmp_path_factory):
     port = _free_port()
     studies = tmp_path_factory.mktemp("studies")
     log = tmp_path_factory.mktemp("server_log") / "server.log"
-    cmd = [str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(APP), "--studies",
+    # `python -m monailabel.main` is what the `monailabel` script runs, minus its word splitting of arguments
+    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP), "--studies",
            str(studies), "--host", "127.0.0.1", "--port", str(port)]
     for key, value in _conf(bundles_dir).items():
         cmd += ["--conf", key, value]
