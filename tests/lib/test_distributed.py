@@ -308,3 +308,18 @@ def test_rad_dino_fsdp_step_matches_single_process(rank_results: list[dict]) -> 
         torch.testing.assert_close(result["center"], expected["center"], **TOL)
         for name, value in expected["teacher"].items():
             torch.testing.assert_close(result["teacher"][name], value, **TOL, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_single_process_helpers_and_fsdp_needs_torchrun(monkeypatch) -> None:
+    monkeypatch.delenv("RANK", raising=False)
+    assert not distributed.is_enabled() and not distributed.init_distributed()
+    assert distributed.ddp_device_ids("cpu") is None and distributed.ddp_device_ids("cuda:1") == [1]
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    expected = torch.device("cuda", 1) if torch.cuda.is_available() else torch.device("cpu")
+    assert distributed.local_device() == expected
+    objective = _colipri()
+    with pytest.raises(RuntimeError, match="torchrun"):
+        fsdp.shard_objective(objective, "cpu")
+    assert not fsdp.is_sharded(objective) and fsdp.full_state_dicts(objective) is objective
+    names = {type(b).__name__ for b in fsdp.transformer_blocks(objective, block_types=["EvaBlock"])}
+    assert names == {"EvaBlock"}
