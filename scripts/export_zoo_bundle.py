@@ -463,6 +463,11 @@ def _readme(
     if has("train.yaml") and has("evaluate.yaml"):
         commands += ["# frozen-encoder evaluation of a trained model",
                      "python -m monai.bundle run --config_file \"['configs/train.yaml','configs/evaluate.yaml']\""]
+    known = {"inference.yaml", "train.yaml", "multi_gpu_train.yaml", "demo.yaml", "evaluate.yaml", "logging.conf"}
+    others = [name for name in configs if name not in known]
+    if others:
+        listed = ", ".join(f"configs/{n}" for n in others)
+        commands.append(f"# further workflows (usage at the top of each file): {listed}")
     commands += [
         "# checks the Model Zoo CI runs",
         "python -m monai.bundle verify_metadata --meta_file configs/metadata.json "
