@@ -106,7 +106,8 @@ def server(bundles_dir: Path, tmp_path_factory):
            str(studies), "--host", "127.0.0.1", "--port", str(port)]
     for key, value in _conf(bundles_dir).items():
         cmd += ["--conf", key, value]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
+           "MONAI_LABEL_SESSION_PATH": str(tmp_path_factory.mktemp("sessions"))}
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
