@@ -30,7 +30,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
@@ -158,7 +157,9 @@ class ColipriDenseHeads(nn.Module):
         self.finding_keys = classifier.finding_keys
 
     @classmethod
-    def from_model(cls, model: ColipriModel, tokenizer: Any, prompt_set: Any, max_length: int = 64) -> ColipriDenseHeads:
+    def from_model(
+        cls, model: ColipriModel, tokenizer: Any, prompt_set: Any, max_length: int = 64
+    ) -> ColipriDenseHeads:
         """Encode the prompts once with ``model``'s text tower (see :meth:`ZeroShotClassifier.from_model`)."""
         return cls(ZeroShotClassifier.from_model(model, tokenizer, prompt_set, max_length=max_length))
 
@@ -313,7 +314,9 @@ class ResampleToOriginald(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             if not isinstance(img, MetaTensor) or "original_affine" not in img.meta or "spatial_shape" not in img.meta:
-                raise ValueError(f"{key!r} needs MetaTensor meta 'original_affine' and 'spatial_shape' (from the loader)")
+                raise ValueError(
+                    f"{key!r} needs MetaTensor meta 'original_affine' and 'spatial_shape' (from the loader)"
+                )
             shape = tuple(int(s) for s in convert_to_numpy(img.meta["spatial_shape"]))
             original = torch.as_tensor(convert_to_numpy(img.meta["original_affine"], dtype=np.float64))
             out = self.resampler(img, dst_affine=original, spatial_size=shape)

@@ -77,7 +77,7 @@ def _run_embed(bundle: str, dims: int, phantoms: Path, tmp_path: Path, monkeypat
     return workflow, records
 
 
-def _plain_preprocessing(parser, dims: int) -> Compose:
+def _plain_preprocessing(parser) -> Compose:
     """inference.yaml's centre crop/pad preprocessing."""
     return Compose(parser.get_parsed_content("image_preprocessing", instantiate=True))
 
@@ -100,7 +100,7 @@ def test_embed_workflow(bundle: str, dims: int, phantoms: Path, tmp_path: Path, 
 
     with torch.no_grad():
         # case 0 fits the field of view: one window == the plain centre crop/pad path of inference.yaml
-        plain = _plain_preprocessing(parser, dims)({"image": records[0]["image"]})["image"]
+        plain = _plain_preprocessing(parser)({"image": records[0]["image"]})["image"]
         sliding = Compose(parser.get_parsed_content("preprocessing").transforms[:-1])({"image": records[0]["image"]})
         assert torch.equal(sliding["image"].as_tensor(), plain.as_tensor())
         np.testing.assert_allclose(emb[0], encoder(plain[None]).numpy()[0], atol=1e-5)
