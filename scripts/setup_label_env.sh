@@ -16,7 +16,10 @@ if [ -f "$stamp" ] && [ "$stamp" -nt "$root/pyproject.toml" ] && [ "$stamp" -nt 
 fi
 python3 -m venv "$venv"
 pins="$venv/medvlp-label-constraints.txt"
-printf '%s\n' "torch==2.14.1" "torchvision==0.29.1" "numpy<2" "pydicom<3" > "$pins"
+# numpy/pydicom/jsonschema: pydicom-seg 0.4.1's ranges, stated up front (with the pydicom-2 releases of
+# dicomweb-client and pynetdicom) so that pip does not backtrack through them.
+printf '%s\n' "torch==2.14.1" "torchvision==0.29.1" "numpy<2" "pydicom<3" "jsonschema<4" "dicomweb-client<0.61" \
+  "pynetdicom<3" > "$pins"
 pip_install() {  # quiet, and without pip's per-package notes about the local index folders
   "$venv/bin/pip" install -q --disable-pip-version-check -c "$pins" "$@" 2> >(grep -v "^WARNING: Location" >&2)
 }
