@@ -72,14 +72,10 @@ def bundles_dir(tmp_path_factory, phantoms: Path) -> Path:
 
     bundle_specs, BundlePretrainTask = _app_modules()
     task = BundlePretrainTask(bundle_specs(_conf(root))[BUNDLE])
-    env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # the training subprocess inherits these
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("OMP_NUM_THREADS", "1")
         stats = task({"max_epochs": 1}, datastore)
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     datalist = json.loads((task.run_dir / "datalist.json").read_text())["training"]
     assert len(datalist) == 5 and sum("report" in r for r in datalist) == 4  # paired and image-only records
     assert stats["status"] == "DONE" and stats["epoch"] == stats["total_epochs"] == 1  # progress parsed from the log
