@@ -23,6 +23,7 @@ __all__ = [
     "all_gather_no_grad",
     "all_reduce_mean",
     "all_reduce_sum",
+    "broadcast_module",
     "barrier",
     "init_distributed",
     "destroy_distributed",
@@ -101,6 +102,17 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= get_world_size()
     return tensor
+
+
+@torch.no_grad()
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> torch.nn.Module:
+    """Overwrite every parameter and buffer of ``module`` with rank ``src``'s values in place (what DDP does at
+    construction); no-op on one process."""
+    if is_enabled() and get_world_size() > 1:
+        for tensor in module.state_dict().values():
+            if isinstance(tensor, torch.Tensor):
+                dist.broadcast(tensor, src=src)
+    return module
 
 
 def barrier() -> None:

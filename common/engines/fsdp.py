@@ -13,7 +13,8 @@ replicated and have their gradients averaged over ranks.
 :class:`~common.engines.checkpoint.CheckpointHandler` objects whose ``state_dict`` is the full, unsharded state
 (plain tensors keyed exactly as the un-wrapped module, gathered onto rank 0's CPU; a collective, so saving runs it
 on every rank), so FSDP checkpoints load into a single-process objective. :func:`gather_into` copies the trained
-state into the un-sharded twin (``objective_def``) that the export steps read.
+state into the un-sharded twin (``objective_def``) that the export steps read; that twin stays in CPU memory on
+every rank for the run (the price of building the model un-sharded; a meta-device build would avoid it).
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def shard_objective(
     block_types: Sequence[str] | None = None,
     reshard_after_forward: bool = True,
 ) -> nn.Module:
-    """Move ``objective`` to ``device`` and apply FSDP2 ``fully_shard`` per transformer block, then to the root.
+    """Move ``objective`` to ``device``, broadcast rank 0's weights, and apply FSDP2 ``fully_shard`` per transformer
+    block, then to the root.
 
     Args:
         objective: the (un-wrapped) pre-training objective; sharded in place and returned.
@@ -102,7 +104,7 @@ def shard_objective(
             raise ValueError(f"amp_dtype must be one of {sorted(_AMP)} or None, got {amp_dtype!r}")
         amp_dtype = _AMP[amp_dtype.lower()]
     device = torch.device(device)
-    objective.to(device)
+    distributed.broadcast_module(objective.to(device))  # every rank starts from rank 0's weights, as with DDP
     mesh = init_device_mesh(device.type, (distributed.get_world_size(),))
     policy = MixedPrecisionPolicy()
     if amp_dtype is not None and device.type == "cuda":

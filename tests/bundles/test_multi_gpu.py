@@ -50,14 +50,14 @@ def phantoms(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_text_encoder(tmp_path_factory) -> Path:
-    """The offline MiniLM's tokenizer with a one-layer, 32-wide BERT config (randomly initialised in the runs)."""
+    """The offline MiniLM's tokenizer with a two-layer, 32-wide BERT config (randomly initialised in the runs)."""
     source = Path(resolve_text_encoder("default"))
     out = tmp_path_factory.mktemp("tiny_bert")
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (source / name).is_file():
             shutil.copy(source / name, out / name)
     config = json.loads((source / "config.json").read_text())
-    config.update(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    config.update(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     (out / "config.json").write_text(json.dumps(config))
     return out
 
@@ -69,7 +69,9 @@ def _configs(bundle: str) -> list[str]:
 def _overrides(bundle: str, phantoms: Path, text_encoder: Path, root: Path, extra: dict) -> dict:
     dims, tiny, _ = CASES[bundle]
     if bundle.startswith("colipri"):
-        tiny = {**tiny, "text_encoder_name": str(text_encoder), "text_backbone#pretrained": False}
+        # embeddings and 1 of 2 text layers frozen, as the demo freezes MiniLM's lower layers
+        tiny = {**tiny, "text_encoder_name": str(text_encoder), "text_backbone#pretrained": False,
+                "text_frozen_layers": 1}
     return {"dataset_dir": str(phantoms / f"datalist_{dims}d.json"), "bundle_root": str(root), "max_epochs": 1,
             "batch_size": BATCH, "cache_preprocessed": False, **tiny, **extra}
 

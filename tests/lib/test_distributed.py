@@ -211,7 +211,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         colipri_part = slice(rank * half, (rank + 1) * half)
         ddp = nn.parallel.DistributedDataParallel(_colipri())
         results["colipri_ddp"] = _objective_result(ddp, _colipri_batch(), colipri_part)
-        sharded = fsdp.shard_objective(_colipri(), "cpu")
+        unsharded = _colipri()
+        if rank == 1:  # shard_objective starts every rank from rank 0's weights
+            with torch.no_grad():
+                for p in unsharded.parameters():
+                    p.add_(1.0)
+        sharded = fsdp.shard_objective(unsharded, "cpu")
         results["colipri_fsdp_units"] = torch.tensor(len(fsdp.transformer_blocks(_colipri())))
         results["colipri_fsdp"] = _objective_result(sharded, _colipri_batch(), colipri_part)
         results["rad_dino_fsdp"] = _rad_dino_step(
@@ -283,7 +288,8 @@ def _assert_matches_single_process(ranks: list[dict], expected: dict, tol: dict)
 
 @pytest.mark.parametrize("wrapper", ["ddp", "fsdp"])
 def test_colipri_objective_matches_single_process(rank_results: list[dict], wrapper: str) -> None:
-    """Contrastive (gathered negatives), report and MAE terms and every gradient, DDP and FSDP2 alike."""
+    """Contrastive (gathered negatives), report and MAE terms and every gradient, DDP and FSDP2 alike (rank 1's
+    FSDP copy starts from different weights: sharding must broadcast rank 0's)."""
     batch = _colipri_batch()
     expected = _objective_result(_colipri(), batch, slice(None))
     assert {"contrastive", "report", "mae"} <= set(expected["terms"])
