@@ -33,6 +33,7 @@ __all__ = [
     "resolve_text_encoder",
     "load_text_backbone",
     "freeze_lower_layers",
+    "keep_lower_layers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -290,4 +291,27 @@ def freeze_lower_layers(backbone: nn.Module, num_layers: int) -> nn.Module:
         raise ValueError(f"num_layers must be in [0, {len(layers)}], got {num_layers}")
     for module in (backbone.embeddings, *layers[:num_layers]):
         module.requires_grad_(False)
+    return backbone
+
+
+def keep_lower_layers(backbone: nn.Module, num_layers: int | None) -> nn.Module:
+    """Keep only the first ``num_layers`` transformer layers of a BERT-style encoder (``None``: keep all).
+
+    A cheaper text tower for CPU demos (as DistilBERT-style layer dropping does), at the cost of depth; the kept
+    layers carry their pretrained weights. The config's ``num_hidden_layers`` is updated so the model saves and
+    rebuilds consistently.
+
+    Raises:
+        ValueError: when ``num_layers`` is not in ``[1, depth]`` or the module has no ``encoder.layer``.
+    """
+    if num_layers is None:
+        return backbone
+    layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+    if layers is None:
+        raise ValueError(f"{type(backbone).__name__} has no BERT-style encoder.layer to shorten")
+    if not 0 < num_layers <= len(layers):
+        raise ValueError(f"num_layers must be in [1, {len(layers)}], got {num_layers}")
+    backbone.encoder.layer = nn.ModuleList(list(layers)[:num_layers])
+    if hasattr(backbone, "config"):
+        backbone.config.num_hidden_layers = num_layers
     return backbone

@@ -13,6 +13,7 @@ from transformers import BertConfig, BertForMaskedLM, BertModel
 
 from common.networks.text_encoder import (
     freeze_lower_layers,
+    keep_lower_layers,
     DEFAULT_TEXT_ENCODER,
     TEXT_ENCODER_ALIASES,
     load_text_backbone,
@@ -260,3 +261,18 @@ def test_freeze_lower_layers_stops_gradients_below_the_first_trainable_layer() -
         freeze_lower_layers(model, 4)
     with pytest.raises(ValueError, match="no BERT-style"):
         freeze_lower_layers(torch.nn.Linear(2, 2), 1)
+
+
+def test_keep_lower_layers_matches_a_shallower_bert_with_the_same_weights() -> None:
+    torch.manual_seed(0)
+    config = dict(vocab_size=50, hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    deep = BertModel(BertConfig(num_hidden_layers=3, **config), add_pooling_layer=False).eval()
+    shallow = BertModel(BertConfig(num_hidden_layers=2, **config), add_pooling_layer=False).eval()
+    shallow.load_state_dict({k: v for k, v in deep.state_dict().items() if "layer.2." not in k})
+    ids = torch.randint(0, 50, (2, 6))
+    assert keep_lower_layers(deep, None) is deep and len(deep.encoder.layer) == 3
+    keep_lower_layers(deep, 2)
+    assert deep.config.num_hidden_layers == 2 and len(deep.encoder.layer) == 2
+    assert torch.allclose(deep(ids).last_hidden_state, shallow(ids).last_hidden_state, atol=1e-6)
+    with pytest.raises(ValueError, match="num_layers"):
+        keep_lower_layers(deep, 0)
