@@ -91,7 +91,7 @@ def shard_objective(
         device: this rank's device (``common.distributed.local_device()``).
         amp_dtype: ``"bf16"``/``"fp16"``: on CUDA, compute in that dtype with fp32 gradient reduction.
         block_types: see :func:`transformer_blocks`.
-        reshard_after_forward: free the gathered block parameters after its forward (ZeRO-3; ``False``: ZeRO-2).
+        reshard_after_forward: free a block's gathered parameters after its forward (ZeRO-3; ``False``: ZeRO-2).
 
     Raises:
         RuntimeError: if no process group is initialised (launch with ``torchrun``).
@@ -115,11 +115,10 @@ def shard_objective(
     for param in scalars:
         if param.requires_grad:
             param.register_post_accumulate_grad_hook(_average_grad)
-    kwargs = {"mesh": mesh, "mp_policy": policy, "reshard_after_forward": reshard_after_forward,
-              "ignored_params": scalars or None}
+    kwargs = {"mesh": mesh, "mp_policy": policy, "ignored_params": scalars or None}
     for block in transformer_blocks(objective, block_types):
-        fully_shard(block, **kwargs)
-    fully_shard(objective, **kwargs)
+        fully_shard(block, reshard_after_forward=reshard_after_forward, **kwargs)
+    fully_shard(objective, **kwargs)  # the root keeps its parameters gathered from forward to backward
     return objective
 
 

@@ -71,7 +71,7 @@ def _overrides(bundle: str, phantoms: Path, text_encoder: Path, root: Path, extr
     if bundle.startswith("colipri"):
         # embeddings and 1 of 2 text layers frozen, as the demo freezes MiniLM's lower layers
         tiny = {**tiny, "text_encoder_name": str(text_encoder), "text_backbone#pretrained": False,
-                "text_frozen_layers": 1}
+                "text_num_layers": 2, "text_frozen_layers": 1}
     return {"dataset_dir": str(phantoms / f"datalist_{dims}d.json"), "bundle_root": str(root), "max_epochs": 1,
             "batch_size": BATCH, "cache_preprocessed": False, **tiny, **extra}
 
