@@ -180,7 +180,7 @@ class ColipriDenseHeads(nn.Module):
         contrast = (clf.prompt_embeddings_pos - clf.prompt_embeddings_neg).mean(dim=1).to(dense.dtype)  # (K, D)
         similarity = torch.einsum("bdn,kd->bkn", dense.flatten(2), contrast).reshape(b, -1, *grid)
         # the classifier's own probability rule (two-way softmax per prompt pair, mean over pairs)
-        probabilities = clf._probabilities(embedding, "bd,kpd->bkp")
+        probabilities = clf.probabilities(embedding)
         return {"embedding": embedding, "probabilities": probabilities, "similarity": similarity}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from common.engines.checkpoint import export_inference_weights
 from common.evaluation import EvaluationReport, evaluate_embeddings, format_table
 from common.evaluation.extract import extract_features
 from common.methods.colipri import ColipriPretraining
+from common.methods.colipri_inference import encode_texts
 from common.networks.colipri import ColipriModel, ZeroShotClassifier
 from common.transforms.text import build_prompts
 
@@ -158,13 +159,7 @@ def evaluate_colipri(
 
     @torch.no_grad()
     def embed_texts(texts: list[str]) -> np.ndarray:
-        out = []
-        for start in range(0, len(texts), 32):
-            batch = tokenizer(texts[start : start + 32], padding=True, truncation=True, max_length=max_text_length,
-                              return_tensors="pt")
-            emb = model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            out.append(emb.float().cpu().numpy())
-        return np.concatenate(out, axis=0)
+        return encode_texts(texts, model, tokenizer, max_length=max_text_length, device=device)
 
     pairs = prompt_pairs(findings)
     keys = list(pairs)

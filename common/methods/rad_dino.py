@@ -164,8 +164,15 @@ class RadDinoPretraining(nn.Module):
         torch._foreach_add_(teacher, student, alpha=1.0 - self.momentum)
 
     def train(self, mode: bool = True) -> RadDinoPretraining:
+        """Training mode for the student; the teacher stays in eval mode, except heads with BatchNorm (``use_bn``),
+        which normalise the teacher's batch with its own statistics as DINO's teacher does (it is never put in eval
+        mode there); eval running statistics would leave the teacher's BatchNorm at its initial identity."""
         super().train(mode)
         self.teacher.eval()
+        if mode:
+            for name, module in self.teacher.items():
+                if name != "backbone" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+                    module.train()
         return self
 
     def clip_grad_groups(self) -> Iterator[tuple[str, list[nn.Parameter]]]:

@@ -362,6 +362,10 @@ class ZeroShotClassifier(nn.Module):
         model.train(was_training)
         return cls(model.image_encoder, pos, neg, model.softmax_temperature, finding_keys=keys)
 
+    def probabilities(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Per-finding probabilities ``(B, K)`` from global joint-space embeddings ``(B, D)``."""
+        return self._probabilities(embeddings, "bd,kpd->bkp")
+
     def _probabilities(self, embeddings: torch.Tensor, equation: str) -> torch.Tensor:
         pos = torch.einsum(equation, embeddings, self.prompt_embeddings_pos.to(embeddings.dtype))
         neg = torch.einsum(equation, embeddings, self.prompt_embeddings_neg.to(embeddings.dtype))
@@ -370,7 +374,7 @@ class ZeroShotClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-finding probabilities ``(B, K)`` for images ``(B, C, *spatial)``."""
-        return self._probabilities(self.image_encoder(x), "bd,kpd->bkp")
+        return self.probabilities(self.image_encoder(x))
 
     def dense_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Per-patch finding probabilities ``(B, K, *grid)`` from the dense joint-space embeddings."""
