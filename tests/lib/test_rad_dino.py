@@ -164,3 +164,20 @@ def test_load_rad_dino_backbone_rejects_mismatch(tmp_path):
         load_rad_dino_backbone(tmp_path / "w")
     with pytest.raises(DataContractError, match="config.json"):
         load_rad_dino_backbone(tmp_path / "nothing")
+
+
+def test_batchnorm_heads_use_teacher_batch_statistics():
+    torch.manual_seed(0)
+    objective = RadDinoPretraining(_tiny_dinov2(), head={**HEAD, "use_bn": True}, warmup_teacher_temp_iters=4)
+    objective.train()
+    assert not objective.teacher["backbone"].training and objective.teacher["dino_head"].training
+    bn = next(m for m in objective.teacher["dino_head"].modules() if isinstance(m, torch.nn.BatchNorm1d))
+    before = bn.running_mean.clone()
+    terms = objective(_batch((28, 28), (14, 14), 4))
+    assert torch.isfinite(terms["loss"])
+    assert not torch.equal(bn.running_mean, before)  # normalised with the teacher batch's own statistics
+    # batch statistics remove what every image shares: two different batches give different teacher targets
+    logits = objective.teacher["dino_head"](torch.randn(8, 32) + 100.0)
+    assert logits.std(0).mean() > 10 * objective.teacher["dino_head"].eval()(torch.randn(8, 32) + 100.0).std(0).mean()
+    objective.eval()
+    assert not objective.teacher.training and not objective.student.training
