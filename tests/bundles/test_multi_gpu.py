@@ -73,7 +73,7 @@ def _overrides(bundle: str, phantoms: Path, text_encoder: Path, root: Path, extr
         tiny = {**tiny, "text_encoder_name": str(text_encoder), "text_backbone#pretrained": False,
                 "text_num_layers": 2, "text_frozen_layers": 1}
     return {"dataset_dir": str(phantoms / f"datalist_{dims}d.json"), "bundle_root": str(root), "max_epochs": 1,
-            "batch_size": BATCH, "cache_preprocessed": False, **tiny, **extra}
+            "batch_size": BATCH, "num_workers": 0, "cache_preprocessed": False, **tiny, **extra}
 
 
 def _torchrun(bundle: str, overrides: dict, log_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
