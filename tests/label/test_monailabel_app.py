@@ -172,7 +172,8 @@ def test_findings_and_embedding_through_the_server(server: str, bundles_dir: Pat
                            timeout=120)
     assert embedding.status_code == 200, embedding.text
     vector = torch.tensor(embedding.json()["embedding"])
-    assert vector.shape == (192,)  # demo overlay projection_dim
+    demo = ConfigParser.load_config_file(str(REPO / "bundles" / BUNDLE / "configs" / "demo.yaml"))
+    assert vector.shape == (demo["projection_dim"],)
     assert abs(float(vector.norm()) - 1.0) < 1e-4
 
     expected_probs, expected_embedding = _direct(bundles_dir, image)
