@@ -119,6 +119,10 @@ class RadDinoPretraining(nn.Module):
             module.load_state_dict(self.student[name].state_dict())
         self.teacher.requires_grad_(False)
         self.teacher.eval()
+        self._head_batch_norm = any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for name in student if name != "backbone"
+            for m in student[name].modules()
+        )
 
         self.weights = {"dino": dino_loss_weight, "ibot": ibot_loss_weight, "koleo": koleo_loss_weight}
         self.centering = centering
@@ -169,9 +173,9 @@ class RadDinoPretraining(nn.Module):
         mode there); eval running statistics would leave the teacher's BatchNorm at its initial identity."""
         super().train(mode)
         self.teacher.eval()
-        if mode:
+        if mode and self._head_batch_norm:
             for name, module in self.teacher.items():
-                if name != "backbone" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+                if name != "backbone":
                     module.train()
         return self
 
@@ -196,7 +200,9 @@ class RadDinoPretraining(nn.Module):
         else:
             cls_targets = self.dino_loss.sinkhorn_knopp_teacher(logits, self.teacher_temp)
         patch_targets = None
-        if self.ibot_loss is not None and bool(masks.any()):
+        # BatchNorm in training mode needs two rows: a batch with a single masked token then has no iBOT term
+        min_masked = 2 if self._head_batch_norm else 1
+        if self.ibot_loss is not None and int(masks.sum()) >= min_masked:
             head = self.teacher["ibot_head" if self.ibot_separate_head else "dino_head"]
             patch_logits = head(patches[masks])
             if self.centering == "centering":

@@ -179,5 +179,10 @@ def test_batchnorm_heads_use_teacher_batch_statistics():
     # batch statistics remove what every image shares: two different batches give different teacher targets
     logits = objective.teacher["dino_head"](torch.randn(8, 32) + 100.0)
     assert logits.std(0).mean() > 10 * objective.teacher["dino_head"].eval()(torch.randn(8, 32) + 100.0).std(0).mean()
+    single = _batch((28, 28), (14, 14), 4)
+    single["masks"][:] = False
+    single["masks"][0, 0, 0] = True  # one masked token: BatchNorm cannot normalise one row, the iBOT term is dropped
+    terms = objective(single)
+    assert torch.isfinite(terms["loss"]) and terms["ibot"].item() == 0.0
     objective.eval()
     assert not objective.teacher.training and not objective.student.training
