@@ -24,7 +24,7 @@ from common.networks.colipri import ColipriModel
 from common.networks.decoders import MAEDecoder, ReportDecoder
 from common.networks.eva import patchify, random_keep_indices
 
-__all__ = ["ColipriPretraining", "trim_padding"]
+__all__ = ["ColipriPretraining", "paired_rows", "trim_padding"]
 
 
 def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,6 +36,12 @@ def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple
     valid = attention_mask.reshape(-1, attention_mask.shape[-1]).any(dim=0)
     length = int(valid.nonzero().max()) + 1 if bool(valid.any()) else 1
     return input_ids[..., :length], attention_mask[..., :length]
+
+
+def paired_rows(has_report: torch.Tensor) -> torch.Tensor:
+    """Indices of the rows with a report; ``[0]`` when there is none (that row is then masked out of the losses)."""
+    rows = has_report.nonzero().flatten()
+    return rows if rows.numel() > 0 else torch.zeros(1, dtype=torch.long, device=has_report.device)
 
 
 class ColipriPretraining(nn.Module):
@@ -107,14 +113,18 @@ class ColipriPretraining(nn.Module):
         patch_tokens = encoder.patch_embeddings(image)  # (B, D, *grid), projected
         image_emb = encoder.pool(patch_tokens)  # (B, D), L2-normalised
         terms: dict[str, torch.Tensor] = {}
-        input_ids, attention_mask = trim_padding(batch["input_ids"], batch["attention_mask"])
+        # text-side work runs on the paired rows only (image-only rows carry an empty report); with no paired row
+        # one row still runs, masked out of every loss, so that all parameters take part (DDP/FSDP)
+        rows = paired_rows(has_report)
+        input_ids, attention_mask = trim_padding(batch["input_ids"][rows], batch["attention_mask"][rows])
         if self.weights["contrastive"] > 0:
-            text_emb = self.model.encode_text(input_ids, attention_mask)
+            text_emb = image_emb.new_zeros(image_emb.shape[0], self.model.text_encoder.projection_dim)
+            text_emb = text_emb.index_copy(0, rows, self.model.encode_text(input_ids, attention_mask).to(text_emb))
             terms["contrastive"] = self.weights["contrastive"] * self.clip_loss(image_emb, text_emb, valid=has_report)
         if self.report_decoder is not None:
-            logits = self.report_decoder(patch_tokens, input_ids, attention_mask)
+            logits = self.report_decoder(patch_tokens[rows], input_ids, attention_mask)
             terms["report"] = self.weights["report"] * self.caption_loss(
-                logits, input_ids, attention_mask, valid=has_report
+                logits, input_ids, attention_mask, valid=has_report[rows]
             )
         if self.osl_loss is not None:
             terms["osl"] = self.weights["osl"] * self._osl_term(batch, image_emb, has_report)

@@ -543,12 +543,15 @@ class RandSentenceShuffled(_RandSentenced):
 class RandSentenceSubsampled(_RandSentenced):
     """With probability ``prob``, keep a random subset of each report's sentences, in their original order.
 
-    The subset size is uniform in ``[ceil(min_fraction * n), n]`` for ``n`` sentences (at least one).
+    The subset size is uniform in ``[ceil(min_fraction * n), n]`` for ``n`` sentences (at least one); with
+    ``max_sentences`` it is uniform in ``[min(ceil(min_fraction * n), max_sentences), min(n, max_sentences)]``,
+    which turns long reports into short sentence-level views.
 
     Args:
         keys: keys holding report strings.
         prob: probability of subsampling a record.
         min_fraction: smallest fraction of sentences kept, in ``(0, 1]``.
+        max_sentences: most sentences kept (``None``: no cap).
         image_key: key used to name the record in errors.
         allow_missing_keys: skip absent keys instead of raising.
 
@@ -561,18 +564,23 @@ class RandSentenceSubsampled(_RandSentenced):
         keys: KeysCollection = "report",
         prob: float = 0.5,
         min_fraction: float = 0.5,
+        max_sentences: int | None = None,
         image_key: str | None = "image",
         allow_missing_keys: bool = False,
     ) -> None:
         if not 0.0 < min_fraction <= 1.0:
             raise ValueError(f"min_fraction must be in (0, 1], got {min_fraction}")
+        if max_sentences is not None and max_sentences < 1:
+            raise ValueError(f"max_sentences must be at least 1 or None, got {max_sentences}")
         super().__init__(keys, prob, image_key, allow_missing_keys)
         self.min_fraction = min_fraction
+        self.max_sentences = max_sentences
 
     def _rearrange(self, sentences: list[str]) -> list[str]:
         n = len(sentences)
-        low = max(1, math.ceil(self.min_fraction * n))
-        keep = np.sort(self.R.choice(n, size=self.R.randint(low, n + 1), replace=False))
+        high = n if self.max_sentences is None else min(n, self.max_sentences)
+        low = min(max(1, math.ceil(self.min_fraction * n)), high)
+        keep = np.sort(self.R.choice(n, size=self.R.randint(low, high + 1), replace=False))
         return [sentences[i] for i in keep]
 
 

@@ -84,6 +84,29 @@ def test_image_only_samples_feed_only_the_masked_autoencoder() -> None:
     assert torch.allclose(first["report"], second["report"], atol=1e-6)
 
 
+def test_text_side_runs_on_paired_rows_only() -> None:
+    objective = _objective(mae_weight=0.0).eval()
+    batch = _batch([False, True, False, True])
+    seen = []
+    handle = objective.model.text_encoder.register_forward_hook(lambda m, args, out: seen.append(out.shape[0]))
+    out = objective(batch)
+    handle.remove()
+    assert seen == [2]
+    # equal to the same objective on the paired rows alone
+    paired = {k: v[[1, 3]] for k, v in batch.items()}
+    alone = objective(paired)
+    for key in ("contrastive", "report"):
+        assert torch.allclose(out[key], alone[key], atol=1e-5), key
+
+
+def test_batch_without_reports_still_reaches_every_parameter() -> None:
+    objective = _objective()
+    out = objective(_batch([False, False, False]))
+    assert out["contrastive"].item() == 0.0 and out["report"].item() == 0.0
+    out["loss"].backward()
+    assert all(p.grad is not None for p in objective.parameters() if p.requires_grad)
+
+
 def test_weights_switch_terms_off() -> None:
     objective = _objective(contrastive_weight=0.0, report_weight=0.0)
     assert objective.clip_loss is None and objective.report_decoder is None

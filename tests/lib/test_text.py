@@ -306,6 +306,18 @@ def test_rand_sentence_subsample_keeps_order_and_fraction(min_fraction: float) -
         RandSentenceSubsampled(min_fraction=0.0)
 
 
+def test_rand_sentence_subsample_caps_sentences() -> None:
+    sentences = [f"Finding {i} is stable." for i in range(9)]
+    subsample = RandSentenceSubsampled("report", prob=1.0, min_fraction=0.1, max_sentences=3).set_random_state(seed=2)
+    sizes = {len(split_sentences(subsample(_record(" ".join(sentences)))["report"])) for _ in range(40)}
+    assert sizes == {1, 2, 3}
+    # the cap wins over min_fraction
+    capped = RandSentenceSubsampled("report", prob=1.0, min_fraction=1.0, max_sentences=2).set_random_state(seed=0)
+    assert len(split_sentences(capped(_record(" ".join(sentences)))["report"])) == 2
+    with pytest.raises(ValueError):
+        RandSentenceSubsampled(max_sentences=0)
+
+
 def test_ensure_report_marks_image_only_and_paired() -> None:
     ensure = EnsureReportd("report")
     image_only = ensure({"image": "a.nii.gz"})
