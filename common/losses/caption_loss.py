@@ -58,25 +58,34 @@ class CaptionLoss(nn.Module):
                 "logits must be (B, L, V) with input_ids (B, L), "
                 f"got {tuple(logits.shape)} and {tuple(input_ids.shape)}"
             )
+        positions, targets = self.targets(input_ids, attention_mask, valid)
+        return self.selected(logits[positions], targets)
+
+    def targets(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, valid: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the loss looks: ``(B, L)`` bool of the positions whose next token is a target, and those ``(P,)``
+        target ids in row-major order (feed the positions to ``ReportDecoder(..., positions=...)``).
+        """
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(
                 f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}"
             )
-        targets = input_ids[:, 1:]
         if attention_mask is None:
-            ignored = targets == self.pad_token_id
+            counted = input_ids[:, 1:] != self.pad_token_id
         else:
-            ignored = attention_mask[:, 1:] == 0
+            counted = attention_mask[:, 1:] != 0
         if valid is not None:
             if valid.numel() != input_ids.shape[0]:
                 raise ValueError(f"valid must have {input_ids.shape[0]} entries, got shape {tuple(valid.shape)}")
-            ignored = ignored | ~valid.reshape(-1, 1).to(device=ignored.device, dtype=torch.bool)
-        targets = targets.masked_fill(ignored, -100)
-        summed = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]),
-            targets.reshape(-1),
-            ignore_index=-100,
-            label_smoothing=self.label_smoothing,
-            reduction="sum",
-        )
-        return summed / (~ignored).sum().clamp(min=1)
+            counted = counted & valid.reshape(-1, 1).to(device=counted.device, dtype=torch.bool)
+        positions = F.pad(counted, (0, 1), value=False)  # position t predicts token t + 1; the last predicts nothing
+        return positions, input_ids[:, 1:][counted]
+
+    def selected(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of ``(P, V)`` logits at the target positions against ``(P,)`` ids (0 when P = 0)."""
+        if logits.ndim != 2 or logits.shape[0] != targets.numel():
+            raise ValueError(f"logits must be (P, V) with P = {targets.numel()} targets, got {tuple(logits.shape)}")
+        if targets.numel() == 0:
+            return logits.sum() * 0.0  # attached to the graph, so every parameter still gets a (zero) gradient
+        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)

@@ -122,10 +122,9 @@ class ColipriPretraining(nn.Module):
             text_emb = text_emb.index_copy(0, rows, self.model.encode_text(input_ids, attention_mask).to(text_emb))
             terms["contrastive"] = self.weights["contrastive"] * self.clip_loss(image_emb, text_emb, valid=has_report)
         if self.report_decoder is not None:
-            logits = self.report_decoder(patch_tokens[rows], input_ids, attention_mask)
-            terms["report"] = self.weights["report"] * self.caption_loss(
-                logits, input_ids, attention_mask, valid=has_report[rows]
-            )
+            positions, targets = self.caption_loss.targets(input_ids, attention_mask, valid=has_report[rows])
+            logits = self.report_decoder(patch_tokens[rows], input_ids, attention_mask, positions=positions)
+            terms["report"] = self.weights["report"] * self.caption_loss.selected(logits, targets)
         if self.osl_loss is not None:
             terms["osl"] = self.weights["osl"] * self._osl_term(batch, image_emb, has_report)
         return terms

@@ -236,6 +236,7 @@ class ReportDecoder(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         grid: Sequence[int] | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Next-token logits ``(B, L, vocab)``; position ``t`` predicts token ``t + 1`` (shift in the loss).
 
@@ -245,10 +246,19 @@ class ReportDecoder(nn.Module):
             input_ids: ``(B, L)`` report tokens starting with ``bos_token_id``.
             attention_mask: ``(B, L)``, 0 at padding.
             grid: token grid of ``(B, N, D)`` inputs.
+            positions: optional ``(B, L)`` bool; the vocabulary head then runs at these positions only and the
+                result is ``(P, vocab)`` in row-major order (the head dominates the cost for large vocabularies).
         """
         memory = self.image_memory(image_tokens, grid)
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=memory, use_cache=False)
-        return out.logits
+        if positions is None:
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=memory, use_cache=False)
+            return out.logits
+        if positions.shape != input_ids.shape:
+            raise ValueError(f"positions {tuple(positions.shape)} must match input_ids {tuple(input_ids.shape)}")
+        hidden = self.lm.bert(
+            input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=memory, use_cache=False
+        ).last_hidden_state
+        return self.lm.cls(hidden[positions.to(device=hidden.device, dtype=torch.bool)])
 
     @torch.no_grad()
     def generate(

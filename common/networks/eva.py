@@ -257,17 +257,29 @@ class EvaBlock(nn.Module):
 
 
 class PatchEmbedding(nn.Module):
-    """Non-overlapping convolutional patch embedding ``(B, C_in, *spatial) -> (B, embed_dim, *grid)`` (He init)."""
+    """Non-overlapping convolutional patch embedding ``(B, C_in, *spatial) -> (B, embed_dim, *grid)`` (He init).
+
+    The weights are a strided convolution (the checkpoint layout); when the input tiles exactly into patches the
+    same map is computed as one matrix product over :func:`patchify` rows, several times faster on CPU (most of
+    all in the backward pass) and equal up to float rounding.
+    """
 
     def __init__(self, spatial_dims: int, in_channels: int, embed_dim: int, patch_size: Sequence[int]) -> None:
         super().__init__()
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
         self.proj = conv(in_channels, embed_dim, tuple(patch_size), stride=tuple(patch_size))
+        self.patch_size = tuple(int(p) for p in patch_size)
         nn.init.kaiming_normal_(self.proj.weight, a=1e-2)
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
+        spatial = x.shape[2:]
+        if len(spatial) != len(self.patch_size) or any(s % p for s, p in zip(spatial, self.patch_size)):
+            return self.proj(x)  # the convolution floors ragged borders
+        grid = [s // p for s, p in zip(spatial, self.patch_size)]
+        weight = self.proj.weight.movedim(1, -1).flatten(1)  # channel-last rows, as patchify lays them out
+        tokens = F.linear(patchify(x, self.patch_size, len(grid)), weight, self.proj.bias)  # (B, N, E)
+        return tokens.transpose(1, 2).reshape(x.shape[0], -1, *grid)
 
 
 class RotaryPositionEmbedding(nn.Module):

@@ -108,6 +108,26 @@ def test_report_decoder_is_causal_and_reads_the_image() -> None:
     assert not torch.allclose(decoder(torch.randn_like(image), ids)[:, 0], logits[:, 0], atol=1e-4)
 
 
+def test_report_decoder_head_at_selected_positions_equals_full_logits() -> None:
+    from common.losses.caption_loss import CaptionLoss
+
+    decoder = _report()
+    image = torch.randn(3, 24, 4, 4, 4)
+    ids = torch.randint(4, 120, (3, 10))
+    mask = (torch.arange(10)[None] < torch.tensor([[10], [7], [4]])).long()
+    ids = ids * mask
+    loss = CaptionLoss(pad_token_id=0, label_smoothing=0.1)
+    valid = torch.tensor([True, True, False])
+    positions, targets = loss.targets(ids, mask, valid)
+    assert positions.shape == ids.shape and int(positions.sum()) == targets.numel() == 9 + 6
+    full = decoder(image, ids, mask)
+    picked = decoder(image, ids, mask, positions=positions)
+    assert torch.allclose(picked, full[positions], atol=1e-5)
+    assert torch.allclose(loss.selected(picked, targets), loss(full, ids, mask, valid), atol=1e-6)
+    with pytest.raises(ValueError):
+        decoder(image, ids, mask, positions=positions[:, :4])
+
+
 def test_report_decoder_image_memory_pooling() -> None:
     decoder = _report(max_image_tokens=8)
     image = torch.randn(2, 24, 4, 4, 4)
