@@ -15,7 +15,7 @@ import numpy as np
 from common.evaluation._arrays import to_2d_labels
 from common.evaluation._arrays import label_names as _label_names
 from common.evaluation.plots import plot_dice_bars, plot_embedding_map, plot_recall_curve, plot_roc_curves
-from common.evaluation.metrics import multilabel_auroc
+from common.evaluation.metrics import multilabel_auroc, paired_auroc_difference
 from common.evaluation.probes import knn_scores, linear_probe_scores
 from common.evaluation.report import EvaluationReport
 from common.evaluation.retrieval import retrieval_metrics
@@ -43,6 +43,9 @@ def evaluate_embeddings(
     test_patch_features: Any = None,
     test_masks: Any = None,
     segmentation_kwargs: Mapping[str, Any] | None = None,
+    baseline_train_emb: Any = None,
+    baseline_test_emb: Any = None,
+    baseline_name: str = "baseline",
     knn_k: int = 20,
     knn_temperature: float = 0.07,
     n_bootstrap: int = 1000,
@@ -60,6 +63,9 @@ def evaluate_embeddings(
     ``linear_probe``   ``train_emb``, ``train_labels``, ``test_emb``, ``test_labels``
     ``knn_probe``      same as ``linear_probe``
     ``segmentation``   ``train_patch_features``, ``train_masks``, ``test_patch_features``, ``test_masks``
+    ``*_vs_<name>``    the probe inputs plus ``baseline_train_emb``, ``baseline_test_emb``: the same probes on a
+                       baseline encoder's embeddings (``<name>_linear_probe``, ``<name>_knn_probe``) and the paired
+                       bootstrap of the AUROC differences (``linear_probe_vs_<name>``, ``knn_probe_vs_<name>``)
     =================  ===========================================================================
 
     Args:
@@ -76,6 +82,9 @@ def evaluate_embeddings(
         train_masks: ``(B, *spatial)`` label maps.
         test_patch_features: ``(B', C, *grid)``.
         test_masks: ``(B', *spatial)``.
+        baseline_train_emb, baseline_test_emb: embeddings of the same cases from a baseline encoder (e.g. the
+            random initialisation), compared case by case with the paired bootstrap.
+        baseline_name: name of the baseline in the result keys.
         segmentation_kwargs: extra arguments of :func:`~common.evaluation.seg_probe.train_segmentation_probe`
             (``epochs``, ``lr``, ``class_names``, ...).
         knn_k: neighbours of the kNN probe.
@@ -131,6 +140,16 @@ def evaluate_embeddings(
         if figures is not None:
             for figure, probe_scores in (("linear_probe_roc", linear), ("knn_probe_roc", knn)):
                 report.add_figure(figure, plot_roc_curves(probe_scores, labels, names, figures / f"{figure}.png"))
+        if baseline_train_emb is not None and baseline_test_emb is not None:
+            base_linear, _ = linear_probe_scores(baseline_train_emb, train_y, baseline_test_emb, seed=seed)
+            base_knn = knn_scores(baseline_train_emb, train_y, baseline_test_emb, k=knn_k, temperature=knn_temperature)
+            for probe, ours, theirs in (("linear_probe", linear, base_linear), ("knn_probe", knn, base_knn)):
+                results[f"{baseline_name}_{probe}"] = multilabel_auroc(
+                    theirs, labels, names, n_bootstrap=n_bootstrap, seed=seed
+                )
+                results[f"{probe}_vs_{baseline_name}"] = paired_auroc_difference(
+                    ours, theirs, labels, names, n_bootstrap=n_bootstrap, seed=seed
+                )
 
     seg_inputs = (train_patch_features, train_masks, test_patch_features, test_masks)
     if all(x is not None for x in seg_inputs):

@@ -19,7 +19,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from common.evaluation._arrays import as_numpy, label_names, to_2d_labels
 
-__all__ = ["multilabel_auroc", "auroc_rows"]
+__all__ = ["multilabel_auroc", "auroc_rows", "paired_auroc_difference"]
 
 logger = logging.getLogger(__name__)
 
@@ -163,4 +163,80 @@ def multilabel_auroc(
         "macro": macro,
         "n_cases": int(n_cases),
         "bootstrap": {"n_resamples": int(n_bootstrap), "n_used_macro": n_used, "ci_level": ci_level, "seed": seed},
+    }
+
+
+def paired_auroc_difference(
+    scores: Any,
+    baseline_scores: Any,
+    labels: Any,
+    names: Sequence[str] | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    ci_level: float = 0.95,
+) -> dict[str, Any]:
+    """Macro (and per-label) AUROC of ``scores`` minus that of ``baseline_scores`` on the same cases, with a paired
+    bootstrap: each resample draws cases once and scores both models on them, so the interval is that of the
+    difference (much narrower than comparing two separate intervals when the models' errors are correlated).
+
+    Args:
+        scores, baseline_scores: ``(N, K)`` scores of the two models on the same ``N`` cases.
+        labels: ``(N, K)`` 0/1 with NaN for unknown.
+        names: ``K`` display names.
+        n_bootstrap: paired resamples (0: point estimates only).
+        seed: seed of the resampling generator.
+        ci_level: coverage of the percentile interval.
+
+    Returns:
+        ``{"macro": {"difference", "difference_ci", "p_not_better"}, "per_label": {name: {...}}, "n_cases",
+        "bootstrap": {...}}``; ``p_not_better`` is the fraction of resamples in which the difference is <= 0
+        (a one-sided bootstrap p-value), None without resamples.
+
+    Raises:
+        ValueError: if the score arrays and labels disagree in shape.
+    """
+    labels = to_2d_labels(labels, "labels")
+    a, b = (as_numpy(s, "scores") for s in (scores, baseline_scores))
+    a, b = (s[:, None] if s.ndim == 1 else s for s in (a, b))
+    if a.shape != labels.shape or b.shape != labels.shape:
+        raise ValueError(f"scores {a.shape} and {b.shape} must both match labels {labels.shape}")
+    n_cases, n_labels = labels.shape
+    names = label_names(names, n_labels)
+    skipped = _check_scores(a, names) | _check_scores(b, names)
+    known = ~np.isnan(labels)
+    full = np.arange(n_cases)[None]
+    point = np.full(n_labels, np.nan)
+    for k in np.flatnonzero(~skipped):
+        y = np.nan_to_num(labels[full, k])
+        point[k] = (auroc_rows(a[full, k], y, known[full, k]) - auroc_rows(b[full, k], y, known[full, k]))[0]
+    evaluable = np.isfinite(point)
+    boot = np.full((n_bootstrap, n_labels), np.nan)
+    if n_bootstrap and evaluable.any():
+        rng = np.random.default_rng(seed)
+        chunk = max(1, _CHUNK_ENTRIES // max(n_cases, 1))
+        for start in range(0, n_bootstrap, chunk):
+            idx = rng.integers(0, n_cases, size=(min(chunk, n_bootstrap - start), n_cases))
+            for k in np.flatnonzero(evaluable):
+                y, valid = np.nan_to_num(labels[idx, k]), known[idx, k]
+                boot[start : start + len(idx), k] = auroc_rows(a[idx, k], y, valid) - auroc_rows(b[idx, k], y, valid)
+
+    def summary(samples: np.ndarray, value: float) -> dict[str, Any]:
+        finite = samples[np.isfinite(samples)]
+        return {
+            "difference": None if not np.isfinite(value) else float(value),
+            "difference_ci": _percentile_ci(finite, ci_level) if finite.size else [None, None],
+            "p_not_better": float((finite <= 0).mean()) if finite.size else None,
+        }
+
+    per_label = {names[k]: summary(boot[:, k], point[k]) for k in range(n_labels)}
+    complete = np.isfinite(boot[:, evaluable]).all(axis=1) if evaluable.any() else np.zeros(n_bootstrap, bool)
+    macro_point = float(point[evaluable].mean()) if evaluable.any() else float("nan")
+    macro = {**summary(boot[complete][:, evaluable].mean(axis=1) if complete.any() else np.empty(0), macro_point),
+             "n_labels": int(evaluable.sum())}
+    return {
+        "macro": macro,
+        "per_label": per_label,
+        "n_cases": int(n_cases),
+        "bootstrap": {"n_resamples": int(n_bootstrap), "n_used_macro": int(complete.sum()), "ci_level": ci_level,
+                      "seed": seed},
     }

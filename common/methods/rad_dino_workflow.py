@@ -82,6 +82,8 @@ def evaluate_rad_dino(
     seed: int = 0,
     bundle: str = "raddino",
     checkpoint: str | None = None,
+    baseline_encoder: DinoClsEncoder | None = None,
+    baseline_name: str = "random_init",
 ) -> dict[str, Any]:
     """Frozen CLS embeddings -> linear probe and kNN probe (train records -> test records), written to ``output_dir``.
 
@@ -90,22 +92,31 @@ def evaluate_rad_dino(
         train_records, test_records: datalist records with ``labels``.
         transform: deterministic preprocessing producing ``image`` and ``labels_vector``.
         output_dir: where ``results.json``, ``summary.md`` and figures go.
+        baseline_encoder: optional second encoder (e.g. the random initialisation) probed the same way; the
+            results then hold its probes and the paired-bootstrap AUROC differences (``*_vs_<baseline_name>``).
     """
     device = torch.device(device)
-    encoder = encoder.to(device).eval()
+    features = {}
+    for name, model in (("model", encoder), (baseline_name, baseline_encoder)):
+        if model is None:
+            continue
+        model = model.to(device).eval()
 
-    def encode(images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"embedding": encoder(images)}
+        def encode(images: torch.Tensor, model: DinoClsEncoder = model) -> dict[str, torch.Tensor]:
+            return {"embedding": model(images)}
 
-    train = extract_features(encode, _loader(train_records, transform, batch_size, num_workers), device,
-                             amp_dtype=amp_dtype)
-    test = extract_features(encode, _loader(test_records, transform, batch_size, num_workers), device,
-                            amp_dtype=amp_dtype)
+        features[name] = [
+            extract_features(encode, _loader(records, transform, batch_size, num_workers), device, amp_dtype=amp_dtype)
+            for records in (train_records, test_records)
+        ]
+    train, test = features["model"]
+    baseline = features.get(baseline_name, [{}, {}])
     names = [f.name if isinstance(f, Finding) else str(f) for f in findings]
     report = EvaluationReport(output_dir, bundle=bundle, checkpoint=checkpoint, seed=seed)
     results = evaluate_embeddings(
         test["embedding"], test["labels"], names, train_emb=train["embedding"], train_labels=train["labels"],
-        n_bootstrap=n_bootstrap, seed=seed, report=report,
+        baseline_train_emb=baseline[0].get("embedding"), baseline_test_emb=baseline[1].get("embedding"),
+        baseline_name=baseline_name, n_bootstrap=n_bootstrap, seed=seed, report=report,
     )
     report.write()
     print(format_table(results))

@@ -1,8 +1,9 @@
-"""raddino_cxr end to end: a tiny training run through `python -m monai.bundle run`, then inference on 2 cases."""
+"""raddino_cxr end to end: a tiny training run through `python -m monai.bundle run`, inference and evaluation."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -32,7 +33,7 @@ def _bundle_run(configs: list[str], *args: str, cwd: Path) -> subprocess.Complet
 
 def test_raddino_cxr_train_then_infer(tmp_path):
     datalist = default_datalist(dims=2, cache_root=tmp_path / "phantoms", num_train=8, num_image_only=2,
-                                num_val=0, num_test=2)
+                                num_val=0, num_test=6)
     model = tmp_path / "model.pt"
     train = _bundle_run(
         ["train.yaml", "demo.yaml"], "--dataset_dir", datalist, "--max_epochs", "1", "--batch_size", "4",
@@ -51,9 +52,24 @@ def test_raddino_cxr_train_then_infer(tmp_path):
     )
     assert infer.returncode == 0, infer.stdout[-3000:] + infer.stderr[-3000:]
     rows = list(csv.reader((tmp_path / "infer" / "embeddings.csv").open()))
-    assert len(rows) == 2
+    assert len(rows) == 6
     width = weights["backbone.model.embeddings.cls_token"].shape[-1]
     for row in rows:
         assert Path(row[0]).suffix == ".png" and len(row) == 1 + width
         assert all(map(lambda v: abs(float(v)) < 1e4, row[1:]))
     assert rows[0][1:] != rows[1][1:]
+
+    evaluate = _bundle_run(
+        ["train.yaml", "demo.yaml", "evaluate.yaml"], "--dataset_dir", datalist, "--model_path", str(model),
+        "--eval_output_dir", str(tmp_path / "eval"), "--n_bootstrap", "20", "--eval_batch_size", "4", *TINY,
+        cwd=tmp_path,
+    )
+    assert evaluate.returncode == 0, evaluate.stdout[-3000:] + evaluate.stderr[-3000:]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    sections = results.get("results", results)
+    for probe in ("linear_probe", "knn_probe"):
+        assert {probe, f"random_init_{probe}", f"{probe}_vs_random_init"} <= set(sections)
+        diff = sections[f"{probe}_vs_random_init"]["macro"]
+        if diff["difference"] is not None:  # the paired difference is the difference of the two macro AUROCs
+            ours, theirs = sections[probe]["macro"]["auroc"], sections[f"random_init_{probe}"]["macro"]["auroc"]
+            assert abs(diff["difference"] - (ours - theirs)) < 1e-9

@@ -517,3 +517,30 @@ def test_read_labelled_reports_errors_name_the_file(tmp_path) -> None:
         read_labelled_reports(good, label_columns=["Emphysema"])
     with pytest.raises(DataContractError, match="does not exist"):
         read_labelled_reports(tmp_path / "missing.csv")
+
+
+def test_paired_auroc_difference_point_ci_and_symmetry() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from common.evaluation.metrics import paired_auroc_difference
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, size=(150, 3)).astype(float)
+    labels[:5, 2] = np.nan
+    good = labels + rng.normal(0, 0.8, labels.shape)
+    weak = labels + rng.normal(0, 3.0, labels.shape)
+    good, weak = np.nan_to_num(good), np.nan_to_num(weak)
+    out = paired_auroc_difference(good, weak, labels, ["a", "b", "c"], n_bootstrap=300, seed=1)
+    known = ~np.isnan(labels[:, 2])
+    expected_c = roc_auc_score(labels[known, 2], good[known, 2]) - roc_auc_score(labels[known, 2], weak[known, 2])
+    assert out["per_label"]["c"]["difference"] == pytest.approx(expected_c, abs=1e-12)
+    low, high = out["macro"]["difference_ci"]
+    assert 0 < low <= out["macro"]["difference"] <= high and out["macro"]["p_not_better"] < 0.01
+    swapped = paired_auroc_difference(weak, good, labels, ["a", "b", "c"], n_bootstrap=300, seed=1)
+    assert swapped["macro"]["difference"] == pytest.approx(-out["macro"]["difference"])
+    assert swapped["macro"]["difference_ci"] == pytest.approx([-high, -low])
+    same = paired_auroc_difference(good, good, labels, n_bootstrap=50)
+    assert same["macro"]["difference"] == 0.0 and same["macro"]["difference_ci"] == [0.0, 0.0]
+    assert same["macro"]["p_not_better"] == 1.0
+    with pytest.raises(ValueError):
+        paired_auroc_difference(good[:, :2], weak, labels)
