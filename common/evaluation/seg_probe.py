@@ -21,6 +21,7 @@ from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.layers.factories import Conv, Norm
 from torch import nn
+from tqdm.auto import tqdm
 
 from common.evaluation._arrays import label_names
 
@@ -166,7 +167,8 @@ def train_segmentation_probe(
 
     probe.train()
     epoch_loss = float("nan")
-    for _ in range(epochs):
+    bar = tqdm(range(epochs), desc="segmentation probe", leave=False)
+    for _ in bar:
         total = 0.0
         for batch in torch.randperm(len(x_train), generator=generator).split(batch_size):
             features, masks = x_train[batch].to(device), y_train[batch].to(device)
@@ -177,6 +179,7 @@ def train_segmentation_probe(
             scheduler.step()
             total += float(loss.detach()) * len(batch)
         epoch_loss = total / len(x_train)
+        bar.set_postfix(loss=f"{epoch_loss:.4f}")
 
     probe.eval()
     metric = DiceMetric(include_background=include_background, reduction="none", num_classes=num_classes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,13 @@ def test_train_export_infer(bundle: str, dims: int, tiny_dataset: Path, tmp_path
     assert len(rows) == 2 and all(len(r) == 1 + 6 for r in rows)
     probs = torch.tensor([[float(x) for x in r[1:]] for r in rows])
     assert ((probs >= 0) & (probs <= 1)).all()
+
+    # frozen-encoder evaluation through the bundle's evaluate.yaml (all sections, tiny settings)
+    evaluate = _workflow(bundle, ["train.yaml", "demo.yaml", "evaluate.yaml"], None, bundle_root=str(bundle_root),
+                         dataset_dir=str(datalist), eval_output_dir=str(tmp_path / "evaluation"),
+                         segmentation_epochs=1, eval_train_split="training", **small)
+    evaluate.run()
+    results = json.loads((tmp_path / "evaluation" / "results.json").read_text())
+    sections = set(results.get("results", results))
+    assert {"zero_shot", "retrieval", "linear_probe", "knn_probe"} <= sections
+    assert ("segmentation" in sections) == (dims == 3)  # the 2D bundle has no mask resampling yet
