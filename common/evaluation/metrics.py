@@ -10,7 +10,7 @@ at N=1500 on one CPU core; 1000 resamples x 18 labels take ~8 s).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,14 @@ def auroc_rows(scores: np.ndarray, labels: np.ndarray, valid: np.ndarray) -> np.
         auroc = u_stat / (n_pos * n_neg)
     auroc[(n_pos == 0) | (n_neg == 0)] = np.nan
     return auroc
+
+
+def _resample_chunks(n_cases: int, n_bootstrap: int, seed: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Case-resampling bootstrap indices ``(start, (R, n_cases))`` in chunks of at most ``_CHUNK_ENTRIES`` entries."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_ENTRIES // max(n_cases, 1))
+    for start in range(0, n_bootstrap, chunk):
+        yield start, rng.integers(0, n_cases, size=(min(chunk, n_bootstrap - start), n_cases))
 
 
 def _percentile_ci(samples: np.ndarray, level: float) -> list[float | None]:
@@ -146,10 +154,7 @@ def multilabel_auroc(
     n_used = 0
     if n_bootstrap and evaluable.any():
         boot = np.full((n_bootstrap, n_labels), np.nan)
-        rng = np.random.default_rng(seed)
-        chunk = max(1, _CHUNK_ENTRIES // max(n_cases, 1))
-        for start in range(0, n_bootstrap, chunk):
-            idx = rng.integers(0, n_cases, size=(min(chunk, n_bootstrap - start), n_cases))
+        for start, idx in _resample_chunks(n_cases, n_bootstrap, seed):
             for k in np.flatnonzero(evaluable):
                 valid = known[idx, k]
                 boot[start : start + len(idx), k] = auroc_rows(scores[idx, k], np.nan_to_num(labels[idx, k]), valid)
@@ -212,10 +217,7 @@ def paired_auroc_difference(
     evaluable = np.isfinite(point)
     boot = np.full((n_bootstrap, n_labels), np.nan)
     if n_bootstrap and evaluable.any():
-        rng = np.random.default_rng(seed)
-        chunk = max(1, _CHUNK_ENTRIES // max(n_cases, 1))
-        for start in range(0, n_bootstrap, chunk):
-            idx = rng.integers(0, n_cases, size=(min(chunk, n_bootstrap - start), n_cases))
+        for start, idx in _resample_chunks(n_cases, n_bootstrap, seed):
             for k in np.flatnonzero(evaluable):
                 y, valid = np.nan_to_num(labels[idx, k]), known[idx, k]
                 boot[start : start + len(idx), k] = auroc_rows(a[idx, k], y, valid) - auroc_rows(b[idx, k], y, valid)
