@@ -23,6 +23,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from common.data.contract import DataContractError
 from common.networks.eva import EvaViT
+from common.networks.hub import hub_file, hub_offline, load_hub_checkpoint
 
 __all__ = [
     "DINOHead",
@@ -31,6 +32,7 @@ __all__ = [
     "DinoClsEncoder",
     "dinov2_config",
     "load_rad_dino_backbone",
+    "dinov2_backbone",
     "DINOV2_SIZES",
 ]
 
@@ -232,43 +234,51 @@ class DinoClsEncoder(nn.Module):
         return {"cls": cls, "patches": patches}
 
 
-def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    safetensors_file, torch_file = folder / "model.safetensors", folder / "pytorch_model.bin"
-    if safetensors_file.is_file():
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(safetensors_file))
-        except Exception as err:  # safetensors raises its own error types
-            raise DataContractError(safetensors_file, f"unreadable safetensors file ({err})") from err
-    if torch_file.is_file():
-        try:
-            return torch.load(torch_file, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise DataContractError(torch_file, f"unreadable torch weights ({err})") from err
-    raise DataContractError(folder, "no model.safetensors (or pytorch_model.bin) in the weights folder")
+def _read_weights(source: str, local_files_only: bool) -> dict[str, torch.Tensor]:
+    try:
+        return load_hub_checkpoint(source, local_files_only, what="DINOv2 weights")
+    except FileNotFoundError as err:
+        raise DataContractError(source, "no model.safetensors (or pytorch_model.bin) in the weights folder") from err
+    except OSError:
+        raise
+    except Exception as err:  # safetensors and torch raise their own error types on corrupt files
+        raise DataContractError(source, f"unreadable weights ({err})") from err
 
 
-def load_rad_dino_backbone(path: str | os.PathLike, **config_overrides: Any) -> DinoV2Backbone:
-    """Load ``microsoft/rad-dino``-format weights (a Hugging Face folder with ``config.json`` and
-    ``model.safetensors``) into a :class:`DinoV2Backbone`, requiring every key to match.
+def _is_explicit_path(name: str) -> bool:
+    return os.path.isabs(name) or name.startswith(("./", "../", "~", ".\\", "..\\"))
+
+
+def load_rad_dino_backbone(
+    path: str | os.PathLike, local_files_only: bool | None = None, **config_overrides: Any
+) -> DinoV2Backbone:
+    """Load Hugging Face ``Dinov2Model`` weights (``microsoft/rad-dino``, ``facebook/dinov2-base``, ...: a folder
+    with ``config.json`` and ``model.safetensors``, or a Hub id) into a :class:`DinoV2Backbone`, requiring every
+    key to match.
 
     Nothing is executed from the folder (no ``trust_remote_code``); ``config.json`` is read as data. Keys saved from a
-    wrapping model (``dinov2.`` prefix) are accepted.
+    wrapping model (``dinov2.`` prefix) are accepted. A Hub id is read from the Hugging Face cache (downloaded
+    unless ``HF_HUB_OFFLINE`` is set or ``local_files_only``).
 
     Args:
-        path: the folder (e.g. a local snapshot of ``microsoft/rad-dino``).
+        path: the folder (e.g. a local snapshot of ``microsoft/rad-dino``) or a Hub id.
+        local_files_only: never reach the network; ``None`` means "if HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set".
         config_overrides: ``Dinov2Config`` fields to change that do not affect shapes (e.g. ``drop_path_rate``).
 
     Raises:
         DataContractError: missing/unreadable files, or missing or unexpected weight keys or shapes.
+        OSError: a Hub id that is not cached (offline) or cannot be downloaded, naming the id.
     """
     from transformers import Dinov2Config
 
-    folder = Path(path)
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise DataContractError(folder, "no config.json: expected a Hugging Face Dinov2Model folder")
+    source = os.path.expanduser(os.fspath(path))
+    local = hub_offline() if local_files_only is None else bool(local_files_only)
+    if os.path.isdir(source) or _is_explicit_path(source):
+        config_file = Path(source) / "config.json"
+        if not config_file.is_file():
+            raise DataContractError(source, "no config.json: expected a Hugging Face Dinov2Model folder")
+    else:
+        config_file = Path(hub_file(source, "config.json", local, what="DINOv2 weights"))
     try:
         fields = json.loads(config_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -277,9 +287,41 @@ def load_rad_dino_backbone(path: str | os.PathLike, **config_overrides: Any) -> 
         raise DataContractError(config_file, f"model_type is {fields.get('model_type')!r}, expected 'dinov2'")
     config = Dinov2Config.from_dict({**fields, **config_overrides})
     backbone = DinoV2Backbone(config)
-    state = _read_state_dict(folder)
+    state = _read_weights(source, local)
     state = {(k[len("dinov2.") :] if k.startswith("dinov2.") else k): v for k, v in state.items()}
-    _load_strict(backbone.model, state, folder)
+    _load_strict(backbone.model, state, Path(source))
+    return backbone
+
+
+def dinov2_backbone(
+    config: Any = None, size: str = "base", init_weights: str | os.PathLike | None = None
+) -> DinoV2Backbone:
+    """The 2D RAD-DINO backbone, randomly initialised or loaded from published ``Dinov2Model`` weights.
+
+    RAD-DINO was fine-tuned from ``facebook/dinov2-base`` (model card: "Finetuned from model: dinov2-base"), so its
+    training config passes that id (or a local copy) as ``init_weights``. The architecture then comes from the
+    weights' ``config.json``; of ``config`` only ``drop_path_rate`` (training-time, shape-free) is applied, and its
+    ``patch_size``/``hidden_size`` must agree with the weights.
+
+    Args:
+        config: ``Dinov2Config`` fields (see :class:`DinoV2Backbone`).
+        size: DINOv2 size for a random initialisation.
+        init_weights: a folder or Hub id of ``Dinov2Model`` weights; ``None`` for a random initialisation.
+
+    Raises:
+        ValueError: the weights' patch size or width differ from the requested ones.
+    """
+    if init_weights is None or not os.fspath(init_weights):
+        return DinoV2Backbone(config, size=size)
+    fields = dict(config or {}) if not hasattr(config, "to_dict") else config.to_dict()
+    overrides = {"drop_path_rate": fields["drop_path_rate"]} if "drop_path_rate" in fields else {}
+    backbone = load_rad_dino_backbone(init_weights, **overrides)
+    width = fields.get("hidden_size", DINOV2_SIZES.get(size, {}).get("hidden_size"))
+    wanted = {"patch_size": fields.get("patch_size"), "hidden_size": width}
+    loaded = backbone.model.config
+    for name, value in wanted.items():
+        if value is not None and getattr(loaded, name) != value:
+            raise ValueError(f"{init_weights}: {name} is {getattr(loaded, name)}, the config asks for {value}")
     return backbone
 
 

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
+from common.networks.hub import hub_file, hub_offline, load_hub_checkpoint, not_found
+
 __all__ = [
     "DEFAULT_TEXT_ENCODER",
     "TEXT_ENCODER_ALIASES",
@@ -39,6 +41,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+_WHAT = "text encoder"
 
 
 def _default_text_encoder() -> str:
@@ -65,14 +68,6 @@ TEXT_ENCODER_ALIASES: dict[str, str] = {
 """Short names accepted wherever a text encoder or tokenizer is named."""
 
 _BERT_STYLE_TYPES = frozenset({"cxr-bert"})
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-
-
-def hub_offline() -> bool:
-    """Whether ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` is set (read at call time)."""
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
-    return any(flag.strip().upper() in {"1", "ON", "YES", "TRUE"} for flag in flags)
 
 
 def resolve_text_encoder(name_or_path: str | os.PathLike) -> str:
@@ -97,71 +92,6 @@ def resolve_text_encoder(name_or_path: str | os.PathLike) -> str:
     if os.path.isabs(path) or name.startswith(("./", "../", "~", ".\\", "..\\")):
         raise FileNotFoundError(f"text encoder folder {name!r} does not exist")
     return name
-
-
-def _not_found(source: str, local_files_only: bool) -> OSError:
-    where = "the local Hugging Face cache (offline)" if local_files_only else "the Hugging Face cache or the Hub"
-    return OSError(
-        f"text encoder {source!r} was not found in {where}. Pass a local folder, or download it once where there is "
-        f"internet (`huggingface-cli download {source}`) and copy the cache "
-        f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r})"
-    )
-
-
-def _file(
-    source: str, filename: str, local_files_only: bool, revision: str | None, required: bool = True
-) -> str | None:
-    """Local path of ``filename`` in a folder or a (cached) Hub repository; ``None`` if optional and absent."""
-    if os.path.isdir(source):
-        path = os.path.join(source, filename)
-        if os.path.isfile(path):
-            return path
-        if required:
-            raise FileNotFoundError(f"{source}: no {filename}")
-        return None
-    from transformers.utils import cached_file
-
-    try:
-        path = cached_file(
-            source,
-            filename,
-            revision=revision,
-            local_files_only=local_files_only,
-            _raise_exceptions_for_missing_entries=False,
-        )
-    except OSError as err:
-        raise _not_found(source, local_files_only) from err
-    if path is None and required:
-        if local_files_only:
-            raise _not_found(source, local_files_only)
-        raise FileNotFoundError(f"{source}: no {filename}")
-    return path
-
-
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path, device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _load_checkpoint(source: str, local_files_only: bool, revision: str | None) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint: single safetensors/bin file, or the shards listed by an index file."""
-    for filename in _WEIGHT_FILES:
-        path = _file(source, filename, local_files_only, revision, required=False)
-        if path is not None:
-            return _read_state_dict(path)
-    for filename in _INDEX_FILES:
-        index = _file(source, filename, local_files_only, revision, required=False)
-        if index is not None:
-            with open(index, encoding="utf-8") as handle:
-                shards = sorted(set(json.load(handle)["weight_map"].values()))
-            state: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                state.update(_read_state_dict(_file(source, shard, local_files_only, revision)))
-            return state
-    raise FileNotFoundError(f"{source}: no weights ({', '.join(_WEIGHT_FILES + _INDEX_FILES)})")
 
 
 def _bert_config(config: dict[str, Any]) -> BertConfig:
@@ -190,7 +120,7 @@ def _load_bert_style(
     bert_config = _bert_config(config)
     if not pretrained:
         return BertModel(bert_config, add_pooling_layer=False)
-    state = _load_checkpoint(source, local_files_only, revision)
+    state = load_hub_checkpoint(source, local_files_only, revision, what=_WHAT)
     prefix = "bert." if any(key.startswith("bert.") for key in state) else ""
     encoder = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
     dropped = [key for key in state if not key.startswith(prefix)]
@@ -240,7 +170,7 @@ def load_text_backbone(
     source = resolve_text_encoder(name_or_path)
     local = hub_offline() if local_files_only is None else bool(local_files_only)
     local = local or os.path.isdir(source)
-    with open(_file(source, "config.json", local, revision), encoding="utf-8") as handle:
+    with open(hub_file(source, "config.json", local, revision, what=_WHAT), encoding="utf-8") as handle:
         config = json.load(handle)
     model_type = config.get("model_type")
     if model_type == "bert":
@@ -252,7 +182,7 @@ def load_text_backbone(
                     source, add_pooling_layer=add_pooling_layer, local_files_only=local, revision=revision
                 )
             except OSError as err:
-                raise _not_found(source, local) from err
+                raise not_found(source, local, _WHAT) from err
     elif model_type in _BERT_STYLE_TYPES:
         model = _load_bert_style(source, config, pretrained, add_pooling_layer, local, revision)
     elif trust_remote_code:

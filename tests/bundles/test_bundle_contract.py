@@ -48,8 +48,9 @@ def test_metadata_schema_and_changelog(bundle: Path, tmp_path):
     assert "pred" in meta["network_data_format"]["outputs"]
 
 
-#: no biomedical BERT is reachable offline: paper configs are checked with the offline text encoder swapped in
-OFFLINE_OVERRIDES = {"text_encoder_name": "default", "text_projection_dim": 768}
+#: no biomedical BERT (nor the dinov2-base weights RAD-DINO starts from) is reachable offline: paper configs are
+#: checked with the offline text encoder swapped in and a randomly initialised RAD-DINO backbone
+OFFLINE_OVERRIDES = {"text_encoder_name": "default", "text_projection_dim": 768, "init_weights": None}
 
 
 @pytest.mark.parametrize("workflow_type,stem", [("train", "train"), ("infer", "inference")])

@@ -11,7 +11,13 @@ import torch
 from common.data.contract import DataContractError
 from common.engines.schedules import cosine_schedule, param_groups_lrd
 from common.methods.rad_dino import RadDinoPretraining
-from common.networks.dino import DinoClsEncoder, DinoV2Backbone, EvaDinoBackbone, load_rad_dino_backbone
+from common.networks.dino import (
+    DinoClsEncoder,
+    DinoV2Backbone,
+    EvaDinoBackbone,
+    dinov2_backbone,
+    load_rad_dino_backbone,
+)
 
 HEAD = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}
 
@@ -164,6 +170,57 @@ def test_load_rad_dino_backbone_rejects_mismatch(tmp_path):
         load_rad_dino_backbone(tmp_path / "w")
     with pytest.raises(DataContractError, match="config.json"):
         load_rad_dino_backbone(tmp_path / "nothing")
+
+
+def _save_tiny_dinov2(folder, seed: int = 0) -> dict[str, torch.Tensor]:
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    config = Dinov2Config(image_size=28, patch_size=14, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+    reference = Dinov2Model(config)
+    reference.save_pretrained(folder, safe_serialization=True)
+    return reference.state_dict()
+
+
+def test_student_and_teacher_start_from_published_weights(tmp_path):
+    """RAD-DINO is fine-tuned from dinov2-base: ``init_weights`` loads them into the student and its EMA teacher."""
+    expected = _save_tiny_dinov2(tmp_path / "dinov2")
+    config = {"image_size": 28, "patch_size": 14, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "drop_path_rate": 0.25}
+    backbone = dinov2_backbone(config, size="tiny", init_weights=tmp_path / "dinov2")
+    assert backbone.model.config.drop_path_rate == 0.25  # the training config's stochastic depth is kept
+    objective = RadDinoPretraining(backbone, head=HEAD)
+    for part in (objective.student, objective.teacher):
+        loaded = part["backbone"].model.state_dict()
+        assert set(loaded) == set(expected)
+        for key, value in expected.items():
+            torch.testing.assert_close(loaded[key], value)
+    random = dinov2_backbone(config, size="tiny", init_weights=None)
+    assert not torch.equal(random.model.embeddings.cls_token, backbone.model.embeddings.cls_token)
+    with pytest.raises(ValueError, match="patch_size is 14, the config asks for 16"):
+        dinov2_backbone({**config, "patch_size": 16}, size="tiny", init_weights=tmp_path / "dinov2")
+
+
+def test_uncached_hub_weights_name_the_id_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    with pytest.raises(OSError, match="'facebook/dinov2-base' was not found in the local Hugging Face cache"):
+        dinov2_backbone({"patch_size": 14}, init_weights="facebook/dinov2-base")
+
+
+def test_cached_hub_weights_load_offline(tmp_path, monkeypatch):
+    """A Hub id resolves through the Hugging Face cache layout (as after ``huggingface-cli download``)."""
+    snapshot = tmp_path / "hub" / "models--org--tiny-dinov2" / "snapshots" / ("0" * 40)
+    expected = _save_tiny_dinov2(snapshot, seed=1)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    import transformers.utils.hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(transformers.utils.hub, "TRANSFORMERS_CACHE", str(tmp_path / "hub"))  # read at import
+    backbone = load_rad_dino_backbone("org/tiny-dinov2")
+    torch.testing.assert_close(backbone.model.embeddings.cls_token, expected["embeddings.cls_token"])
 
 
 def test_batchnorm_heads_use_teacher_batch_statistics():
