@@ -497,6 +497,8 @@ def _raddino_parser(bundle: str, paper: bool, device: torch.device, overrides: d
     parser.read_config([str(configs / "train.yaml")] + ([] if paper else [str(configs / "demo.yaml")]))
     parser["device"] = f"$torch.device({str(device)!r})"
     parser["iterations_per_epoch"] = parser["official_epoch_length"]  # the demo's len(dataloader) would build data
+    if "init_weights" in parser.config:
+        parser["init_weights"] = None  # the dinov2-base start (same ViT-B/14 shapes) is not needed to time a step
     for key, value in (overrides or {}).items():
         parser[key] = value
     return parser

@@ -213,12 +213,12 @@ def test_export_of_trained_weights(exporter, zoo_exports, tmp_path: Path):
     torch.save(state, tmp_path / "trained.pt")
     out = tmp_path / "exported"
     summary = exporter.export("raddino_cxr", str(out), weights=str(tmp_path / "trained.pt"), overlay="demo",
-                              version="0.2.0", url="https://example.org/raddino/model.pt")
+                              version="0.3.0", url="https://example.org/raddino/model.pt")
     assert not list(tmp_path.glob(".exported.partial-*"))  # written aside, then moved into place
     exported = torch.load(out / "models" / "model.pt", weights_only=True)
     assert exported.keys() == state.keys() and all(torch.equal(exported[k], v) for k, v in state.items())
     meta = json.loads((out / "configs" / "metadata.json").read_text())
-    assert meta["version"] == "0.2.0" and "trained.pt" in meta["changelog"]["0.2.0"]
+    assert meta["version"] == "0.3.0" and "trained.pt" in meta["changelog"]["0.3.0"]
     assert summary["added_packages"].items() <= meta["required_packages_version"].items()
     (entry,) = yaml.safe_load((out / "large_files.yml").read_text())["large_files"]
     assert entry["url"] == "https://example.org/raddino/model.pt" and entry["hash_val"] == summary["sha256"]
