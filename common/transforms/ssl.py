@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
+from monai.data.meta_obj import get_track_meta, set_track_meta
 from monai.transforms import (
     Compose,
     MapTransform,
@@ -220,10 +221,16 @@ class MultiCropd(Randomizable, MapTransform):
     def _views(self, key: Hashable, img: torch.Tensor, boxes, size, pipelines) -> torch.Tensor:
         out_size = ensure_tuple_rep(size, img.ndim - 1)
         views = []
-        for (start, box), pipeline in zip(boxes, pipelines):
-            view = crop_and_resize(img, start, box, out_size, self.mode)
-            view = pipeline({key: view})[key]
-            views.append(torch.as_tensor(view.as_tensor() if hasattr(view, "as_tensor") else view, dtype=torch.float32))
+        tracking = get_track_meta()
+        set_track_meta(False)  # views leave as plain tensors: skip MONAI's metadata bookkeeping in their augmentations
+        try:
+            for (start, box), pipeline in zip(boxes, pipelines):
+                view = crop_and_resize(img, start, box, out_size, self.mode)
+                view = pipeline({key: view})[key]
+                plain = view.as_tensor() if hasattr(view, "as_tensor") else view
+                views.append(torch.as_tensor(plain, dtype=torch.float32))
+        finally:
+            set_track_meta(tracking)
         if not views:
             return torch.zeros((0, img.shape[0], *out_size), dtype=torch.float32)
         return torch.stack(views)

@@ -142,6 +142,26 @@ def test_dino_multicrop_pipeline(dims):
         dino_multicrop("image", dims, 30, 14, 7)
 
 
+def test_multicrop_views_are_plain_tensors_and_metadata_tracking_is_restored():
+    """The per-view augmentations run without MONAI metadata (speed); the global switch is put back, also on error."""
+    from monai.data.meta_obj import get_track_meta
+
+    (view_1, view_2), local = dino_view_transforms("image", 2)
+    transform = MultiCropd("image", 16, 8, num_local=2, global_transforms=[view_1, view_2], local_transforms=local)
+    out = transform.set_random_state(0)({"image": _image(2, 24)})
+    assert get_track_meta()
+    assert type(out["global_crops"]) is torch.Tensor and type(out["local_crops"]) is torch.Tensor
+    assert isinstance(out["image"], MetaTensor)  # the source keeps its metadata
+
+    def fail(_data):
+        raise RuntimeError("augmentation failed")
+
+    broken = MultiCropd("image", 16, 8, num_local=0, global_transforms=[fail])
+    with pytest.raises(RuntimeError, match="applying transform"):  # MONAI wraps the error
+        broken({"image": _image(2, 24)})
+    assert get_track_meta()
+
+
 @pytest.mark.parametrize("grid", [(16, 16), (37, 37), (8, 8, 8), (6, 10, 12)])
 def test_block_masks_never_exceed_and_nearly_reach_the_target(grid):
     generator = BlockMaskGenerator(grid, max_num_patches=0.5 * np.prod(grid))
