@@ -329,3 +329,19 @@ def test_single_process_helpers_and_fsdp_needs_torchrun(monkeypatch) -> None:
     assert not fsdp.is_sharded(objective) and fsdp.full_state_dicts(objective) is objective
     names = {type(b).__name__ for b in fsdp.transformer_blocks(objective, block_types=["EvaBlock"])}
     assert names == {"EvaBlock"}
+
+
+def test_destroy_waits_for_peers_unless_an_exception_propagates(monkeypatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(distributed, "is_enabled", lambda: True)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    distributed.destroy_distributed()
+    assert calls == ["barrier", "destroy"]  # every rank leaves together
+    calls.clear()
+    with pytest.raises(ValueError):
+        try:
+            raise ValueError("rank failed")
+        finally:
+            distributed.destroy_distributed()
+    assert calls == ["destroy"]  # a failing rank does not wait for peers that may never arrive
