@@ -534,13 +534,8 @@ def _time_raddino_steps(
     parser = _raddino_parser(bundle, paper, device, overrides)
     if batch_size:
         parser["batch_size"] = int(batch_size)
-    if dims == 3:
-        parser["activation_checkpointing"] = checkpointing
+    parser["activation_checkpointing"] = checkpointing
     objective = parser.get_parsed_content("objective").train()
-    if checkpointing and dims == 2:  # transformers Dinov2Model; the teacher runs without gradients
-        objective.student["backbone"].model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
     optimizer = parser.get_parsed_content("optimizer")
     batch = _raddino_batch(parser, dims, int(parser.get_parsed_content("batch_size")), device)
     result = _time_trainer_steps(

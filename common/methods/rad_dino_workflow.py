@@ -21,7 +21,7 @@ from common.evaluation import EvaluationReport, evaluate_embeddings, format_tabl
 from common.evaluation.extract import extract_features
 from common.networks.dino import DinoClsEncoder
 
-__all__ = ["teacher_encoder", "export_rad_dino", "load_encoder_weights", "evaluate_rad_dino"]
+__all__ = ["teacher_encoder", "export_rad_dino", "load_encoder_weights", "records_loader", "evaluate_rad_dino"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,8 @@ def load_encoder_weights(encoder: torch.nn.Module, path: str | os.PathLike | Non
     return encoder
 
 
-def _loader(records: list[dict], transform: Callable, batch_size: int, num_workers: int) -> DataLoader:
+def records_loader(records: list[dict], transform: Callable, batch_size: int, num_workers: int) -> DataLoader:
+    """An ordered, unshuffled loader over datalist records (frozen-encoder feature extraction)."""
     dataset = PretrainingDataset(records, transform, seed=0)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=pretraining_collate)
 
@@ -106,7 +107,7 @@ def evaluate_rad_dino(
             return {"embedding": model(images)}
 
         features[name] = [
-            extract_features(encode, _loader(records, transform, batch_size, num_workers), device, amp_dtype=amp_dtype)
+            extract_features(encode, records_loader(records, transform, batch_size, num_workers), device, amp_dtype=amp_dtype)
             for records in (train_records, test_records)
         ]
     train, test = features["model"]

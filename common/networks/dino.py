@@ -156,9 +156,10 @@ class DinoV2Backbone(nn.Module):
     Args:
         config: a ``Dinov2Config`` or a dict of its fields; ``None`` for ViT-B/14 at 518 px.
         size: DINOv2 size used when ``config`` is a dict or ``None`` (see :data:`DINOV2_SIZES`).
+        grad_checkpointing: recompute each block's activations in the backward pass (less memory, ~20 % slower).
     """
 
-    def __init__(self, config: Any = None, size: str = "base") -> None:
+    def __init__(self, config: Any = None, size: str = "base", grad_checkpointing: bool = False) -> None:
         super().__init__()
         from transformers import Dinov2Config, Dinov2Model
 
@@ -166,6 +167,14 @@ class DinoV2Backbone(nn.Module):
             config = dinov2_config(size, **dict(config or {}))
         self.model = Dinov2Model(config)
         self.num_register_tokens = int(getattr(config, "num_register_tokens", 0) or 0)
+        self.set_grad_checkpointing(grad_checkpointing)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Switch activation checkpointing of the transformer blocks (non-reentrant, as in timm and DINOv2)."""
+        if enable:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.model.gradient_checkpointing_disable()
 
     @property
     def embed_dim(self) -> int:
@@ -294,7 +303,10 @@ def load_rad_dino_backbone(
 
 
 def dinov2_backbone(
-    config: Any = None, size: str = "base", init_weights: str | os.PathLike | None = None
+    config: Any = None,
+    size: str = "base",
+    init_weights: str | os.PathLike | None = None,
+    grad_checkpointing: bool = False,
 ) -> DinoV2Backbone:
     """The 2D RAD-DINO backbone, randomly initialised or loaded from published ``Dinov2Model`` weights.
 
@@ -307,12 +319,13 @@ def dinov2_backbone(
         config: ``Dinov2Config`` fields (see :class:`DinoV2Backbone`).
         size: DINOv2 size for a random initialisation.
         init_weights: a folder or Hub id of ``Dinov2Model`` weights; ``None`` for a random initialisation.
+        grad_checkpointing: activation checkpointing of the transformer blocks.
 
     Raises:
         ValueError: the weights' patch size or width differ from the requested ones.
     """
     if init_weights is None or not os.fspath(init_weights):
-        return DinoV2Backbone(config, size=size)
+        return DinoV2Backbone(config, size=size, grad_checkpointing=grad_checkpointing)
     fields = dict(config or {}) if not hasattr(config, "to_dict") else config.to_dict()
     overrides = {"drop_path_rate": fields["drop_path_rate"]} if "drop_path_rate" in fields else {}
     backbone = load_rad_dino_backbone(init_weights, **overrides)
@@ -322,6 +335,7 @@ def dinov2_backbone(
     for name, value in wanted.items():
         if value is not None and getattr(loaded, name) != value:
             raise ValueError(f"{init_weights}: {name} is {getattr(loaded, name)}, the config asks for {value}")
+    backbone.set_grad_checkpointing(grad_checkpointing)
     return backbone
 
 

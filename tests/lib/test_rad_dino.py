@@ -201,6 +201,37 @@ def test_student_and_teacher_start_from_published_weights(tmp_path):
         dinov2_backbone({**config, "patch_size": 16}, size="tiny", init_weights=tmp_path / "dinov2")
 
 
+def test_activation_checkpointing_same_outputs_and_gradients(tmp_path):
+    """``grad_checkpointing`` (config ``activation_checkpointing``) recomputes activations: same forward, same grads,
+    for a random initialisation and for loaded weights alike; the EMA teacher step runs under no_grad with it on."""
+    _save_tiny_dinov2(tmp_path / "dinov2")
+    config = {"image_size": 28, "patch_size": 14, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+    images = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    for init in (None, tmp_path / "dinov2"):
+        torch.manual_seed(1)
+        plain = dinov2_backbone(config, size="tiny", init_weights=init)
+        torch.manual_seed(1)
+        checkpointed = dinov2_backbone(config, size="tiny", init_weights=init, grad_checkpointing=True)
+        assert checkpointed.model.is_gradient_checkpointing and not plain.model.is_gradient_checkpointing
+        checkpointed.load_state_dict(plain.state_dict())
+        grads = []
+        for model in (plain, checkpointed):
+            model.train()
+            cls, patches = model(images)
+            (cls.square().sum() + patches.mean()).backward()
+            grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+        torch.testing.assert_close(plain(images)[0], checkpointed(images)[0])
+        assert grads[0].keys() == grads[1].keys() and grads[0]
+        for name in grads[0]:
+            torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-6)
+    objective = RadDinoPretraining(dinov2_backbone(config, size="tiny", grad_checkpointing=True), head=HEAD).train()
+    objective.before_iteration(0, 10)
+    terms = objective(_batch((28, 28), (14, 14), num_tokens=4, b=2))
+    terms["loss"].backward()
+    objective.after_optimizer_step(0, 10)
+    assert torch.isfinite(terms["loss"]) and objective.student["backbone"].model.is_gradient_checkpointing
+
+
 def test_uncached_hub_weights_name_the_id_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
