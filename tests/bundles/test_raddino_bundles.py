@@ -44,6 +44,9 @@ def test_raddino_cxr_train_then_infer(tmp_path):
     assert "Epoch[1] Complete" in train.stdout + train.stderr
     weights = torch.load(model, weights_only=True)
     assert weights and all(k.startswith("backbone.model.") for k in weights)
+    initial = torch.load(tmp_path / "model_init.pt", weights_only=True)  # the teacher before the first step
+    assert initial.keys() == weights.keys()
+    assert any(not torch.equal(initial[k], weights[k]) for k in weights)
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
     infer = _bundle_run(
@@ -67,9 +70,9 @@ def test_raddino_cxr_train_then_infer(tmp_path):
     assert evaluate.returncode == 0, evaluate.stdout[-3000:] + evaluate.stderr[-3000:]
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     sections = results.get("results", results)
-    for probe in ("linear_probe", "knn_probe"):
-        assert {probe, f"random_init_{probe}", f"{probe}_vs_random_init"} <= set(sections)
-        diff = sections[f"{probe}_vs_random_init"]["macro"]
+    for probe in ("linear_probe", "knn_probe"):  # the baseline is the run's own initial weights (model_init.pt)
+        assert {probe, f"initial_weights_{probe}", f"{probe}_vs_initial_weights"} <= set(sections)
+        diff = sections[f"{probe}_vs_initial_weights"]["macro"]
         if diff["difference"] is not None:  # the paired difference is the difference of the two macro AUROCs
-            ours, theirs = sections[probe]["macro"]["auroc"], sections[f"random_init_{probe}"]["macro"]["auroc"]
+            ours, theirs = sections[probe]["macro"]["auroc"], sections[f"initial_weights_{probe}"]["macro"]["auroc"]
             assert abs(diff["difference"] - (ours - theirs)) < 1e-9
