@@ -99,13 +99,20 @@ class TrajectoryProbe:
         row["loss_terms"] = loss_terms_transform(output) if output is not None else None
         self.history.append(row)
         diff = row["linear_probe_vs_random_init"]
+        low, high = diff["difference_ci"] or (None, None)
         logger.info(
-            "epoch %d (iteration %d, %.0f s): linear %.3f vs random init %.3f, paired difference %+.3f [%+.3f, %+.3f] "
-            "P(<=0) %.2f; kNN %.3f vs %.3f", epoch, iteration, elapsed_s, row["linear_probe"]["auroc"],
-            row["random_init_linear_probe"]["auroc"], diff["difference"], *diff["difference_ci"], diff["p_not_better"],
-            row["knn_probe"]["auroc"], row["random_init_knn_probe"]["auroc"],
+            "epoch %d (iteration %d, %.0f s): linear %s vs random init %s, paired difference %s [%s, %s] P(<=0) %s; "
+            "kNN %s vs %s", epoch, iteration, elapsed_s, _num(row["linear_probe"]["auroc"]),
+            _num(row["random_init_linear_probe"]["auroc"]), _num(diff["difference"], "+.3f"), _num(low, "+.3f"),
+            _num(high, "+.3f"), _num(diff["p_not_better"], ".2f"), _num(row["knn_probe"]["auroc"]),
+            _num(row["random_init_knn_probe"]["auroc"]),
         )
         return row
+
+
+def _num(value: float | None, spec: str = ".3f") -> str:
+    """A metric for the log line; ``n/a`` where it is undefined (no resamples, a single class)."""
+    return "n/a" if value is None else format(value, spec)
 
 
 def run(
