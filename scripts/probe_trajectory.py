@@ -34,9 +34,8 @@ from monai.bundle import ConfigParser
 from common.bundle_support import locate_bundle_root
 from common.engines.trainer import loss_terms_transform
 from common.evaluation import evaluate_embeddings
-from common.evaluation.extract import extract_features
 from common.evaluation.plots import plot_probe_trajectory
-from common.methods.rad_dino_workflow import records_loader, teacher_encoder
+from common.methods.rad_dino_workflow import cls_features, records_loader, teacher_encoder
 from common.networks.dino import DinoClsEncoder
 
 __all__ = ["TrajectoryProbe", "run"]
@@ -73,14 +72,8 @@ class TrajectoryProbe:
         moved = sum(float((p.float() - q.float()).square().sum()) for p, q in zip(current, self.initial))
         return (moved / sum(float(q.float().square().sum()) for q in self.initial)) ** 0.5
 
-    @torch.no_grad()
     def _features(self, encoder: torch.nn.Module) -> list[dict[str, Any]]:
-        encoder = encoder.to(self.device).eval()
-
-        def encode(images: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"embedding": encoder(images)}
-
-        return [extract_features(encode, ld, self.device, amp_dtype=self.amp_dtype, progress=False) for ld in self.loaders]
+        return cls_features(encoder, self.loaders, self.device, amp_dtype=self.amp_dtype, progress=False)
 
     def __call__(self, epoch: int, iteration: int, elapsed_s: float, output: Any = None, final: bool = False) -> dict:
         """Probe a copy of the current teacher (the run's own teacher is left in its mode and place)."""
@@ -145,8 +138,7 @@ def run(
     configs = Path(locate_bundle_root(bundle)) / "configs"
     parser = ConfigParser()
     parser.read_config([str(configs / f"{name}.yaml") for name in ("train", overlay, "evaluate") if name])
-    settings: dict[str, Any] = {"output_dir": str(out / "run"), "ckpt_dir": str(out / "run" / "models"),
-                                "random_init": False, "compare_random_init": True, **(overrides or {})}
+    settings: dict[str, Any] = {"output_dir": str(out / "run"), "ckpt_dir": str(out / "run" / "models"), **(overrides or {})}
     if max_epochs is not None:
         settings["max_epochs"] = max_epochs
     if num_workers is not None:
@@ -178,7 +170,7 @@ def run(
         last = over or engine.state.epoch == epochs
         if last or engine.state.epoch % probe_every == 0:
             record(final=last)
-        if over and not engine.state.epoch == epochs:
+        if over and engine.state.epoch != epochs:
             logger.info("time budget reached after epoch %d: stopping", engine.state.epoch)
             engine.terminate()
 

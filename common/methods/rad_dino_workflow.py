@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,9 @@ from common.evaluation import EvaluationReport, evaluate_embeddings, format_tabl
 from common.evaluation.extract import extract_features
 from common.networks.dino import DinoClsEncoder
 
-__all__ = ["teacher_encoder", "export_rad_dino", "load_encoder_weights", "records_loader", "evaluate_rad_dino"]
+__all__ = [
+    "teacher_encoder", "export_rad_dino", "load_encoder_weights", "records_loader", "cls_features", "evaluate_rad_dino"
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,23 @@ def records_loader(records: list[dict], transform: Callable, batch_size: int, nu
 
 
 @torch.no_grad()
+def cls_features(
+    encoder: torch.nn.Module,
+    loaders: Sequence[Iterable],
+    device: torch.device | str,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """The encoder's CLS embeddings (``embedding``) and the batches' labels, one dict per loader (eval mode)."""
+    encoder = encoder.to(device).eval()
+
+    def encode(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"embedding": encoder(images)}
+
+    return [extract_features(encode, loader, device, amp_dtype=amp_dtype, progress=progress) for loader in loaders]
+
+
+@torch.no_grad()
 def evaluate_rad_dino(
     encoder: DinoClsEncoder,
     train_records: list[dict],
@@ -97,19 +116,12 @@ def evaluate_rad_dino(
             results then hold its probes and the paired-bootstrap AUROC differences (``*_vs_<baseline_name>``).
     """
     device = torch.device(device)
-    features = {}
-    for name, model in (("model", encoder), (baseline_name, baseline_encoder)):
-        if model is None:
-            continue
-        model = model.to(device).eval()
-
-        def encode(images: torch.Tensor, model: DinoClsEncoder = model) -> dict[str, torch.Tensor]:
-            return {"embedding": model(images)}
-
-        features[name] = [
-            extract_features(encode, records_loader(records, transform, batch_size, num_workers), device, amp_dtype=amp_dtype)
-            for records in (train_records, test_records)
-        ]
+    loaders = [records_loader(records, transform, batch_size, num_workers) for records in (train_records, test_records)]
+    features = {
+        name: cls_features(model, loaders, device, amp_dtype=amp_dtype)
+        for name, model in (("model", encoder), (baseline_name, baseline_encoder))
+        if model is not None
+    }
     train, test = features["model"]
     baseline = features.get(baseline_name, [{}, {}])
     names = [f.name if isinstance(f, Finding) else str(f) for f in findings]
