@@ -3,8 +3,12 @@
 Functions work on plain strings; the ``…d`` classes are MONAI dictionary transforms that apply them to record
 keys. A typical paired-data chain is::
 
-    EnsureReportd("report") → SelectReportSectionsd("report") → CleanReportd("report")
+    EnsureReportd("report") → CleanReportd("report")
+    → FitReportToTokenBudgetd("report", tokenizer, max_length=512) → SelectReportSectionsd("report")
     → RandSentenceShuffled("report", prob) → Tokenized("report", tokenizer, max_length=512)
+
+:class:`FitReportToTokenBudgetd` works on the headed report: when findings + impression exceed ``max_length``
+tokens it drops findings sentences from the end so that :class:`Tokenized`'s truncation never cuts the impression.
 
 Report conventions handled:
 
@@ -53,6 +57,7 @@ __all__ = [
     "RandSentenceSubsampled",
     "EnsureReportd",
     "Tokenized",
+    "FitReportToTokenBudgetd",
     "OppositeSentenced",
 ]
 
@@ -770,6 +775,160 @@ class Tokenized(MapTransform):
             attention_mask = encoded["attention_mask"].to(torch.int64)
             d[self.input_ids_key] = input_ids[0] if single else input_ids
             d[self.attention_mask_key] = attention_mask[0] if single else attention_mask
+        return d
+
+
+class FitReportToTokenBudgetd(MapTransform):
+    """Shorten a report by whole findings sentences so that its impression survives tokenisation.
+
+    Apply to the raw report (any format :func:`extract_sections` understands: headed, or a CT-RATE headerless
+    concatenation with a marked or guessed impression), after :class:`CleanReportd` and **before**
+    :class:`SelectReportSectionsd`. The text measured is what :class:`SelectReportSectionsd` with the same
+    ``sections``/``separator`` makes of the report. When its token count (without special tokens) exceeds the
+    budget, ``max_length - special tokens - margin``:
+
+    1. sentences (:func:`split_sentences`) are dropped from the end of the sections not in ``keep`` (the
+       findings; the later section first when there are several) until the text fits;
+    2. if the ``keep`` sections (the impression) alone exceed the budget, every other section is dropped and the
+       kept sections lose sentences from their end (the first sentence always stays; :class:`Tokenized` truncates
+       it when even that is too long).
+
+    The shortened report is rewritten as ``FINDINGS: …\\nIMPRESSION: …`` (an ``other`` section, when among
+    ``sections``, as unheaded text before the headers, or after ``INDICATION:`` when no findings are left), which
+    :func:`extract_sections` parses back into exactly the kept sections (checked; should a rewrite not parse back,
+    the original is kept, with a warning); sections not among ``sections`` are left out of it. A report that fits,
+    an empty report (image-only records after :class:`EnsureReportd`) and one without any chosen section are
+    returned unchanged.
+
+    Counting: a report fits when both its selected text and the same text re-joined by
+    :func:`join_sentences` (what :class:`RandSentenceShuffled`/:class:`RandSentenceSubsampled` produce; the join
+    may add full stops) tokenise to at most the budget. ``margin`` (default 4) leaves room for tokenizers whose
+    counts are not additive over sentences (BPE merges across spaces) and for small later edits.
+
+    Args:
+        keys: keys holding report strings.
+        tokenizer: a ``transformers`` tokenizer, or a name/path for :func:`load_tokenizer` (the one of
+            :class:`Tokenized`).
+        max_length: the ``max_length`` of the later :class:`Tokenized`.
+        keep: sections kept whole as long as they alone fit (default the impression).
+        sections: the sections the later :class:`SelectReportSectionsd` selects.
+        separator: its separator.
+        margin: tokens held back from the budget (see above).
+        guess_impression: passed to :func:`extract_sections` (as for :class:`SelectReportSectionsd`).
+        trust_remote_code: passed to :func:`load_tokenizer` for a name.
+        image_key: key used to name the record in errors.
+        allow_missing_keys: skip absent keys instead of raising.
+
+    Raises:
+        ValueError: for unknown sections, ``keep`` outside ``sections`` or a budget below one token.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "report",
+        tokenizer: Any = "default",
+        max_length: int = 512,
+        keep: Sequence[str] = ("impression",),
+        sections: Sequence[str] = ("findings", "impression"),
+        separator: str = " ",
+        margin: int = 4,
+        guess_impression: bool = True,
+        trust_remote_code: bool = False,
+        image_key: str | None = "image",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        sections = (sections,) if isinstance(sections, str) else tuple(sections)
+        keep = (keep,) if isinstance(keep, str) else tuple(keep)
+        if not sections or any(s not in SECTION_NAMES for s in sections):
+            raise ValueError(f"sections must be a non-empty subset of {SECTION_NAMES}, got {sections}")
+        if any(s not in sections for s in keep):
+            raise ValueError(f"keep {keep} must be among sections {sections}")
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = load_tokenizer(str(tokenizer), trust_remote_code=trust_remote_code)
+        if not callable(tokenizer):
+            raise ValueError(f"tokenizer must be a transformers tokenizer or a name, got {type(tokenizer).__name__}")
+        special = tokenizer.num_special_tokens_to_add(pair=False)
+        self.budget = int(max_length) - int(special) - int(margin)
+        if self.budget < 1:
+            raise ValueError(f"max_length {max_length} leaves no tokens after {special} special and margin {margin}")
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.keep = keep
+        self.sections = sections
+        self.separator = separator
+        self.margin = int(margin)
+        self.guess_impression = guess_impression
+        self.image_key = image_key
+
+    def _lengths(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        encoded = self.tokenizer(texts, add_special_tokens=False, truncation=False, return_attention_mask=False,
+                                 return_token_type_ids=False, verbose=False)  # fmt: skip
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def _selected(self, parts: Mapping[str, str]) -> str:
+        return self.separator.join(parts[s] for s in self.sections if parts.get(s))
+
+    def _fits(self, selected: str) -> bool:
+        rejoined = join_sentences(split_sentences(selected))
+        return max(self._lengths([selected, rejoined] if rejoined != selected else [selected])) <= self.budget
+
+    def _render(self, parts: Mapping[str, str]) -> str:
+        lines = []
+        if parts.get("findings"):
+            lines.append(f"FINDINGS: {parts['findings']}")
+        if parts.get("impression"):
+            lines.append(f"IMPRESSION: {parts['impression']}")
+        text = "\n".join(lines)
+        if parts.get("other"):
+            # Unheaded text before a FINDINGS header is "other"; without findings it needs a header of its own.
+            prefix = "" if parts.get("findings") else "INDICATION: "
+            text = f"{prefix}{parts['other']}\n\n{text}"
+        return text
+
+    def fit(self, text: str) -> str:
+        """``text`` unchanged when it fits the budget, else the shortened, re-headed report."""
+        parts = extract_sections(text, guess_impression=self.guess_impression)
+        selected = self._selected(parts)
+        if not selected or self._fits(selected):
+            return text
+        trimmable = [s for s in self.sections if s not in self.keep and parts[s]]
+        kept = [s for s in self.sections if s in self.keep and parts[s]]
+        sentences = {s: split_sentences(parts[s]) for s in trimmable + kept}
+        # Removal order: the trimmable sections' sentences from the end (later section first), then the kept ones';
+        # the very first sentence of what is left always stays.
+        units = [(s, i) for s in trimmable[::-1] + kept[::-1] for i in reversed(range(len(sentences[s])))][:-1]
+        counts = dict(zip(units, self._lengths([_ensure_terminal(sentences[s][i]) for s, i in units])))
+        # Estimated total from per-sentence counts; each candidate is then checked by tokenising it whole.
+        excess = sum(counts.values()) - self.budget
+        removed = 0
+        while removed < len(units) and excess > 0:
+            excess -= counts[units[removed]]
+            removed += 1
+        while True:
+            gone = set(units[:removed])
+            out = {name: "" for name in SECTION_NAMES}
+            for s in sentences:
+                left = [sentence for i, sentence in enumerate(sentences[s]) if (s, i) not in gone]
+                out[s] = parts[s] if len(left) == len(sentences[s]) else join_sentences(left)
+            if removed >= len(units) or self._fits(self._selected(out)):
+                break
+            removed += 1
+        rendered = self._render(out)
+        if extract_sections(rendered, guess_impression=self.guess_impression) != {
+            name: out[name] for name in SECTION_NAMES
+        }:
+            logger.warning("FitReportToTokenBudgetd: the shortened report does not parse back; kept the original")
+            return text
+        logger.debug("FitReportToTokenBudgetd: dropped %d sentences to fit %d tokens", removed, self.budget)
+        return rendered
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.fit(_require_text(d, key, self.image_key))
         return d
 
 

@@ -21,6 +21,7 @@ from common.transforms.text import (
     DEFAULT_PROMPT_TEMPLATES,
     CleanReportd,
     EnsureReportd,
+    FitReportToTokenBudgetd,
     OppositeSentenced,
     RandSentenceShuffled,
     RandSentenceSubsampled,
@@ -465,3 +466,145 @@ def test_opposite_sentences_tokenise_and_collate(minilm_tokenizer) -> None:
     batch = list_data_collate([{k: v for k, v in r.items() if k != "labels"} for r in records])
     assert batch["osl_true_input_ids"].shape == batch["osl_false_input_ids"].shape == (2, len(FINDINGS), 16)
     assert batch["osl_valid"].shape == (2, len(FINDINGS)) and batch["osl_valid"].sum() == 1
+
+
+# ------------------------------------------------------------------------------------------------ token budget
+
+_LONG_FINDINGS = [
+    f"Finding number {i} in segment {i % 7} of the {'right' if i % 2 else 'left'} lung is unchanged at {i}.{i % 10} mm."
+    for i in range(40)
+]
+_IMPRESSION = "Emphysema in both lungs. Small left pleural effusion. Stable 5 mm nodule in the right upper lobe."
+
+
+def _token_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+
+
+def _tokenize_for_training(text: str, tokenizer, max_length: int, shuffle_seed: int | None = None) -> dict:
+    chain = [SelectReportSectionsd("report")]
+    if shuffle_seed is not None:
+        chain.append(RandSentenceShuffled("report", prob=1.0).set_random_state(seed=shuffle_seed))
+    chain.append(Tokenized("report", tokenizer=tokenizer, max_length=max_length))
+    return Compose(chain)({"report": text})
+
+
+def test_fit_budget_leaves_reports_within_budget_unchanged(minilm_tokenizer) -> None:
+    fit = FitReportToTokenBudgetd("report", tokenizer=minilm_tokenizer, max_length=128)
+    assert fit({"image": "a.nii", "report": REPORT})["report"] is REPORT  # untouched, not even re-spaced
+    messy = "INDICATION: cough.\n\nFINDINGS:  Lungs   clear.\n\n\nIMPRESSION:\n1. Normal"
+    assert fit({"report": messy})["report"] == messy
+    ct_rate = 'Trachea is open. Heart size is normal. " Emphysema in both lungs " Nodule 4 mm in the right lung'
+    assert fit({"report": ct_rate})["report"] == ct_rate
+    assert fit({"report": ""})["report"] == ""  # image-only records after EnsureReportd
+    assert FitReportToTokenBudgetd(tokenizer="minilm", max_length=16).tokenizer is minilm_tokenizer
+
+
+def test_fit_budget_keeps_the_impression_and_fits(minilm_tokenizer) -> None:
+    max_length = 96
+    text = "EXAMINATION: CT chest.\n\nFINDINGS: " + " ".join(_LONG_FINDINGS) + "\n\nIMPRESSION: " + _IMPRESSION
+    fit = FitReportToTokenBudgetd("report", tokenizer=minilm_tokenizer, max_length=max_length)
+    assert fit.budget == max_length - 2 - 4  # [CLS] [SEP] and the default margin
+    out = fit({"report": text})["report"]
+    sections = extract_sections(out)
+    assert sections["impression"] == _IMPRESSION
+    kept = split_sentences(sections["findings"])
+    assert 0 < len(kept) < len(_LONG_FINDINGS) and kept == _LONG_FINDINGS[: len(kept)]  # dropped from the end
+    assert sections["other"] == ""  # not selected, so not carried into the rewritten report
+    # the next sentence would not have fitted: as many findings as possible are kept
+    longer = f"{join_sentences(_LONG_FINDINGS[: len(kept) + 1])} {_IMPRESSION}"
+    assert len(_token_ids(minilm_tokenizer, longer)) > fit.budget
+    # parsed back identically, and idempotent
+    assert SelectReportSectionsd()({"report": out})["report"] == f"{sections['findings']} {_IMPRESSION}"
+    assert fit({"report": out})["report"] == out
+    # the impression's tokens reach the model: they end right before [SEP], with or without sentence shuffling
+    impression_ids = _token_ids(minilm_tokenizer, _IMPRESSION)
+    for seed in (None, 0, 1):
+        encoded = _tokenize_for_training(out, minilm_tokenizer, max_length, shuffle_seed=seed)
+        length = int(encoded["attention_mask"].sum())
+        assert length <= max_length - fit.margin
+        ids = encoded["input_ids"][:length].tolist()
+        assert ids[-1] == minilm_tokenizer.sep_token_id
+        if seed is None:
+            assert ids[-1 - len(impression_ids) : -1] == impression_ids
+        for sentence in split_sentences(_IMPRESSION):
+            sentence_ids = _token_ids(minilm_tokenizer, sentence)
+            assert any(ids[i : i + len(sentence_ids)] == sentence_ids for i in range(length))
+    # without the transform, truncation cuts the impression off
+    plain = _tokenize_for_training(text, minilm_tokenizer, max_length)["input_ids"].tolist()
+    assert not any(plain[i : i + len(impression_ids)] == impression_ids for i in range(max_length))
+
+
+def test_fit_budget_truncates_an_impression_that_alone_is_too_long(minilm_tokenizer) -> None:
+    impression = [f"Impression item {i} describes a {i} mm lesion in segment {i % 8}." for i in range(30)]
+    text = "FINDINGS: " + " ".join(_LONG_FINDINGS[:5]) + "\nIMPRESSION: " + " ".join(impression)
+    fit = FitReportToTokenBudgetd("report", tokenizer=minilm_tokenizer, max_length=64)
+    out = fit({"report": text})["report"]
+    sections = extract_sections(out)
+    assert sections["findings"] == "" and out.startswith("IMPRESSION: ")
+    kept = split_sentences(sections["impression"])
+    assert 0 < len(kept) < len(impression) and kept == impression[: len(kept)]
+    assert len(_token_ids(minilm_tokenizer, sections["impression"])) <= fit.budget
+    # a single sentence longer than the budget stays (Tokenized truncates it)
+    huge = "IMPRESSION: " + " ".join(["very"] * 200) + " long sentence. Second sentence."
+    assert extract_sections(fit({"report": huge})["report"])["impression"] == " ".join(["very"] * 200) + " long sentence."
+
+
+def test_fit_budget_headerless_ct_rate_report(minilm_tokenizer) -> None:
+    text = " ".join(_LONG_FINDINGS) + ' " Emphysema in both lungs " Nodule 4 mm in the right lung'
+    original = extract_sections(text)
+    assert original["impression"] == "Emphysema in both lungs. Nodule 4 mm in the right lung."
+    fit = FitReportToTokenBudgetd("report", tokenizer=minilm_tokenizer, max_length=80)
+    out = fit({"report": text})["report"]
+    assert out.startswith("FINDINGS: ") and "\nIMPRESSION: " in out
+    sections = extract_sections(out)
+    assert sections["impression"] == original["impression"]
+    assert split_sentences(sections["findings"]) == _LONG_FINDINGS[: len(split_sentences(sections["findings"]))]
+    selected = SelectReportSectionsd()({"report": out})["report"]
+    assert len(_token_ids(minilm_tokenizer, selected)) <= fit.budget
+    # a guessed impression (after the bone sentence, no marker) is kept the same way
+    guessed = " ".join(_LONG_FINDINGS + ["Bone structures are natural.", "Thoracic CT shows emphysema."])
+    out = fit({"report": guessed})["report"]
+    assert extract_sections(out)["impression"] == "Thoracic CT shows emphysema."
+
+
+def test_fit_budget_other_section_keys_and_errors(minilm_tokenizer) -> None:
+    text = "INDICATION: cough and fever.\n\nFINDINGS: " + " ".join(_LONG_FINDINGS) + "\nIMPRESSION: " + _IMPRESSION
+    all_sections = ("other", "findings", "impression")
+    fit = FitReportToTokenBudgetd(tokenizer=minilm_tokenizer, max_length=96, sections=all_sections)
+    sections = extract_sections(fit({"report": text})["report"])
+    assert sections["other"] == "cough and fever." and sections["impression"] == _IMPRESSION
+    assert 0 < len(split_sentences(sections["findings"])) < len(_LONG_FINDINGS)
+    # no findings left: "other" keeps a header of its own
+    tight = FitReportToTokenBudgetd(tokenizer=minilm_tokenizer, max_length=40, sections=all_sections)
+    sections = extract_sections(tight({"report": text})["report"])
+    assert sections == {"findings": "", "impression": _IMPRESSION, "other": "cough and fever."}
+    # missing keys, bad values, bad arguments
+    lenient = FitReportToTokenBudgetd(tokenizer=minilm_tokenizer, max_length=64, allow_missing_keys=True)
+    assert lenient({"image": "a.nii"}) == {"image": "a.nii"}
+    with pytest.raises(KeyError):
+        FitReportToTokenBudgetd(tokenizer=minilm_tokenizer, max_length=64)({"image": "a.nii"})
+    with pytest.raises(DataContractError, match="a.nii"):
+        lenient({"image": "a.nii", "report": 3})
+    with pytest.raises(ValueError, match="keep"):
+        FitReportToTokenBudgetd(tokenizer=minilm_tokenizer, keep=("other",))
+    with pytest.raises(ValueError, match="sections"):
+        FitReportToTokenBudgetd(tokenizer=minilm_tokenizer, sections=("history",))
+    with pytest.raises(ValueError, match="max_length"):
+        FitReportToTokenBudgetd(tokenizer=minilm_tokenizer, max_length=5)
+
+
+def test_fit_budget_real_ct_reports(ct_reports: list[str], minilm_tokenizer) -> None:
+    fit = FitReportToTokenBudgetd("report", tokenizer=minilm_tokenizer, max_length=128)
+    select = SelectReportSectionsd("report")
+    for text in ct_reports[:200]:
+        text = clean_report(text)
+        out = fit({"report": text})["report"]
+        before, after = extract_sections(text), extract_sections(out)
+        selected = select({"report": out})["report"]
+        impression_fits = len(_token_ids(minilm_tokenizer, before["impression"])) <= fit.budget
+        if impression_fits:
+            assert after["impression"] == before["impression"]
+            assert len(_token_ids(minilm_tokenizer, selected)) <= fit.budget
+        if out != text:
+            assert fit({"report": out})["report"] == out
