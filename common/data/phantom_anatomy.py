@@ -59,15 +59,16 @@ def draw_study(rng: np.random.Generator) -> dict[str, Any]:
     """Acquisition and patient-level settings of one case (first draws of the anatomy stream)."""
     u = rng.uniform
     spacing_z = float(rng.choice([2.5, 3.0, 4.0, 5.0], p=[0.2, 0.3, 0.25, 0.25]))
+    arms = "down" if rng.random() < 0.25 else "up"
     return {
         "sex": "female" if rng.random() < 0.45 else "male",
         "contrast": bool(rng.random() < 0.4),
         "kernel": "lung" if rng.random() < 0.35 else "soft tissue",
-        "arms": "down" if rng.random() < 0.25 else "up",
+        "arms": arms,
         "slice_spacing_mm": spacing_z,
         "slice_thickness_mm": round(spacing_z * float(u(1.0, 1.6)), 2),
         "pixel_mm": round(float(u(2.4, 3.4)), 3),
-        "fov_mm": round(float(u(350, 480)), 1),
+        "fov_mm": round(float(u(450, 500) if arms == "down" else u(350, 480)), 1),  # arms widen the FOV
         "z_extent_mm": round(float(u(290, 350)), 1),
         "noise_hu": round(float(np.exp(u(np.log(6), np.log(28)))), 1),
         "yaw_deg": round(float(rng.normal(0, 3.5)), 2),
@@ -182,7 +183,7 @@ class ChestAnatomy:
         g, u, s = self.grid, self.rng.uniform, self.s
         for side in (1, -1):
             r_arm = u(40, 55) * s + 0.5 * self.fat
-            cx, cy = side * (self.a + r_arm + u(5, 25)), self.cy + u(-15, 15)
+            cx, cy = side * (self.a + r_arm + u(2, 12)), self.cy + u(-15, 15)
             x2, y2 = g.axes[0][:, None], g.axes[1][None, :]
             d = np.sqrt((x2 - cx) ** 2 + ((y2 - cy) / 1.1) ** 2)
             z_ok = (g.Z < self.z_top + 40) & (g.Z > self.z_dome_l - 120)

@@ -1,11 +1,10 @@
-"""Tests of the embedded chest phantoms (common.data.phantom) and the default-dataset cache (common.data.default)."""
+"""Tests of the embedded chest phantoms v2 (common.data.phantom*) and the default-dataset cache (common.data.default)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,8 @@ from common.data.contract import DataContractError, load_datalist
 from common.data.default import default_datalist
 from common.data.findings import FINDINGS
 from common.data.phantom import (
+    GENERATOR_VERSION,
+    KEYS_TO_CLASS,
     LOBES,
     SIDES,
     TISSUES,
@@ -24,6 +25,7 @@ from common.data.phantom import (
     make_phantom,
     project_radiograph,
 )
+from common.data.radiograph_findings import CXR_FINDINGS
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = [f.key for f in FINDINGS]
@@ -54,6 +56,7 @@ def test_same_seed_gives_byte_identical_files(dataset, tmp_path):
     assert first == second
     assert {"datalist_3d.json", "datalist_2d.json", "phantoms.json"} <= set(first)
     assert len([k for k in first if k.startswith("ct/")]) == sum(TINY.values())
+    assert json.loads((dataset / "phantoms.json").read_text())["generator"] == GENERATOR_VERSION == "phantoms-v2"
 
 
 def test_seed_changes_files_and_splits_are_independent_of_sizes(dataset, tmp_path):
@@ -66,8 +69,8 @@ def test_seed_changes_files_and_splits_are_independent_of_sizes(dataset, tmp_pat
         assert fewer[name] == full[name], name
 
 
-# -- geometry -----------------------------------------------------------------------------------------------------
-def test_nifti_is_ras_int16_anisotropic_and_covers_the_chest(dataset):
+# -- geometry and inter-patient variation --------------------------------------------------------------------------
+def test_nifti_is_ras_int16_with_varying_grids_and_covers_the_chest(dataset):
     import nibabel as nib
 
     spacings = []
@@ -77,9 +80,9 @@ def test_nifti_is_ras_int16_anisotropic_and_covers_the_chest(dataset):
         assert nib.aff2axcodes(image.affine) == ("R", "A", "S")
         assert int(image.header["qform_code"]) == 1 and int(image.header["sform_code"]) == 1
         sx, sy, sz = image.header.get_zooms()
-        assert sx == pytest.approx(sy) and 2.5 <= sx <= 3.5 and 4.0 <= sz <= 6.0
+        assert sx == pytest.approx(sy) and 2.4 <= sx <= 3.4 and sz in (2.5, 3.0, 4.0, 5.0)
         extent = np.array(image.shape) * np.array([sx, sy, sz])
-        assert extent[0] >= 375 and extent[1] >= 375 and extent[2] >= 285
+        assert extent[0] >= 345 and extent[1] >= 345 and extent[2] >= 285
         np.testing.assert_allclose(image.affine[:3, :3], np.diag([sx, sy, sz]), atol=1e-4)
         assert record["meta"]["spacing"] == pytest.approx([sx, sy, sz], abs=1e-3)
         if "mask" in record:
@@ -88,8 +91,38 @@ def test_nifti_is_ras_int16_anisotropic_and_covers_the_chest(dataset):
             np.testing.assert_allclose(mask.affine, image.affine)
         spacings.append((sx, sz))
     assert len(set(spacings)) == len(spacings)  # varies per case
-    for record in load_datalist(dataset / "datalist_3d.json", "test"):
-        assert np.abs(nib.load(record["image"]).affine[:3, 3]).max() < 300  # small, case-specific origin
+
+
+@pytest.fixture(scope="module")
+def population():
+    return [make_phantom(3, "training", i, labels=NONE) for i in range(24)]
+
+
+def test_patients_and_studies_vary(population):
+    cases = population
+    study = [c.study for c in cases]
+    assert {s["contrast"] for s in study} == {True, False}
+    assert {s["kernel"] for s in study} == {"soft tissue", "lung"}
+    assert {s["sex"] for s in study} == {"female", "male"}
+    assert len({s["slice_spacing_mm"] for s in study}) >= 3
+    assert all(s["slice_thickness_mm"] >= s["slice_spacing_mm"] for s in study)
+    for name in ("heart_scale", "body_scale", "fat_mm", "dome_right_mm"):
+        values = np.array([c.geometry[name] for c in cases])
+        assert values.std() > 0.04 * abs(values.mean()), name  # continuous, not a handful of levels
+    lung_hu = [np.median(c.hu[c.tissue == TISSUES["lung"]]) for c in cases]
+    assert np.ptp(lung_hu) > 30
+    # IV contrast makes the aorta bright
+    aorta = {bool(c.study["contrast"]): np.median(c.hu[c.tissue == TISSUES["aorta"]]) for c in cases}
+    assert aorta[True] > 150 > 70 > aorta[False]
+
+
+def test_arms_down_put_humerus_beside_the_chest_and_breasts_are_female(population):
+    cases = population
+    down = [c for c in cases if c.study["arms"] == "down"]
+    assert down and np.mean([(c.tissue == TISSUES["humerus"]).any() for c in down]) >= 0.5  # may leave the FOV
+    assert not any((c.tissue == TISSUES["humerus"]).any() for c in cases if c.study["arms"] == "up")
+    for c in cases:
+        assert (c.tissue == TISSUES["breast"]).any() == (c.study["sex"] == "female")
 
 
 def test_saved_volume_equals_the_generated_phantom(dataset):
@@ -100,12 +133,19 @@ def test_saved_volume_equals_the_generated_phantom(dataset):
     np.testing.assert_array_equal(np.asanyarray(nib.load(record["image"]).dataobj), phantom.hu)
     np.testing.assert_array_equal(np.asanyarray(nib.load(record["mask"]).dataobj), phantom.mask)
     assert record["report"] == phantom.report and record["labels"] == phantom.labels
+    assert record["meta"]["study"] == phantom.study
 
 
 # -- intensities of structures -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def everything():
-    return make_phantom(0, "test", 3, labels={k: 1 for k in KEYS})
+def plain():
+    """A non-contrast, soft-kernel case without findings (nominal intensities)."""
+    for index in range(40):
+        phantom = make_phantom(0, "test", index, labels=NONE)
+        plain = not phantom.study["contrast"] and phantom.study["kernel"] == "soft tissue"
+        if plain and phantom.geometry["fat_mm"] > 15:
+            return phantom
+    raise AssertionError("no plain case")
 
 
 @pytest.mark.parametrize(
@@ -115,32 +155,30 @@ def everything():
         ("subcutaneous_fat", -130, -70),
         ("muscle", 25, 70),
         ("mediastinal_fat", -120, -50),
-        ("lung", -900, -780),
-        ("emphysema", -990, -900),
+        ("lung", -900, -760),
         ("heart", 20, 60),
         ("aorta", 20, 65),
         ("liver", 35, 75),
         ("vertebral_body", 300, 1000),
-        ("effusion", -10, 40),
-        ("consolidation", -20, 70),
     ],
 )
-def test_structures_have_their_hounsfield_units(everything, tissue, low, high):
+def test_structures_have_their_hounsfield_units(plain, tissue, low, high):
     from scipy.ndimage import binary_erosion
 
-    core = binary_erosion(everything.tissue == TISSUES[tissue], iterations=1)  # away from blurred edges
+    core = binary_erosion(plain.tissue == TISSUES[tissue], iterations=1)  # away from blurred edges
     assert core.sum() > 20, tissue
-    assert low <= float(np.median(everything.hu[core])) <= high
+    assert low <= float(np.median(plain.hu[core])) <= high
 
 
-def test_bones_and_calcifications_are_bright(everything):
-    for tissue in ("rib", "cortical_bone", "calcification"):
-        values = everything.hu[everything.tissue == TISSUES[tissue]]
-        assert values.size > 0 and np.percentile(values, 90) > 400, tissue
-    assert everything.hu.min() >= -1024 and everything.hu.max() <= 3071
+def test_bones_are_bright_and_values_in_range(plain):
+    for tissue in ("rib", "cortical_bone"):
+        values = plain.hu[plain.tissue == TISSUES[tissue]]
+        assert values.size > 0 and np.percentile(values, 90) > 300, tissue
+    assert plain.hu.min() >= -1024 and plain.hu.max() <= 3071
+    assert (plain.hu[plain.tissue == TISSUES["air"]] == -1000).all()
 
 
-# -- each finding changes the image where it is claimed -------------------------------------------------------------
+# -- each finding changes the image where its mask says ------------------------------------------------------------
 def _twins(key: str, index: int = 5) -> tuple:
     """The same anatomy with and without one finding (findings are drawn after the anatomy)."""
     positive = make_phantom(0, "training", index, labels=_only(key))
@@ -151,156 +189,132 @@ def _twins(key: str, index: int = 5) -> tuple:
 
 
 def _mask_region(phantom, key: str) -> np.ndarray:
-    region = phantom.mask == KEYS.index(key) + 1
+    region = phantom.mask == KEYS_TO_CLASS[key]
     assert region.any(), key
     return region
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_every_finding_changes_the_image_inside_its_mask_only(key):
+    positive, negative = _twins(key)
+    region = _mask_region(positive, key)
+    assert set(np.unique(positive.mask)) <= {0, KEYS_TO_CLASS[key]}
+    assert not negative.mask.any()
+    changed = positive.tissue != negative.tissue
+    if key != "cardiomegaly":  # an enlarged heart also moves its fat halo
+        assert changed[region].mean() > 0.9 and region[changed].mean() > 0.5
+    difference = np.abs(positive.hu.astype(int) - negative.hu.astype(int))[region]
+    assert np.median(difference) > 50, (key, np.median(difference))
+    assert key in positive.details and positive.details[key]
 
 
 @pytest.mark.parametrize("index", [5, 6, 7])
 def test_effusion_is_dependent_fluid_on_the_reported_side(index):
     positive, negative = _twins("pleural_effusion", index)
     side = positive.details["pleural_effusion"]["side"]
-    assert side in SIDES and f"{side} pleural" in positive.report
-    x, y, _ = positive.patient_axes()
-    posterior = (y < positive.geometry["cavity_center_y"])[None, :, None]
-    pleural = np.isin(negative.tissue, [TISSUES[k] for k in ("lung", "vessel")]) & posterior  # the twin's lung
-    fluid = lambda p: (p.hu > -20) & (p.hu < 40) & pleural  # noqa: E731
-    gain = {}
-    for name, half in (("right", x > 0), ("left", x < 0)):
-        gain[name] = int(fluid(positive)[half].sum()) - int(fluid(negative)[half].sum())
-    voxel_ml = np.prod(positive.spacing) / 1000
-    for name in ("left", "right"):
-        if side in (name, "bilateral"):
-            assert gain[name] * voxel_ml > 40, gain  # > 40 ml of new ~10 HU fluid behind the cavity centre
-        else:
-            assert abs(gain[name]) * voxel_ml < 10, gain
+    assert side in SIDES
     region = _mask_region(positive, "pleural_effusion")
-    assert np.median(positive.hu[region]) > -100 and np.median(negative.hu[region]) < -600
+    x, y, _ = positive.patient_axes()
+    xs = x[np.nonzero(region)[0]]
+    if side == "right":
+        assert (xs > 0).mean() > 0.95
+    elif side == "left":
+        assert (xs < 0).mean() > 0.95
+    else:
+        assert 0.05 < (xs > 0).mean() < 0.95
+    ys = y[np.nonzero(region)[1]]
+    assert np.median(ys) < positive.geometry["cavity_center_y"]  # dependent: behind the cavity centre (supine)
+    assert -30 < np.median(positive.hu[region]) < 60 and np.median(negative.hu[region]) < -500
 
 
-def test_nodule_is_a_bright_sphere_in_aerated_lung_of_the_reported_lobe():
-    from scipy.ndimage import binary_dilation
-
-    positive, negative = _twins("lung_nodule")
-    detail = positive.details["lung_nodule"]
-    assert detail["lobe"] in LOBES and f"{detail['size']} mm" in positive.report and detail["lobe"] in positive.report
-    region = _mask_region(positive, "lung_nodule")
-    shell = binary_dilation(region, iterations=2) & ~region
-    assert np.mean(positive.hu[region]) - np.mean(positive.hu[shell]) > 400
-    assert np.mean(negative.hu[region]) < -500  # the twin has aerated lung there
-    diameter = 2 * (3 * region.sum() * np.prod(positive.spacing) / (4 * np.pi)) ** (1 / 3)
-    assert 0.6 * detail["size"] < diameter < 1.4 * detail["size"]
-    x, _, _ = positive.patient_axes()
-    centre_x = x[np.nonzero(region)[0]].mean()
-    assert (centre_x > 0) == detail["lobe"].startswith("right")  # RAS: patient's right is +x
+def test_nodule_is_in_the_reported_lobe_and_size():
+    found, sizes = 0, []
+    for index in range(12):
+        positive, negative = _twins("lung_nodule", index)
+        detail = positive.details["lung_nodule"]
+        assert detail["lobe"] in LOBES and 3 <= detail["size"] <= 30 and detail["kind"] in ("solid", "subsolid")
+        x, _, _ = positive.patient_axes()
+        centre = np.array(detail["center_mm"])
+        assert (centre[0] > 0) == detail["lobe"].startswith("right")
+        if detail["count"] == 1 and detail["size"] >= 10:
+            region = _mask_region(positive, "lung_nodule")
+            diameter = 2 * (3 * region.sum() * np.prod(positive.spacing) / (4 * np.pi)) ** (1 / 3)
+            assert 0.5 * detail["size"] < diameter < 1.6 * detail["size"]
+            found += 1
+        sizes.append(detail["size"])
+    assert np.median(sizes) < 13 and max(sizes) > 10  # mostly small, as in real archives
 
 
 def test_cardiomegaly_enlarges_the_heart():
     positive, negative = _twins("cardiomegaly")
     heart = TISSUES["heart"]
     ratio = (positive.tissue == heart).sum() / (negative.tissue == heart).sum()
-    assert ratio > 1.8  # 1.3-1.5x in each direction, partly clipped by the chest wall
-    width = lambda p: np.ptp(np.nonzero((p.tissue == heart).any(axis=(1, 2)))[0])  # noqa: E731
-    assert width(positive) > 1.2 * width(negative)
+    assert ratio > 1.3
     assert (_mask_region(positive, "cardiomegaly") == (positive.tissue == heart)).all()
-    assert not (negative.mask == KEYS.index("cardiomegaly") + 1).any()
+    assert positive.details["cardiomegaly"]["severity"] in ("mild", "moderate", "severe")
 
 
 def test_emphysema_lowers_lung_attenuation():
     positive, negative = _twins("emphysema")
     region = _mask_region(positive, "emphysema")
-    assert np.median(positive.hu[region]) < -920 < np.median(negative.hu[region])
-    assert (positive.tissue == TISSUES["bulla"]).sum() > 0
+    assert np.median(positive.hu[region]) < -900 < np.median(negative.hu[region])
 
 
-def test_consolidation_fills_part_of_the_reported_lobe():
-    positive, negative = _twins("consolidation")
-    region = _mask_region(positive, "consolidation")
-    assert region.sum() * np.prod(positive.spacing) >= 25_000  # at least 25 ml
-    assert -50 < np.median(positive.hu[region]) < 80 and np.median(negative.hu[region]) < -600
-    lobe = positive.details["consolidation"]["lobe"]
-    x, _, _ = positive.patient_axes()
-    assert (x[np.nonzero(region)[0]].mean() > 0) == lobe.startswith("right") and lobe in positive.report
-
-
-def test_calcification_puts_bright_plaques_on_the_aorta():
+def test_calcifications_are_bright_and_on_their_vessels():
     from scipy.ndimage import binary_dilation
 
     positive, negative = _twins("arterial_wall_calcification")
     region = _mask_region(positive, "arterial_wall_calcification")
-    assert np.percentile(positive.hu[region], 75) > 600 and np.percentile(negative.hu[region], 75) < 200
+    assert np.percentile(positive.hu[region], 75) > 400
+    assert np.median(positive.hu[region].astype(int) - negative.hu[region]) > 300  # brighter than (enhanced) blood
     near_aorta = binary_dilation(negative.tissue == TISSUES["aorta"], iterations=2)
-    assert near_aorta[region].mean() > 0.95
+    assert near_aorta[region].mean() > 0.9
+    positive, negative = _twins("coronary_artery_wall_calcification")
+    region = _mask_region(positive, "coronary_artery_wall_calcification")
+    near_heart = binary_dilation(negative.tissue == TISSUES["heart"], iterations=3)
+    assert near_heart[region].mean() > 0.8
 
 
-# -- reports ------------------------------------------------------------------------------------------------------
-_FILL = {
-    "{size}": r"(?P<size>\d+)",
-    "{lobe}": "(?P<lobe>" + "|".join(LOBES) + ")",
-    "{side}": "(?P<side>" + "|".join(SIDES) + ")",
-}
+def test_devices_are_metal_or_radio_opaque():
+    for index in range(4):
+        positive, _ = _twins("medical_material", index)
+        region = _mask_region(positive, "medical_material")
+        assert np.percentile(positive.hu[region], 90) > 250
+        assert set(positive.details["medical_material"]["devices"]) <= {
+            "pacemaker", "central venous catheter", "sternotomy wires", "port catheter", "endotracheal tube"}
 
 
-def _pattern(template: str) -> re.Pattern:
-    text = re.escape(template[:1].upper() + template[1:])
-    for placeholder, group in _FILL.items():
-        text = text.replace(re.escape(placeholder), group)
-    return re.compile(text)
+def test_labels_are_the_co_occurrence_models_draws():
+    """Labels come from common.data.label_model (tested there against the real prevalences); a finding is only
+    dropped when it finds no room."""
+    from common.data.label_model import sample_labels
+    from common.data.phantom import _case_rngs
+
+    dropped = 0
+    for index in range(12):
+        drawn = sample_labels(_case_rngs(5, "training", index)[0])
+        phantom = make_phantom(5, "training", index)
+        assert all(phantom.labels[k] <= drawn[k] for k in KEYS)
+        dropped += sum(drawn.values()) - sum(phantom.labels.values())
+    assert dropped <= 2
 
 
-def _parse(findings_text: str, finding) -> tuple[int, dict]:
-    """(1, fields) if a positive phrasing of ``finding`` occurs, (0, {}) if a negative one does; exactly one must."""
-    hits = [(1, m.groupdict()) for t in finding.positive if (m := _pattern(t).search(findings_text))]
-    hits += [(0, {}) for t in finding.negative if _pattern(t).search(findings_text)]
-    assert len(hits) == 1, (finding.key, findings_text)
-    return hits[0]
+# -- reports --------------------------------------------------------------------------------------------------------
+def test_reports_are_the_writers_and_name_the_positives():
+    from common.transforms.text import extract_sections
 
-
-_IMPRESSION_KEYWORD = {
-    "lung_nodule": "nodule",
-    "pleural_effusion": "effusion",
-    "cardiomegaly": "(cardiomegaly|enlarged heart)",
-    "emphysema": "emphysema",
-    "consolidation": "consolidation",
-    "arterial_wall_calcification": "calci",
-}
-
-
-def test_reports_state_and_negate_findings_consistently_with_labels():
-    from common.data.phantom import _NORMAL_SENTENCES
-
-    templates = [t for f in FINDINGS for t in f.positive + f.negative]
-    phrasings, orders = set(), set()
-    for index in range(10):
+    for index in range(6):
         phantom = make_phantom(0, "validation", index)
-        match = re.fullmatch(r"FINDINGS: (.+)\nIMPRESSION: (.+)", phantom.report)
-        assert match, phantom.report
-        findings_text, impression = match.groups()
-        for finding in FINDINGS:
-            present, fields = _parse(findings_text, finding)
-            assert present == phantom.labels[finding.key], (finding.key, phantom.report)
-            for field, value in fields.items():
-                assert str(phantom.details[finding.key][field]) == value
-            mentioned = re.search(_IMPRESSION_KEYWORD[finding.key], impression, re.IGNORECASE) is not None
-            assert mentioned == bool(present), (finding.key, impression)
-        assert (impression == "No acute cardiopulmonary abnormality.") == (sum(phantom.labels.values()) == 0)
-        sentences = re.split(r"(?<=\.) ", findings_text)
-        normal = [s for s in sentences if not any(_pattern(t).fullmatch(s) for t in templates)]
-        assert 2 <= len(normal) <= 4 and set(normal) <= set(_NORMAL_SENTENCES), normal
-        phrasings.update(sentences)
-        orders.add(tuple(KEYS[i] for i in np.argsort([_first_mention(findings_text, f) for f in FINDINGS])))
-    assert len(orders) > 5 and len(phrasings) > 40  # order and wording vary
-
-
-def _first_mention(text: str, finding) -> int:
-    positions = [m.start() for t in finding.positive + finding.negative if (m := _pattern(t).search(text))]
-    return min(positions)
+        sections = extract_sections(phantom.report)
+        assert sections["findings"] and sections["impression"], phantom.report
+        assert len(phantom.report.split()) > 80  # real chest-CT reports walk every organ
 
 
 # -- radiographs --------------------------------------------------------------------------------------------------
 def test_radiograph_png_is_16_bit_with_a_projected_mask(dataset):
     from PIL import Image
 
+    cxr_keys = {f.key for f in CXR_FINDINGS}
     records = load_datalist(dataset / "datalist_2d.json", "training")
     for record in records:
         with Image.open(record["image"]) as image:
@@ -312,6 +326,15 @@ def test_radiograph_png_is_16_bit_with_a_projected_mask(dataset):
         with Image.open(mask_path) as mask:
             assert mask.mode == "L" and mask.size == (256, 256)
             assert set(np.unique(np.array(mask))) <= set(range(len(FINDINGS) + 1))
+        labels = record.get("labels") or record["meta"]["labels"]
+        assert set(labels) == cxr_keys and set(record["meta"]["ct_labels"]) == set(KEYS)
+
+
+def test_radiograph_shows_devices_and_drops_ct_only_findings():
+    phantom = make_phantom(0, "training", 5, labels={**NONE, "medical_material": 1, "mosaic_attenuation_pattern": 1})
+    _, mask, _ = project_radiograph(phantom.hu, phantom.mask, phantom.spacing, size=128)
+    assert (mask == KEYS_TO_CLASS["medical_material"]).any()
+    assert not (mask == KEYS_TO_CLASS["mosaic_attenuation_pattern"]).any()
 
 
 def test_radiograph_orientation_and_contrast():
@@ -320,10 +343,9 @@ def test_radiograph_orientation_and_contrast():
     assert image.shape == mask.shape == (128, 128) and pixel == pytest.approx(
         max(np.array(phantom.hu.shape)[[0, 2]] * np.array(phantom.spacing)[[0, 2]]) / 128
     )
-    columns = np.nonzero(mask == KEYS.index("cardiomegaly") + 1)[1]
+    columns = np.nonzero(mask == KEYS_TO_CLASS["cardiomegaly"])[1]
     assert columns.mean() > 64  # the heart lies on the patient's left = the viewer's right on a PA film
     assert image[image > 0].mean() > 10000
-    # a dense block added at the patient's right and head end shows up bright at the film's top left
     x, y, z = phantom.patient_axes()
     block = phantom.hu.copy()
     block[np.ix_(x > 60, np.ones(len(y), bool), z > 60)] = 1500
@@ -334,7 +356,8 @@ def test_radiograph_orientation_and_contrast():
 
 # -- datalists ----------------------------------------------------------------------------------------------------
 def test_datalists_follow_the_contract(dataset):
-    for dims in (3, 2):
+    cxr_keys = {f.key for f in CXR_FINDINGS}
+    for dims, keys in ((3, set(KEYS)), (2, cxr_keys)):
         path = dataset / f"datalist_{dims}d.json"
         raw = json.loads(path.read_text())
         training = load_datalist(path, "training")
@@ -345,17 +368,17 @@ def test_datalists_follow_the_contract(dataset):
             for record, resolved in zip(raw[section], load_datalist(path, section)):
                 assert not Path(record["image"]).is_absolute() and Path(resolved["image"]).is_file()
                 meta = record["meta"]
-                assert meta["split"] == section and {"case_id", "spacing"} <= set(meta)
+                assert meta["split"] == section and {"case_id", "spacing", "study"} <= set(meta)
                 if meta["paired"]:
-                    assert record["report"].startswith("FINDINGS:") and set(record["labels"]) == set(KEYS)
+                    assert record["report"].startswith("FINDINGS:") and set(record["labels"]) == keys
                     assert Path(resolved["mask"]).is_file()
                 else:
                     assert not {"report", "labels", "mask"} & set(record)
-                    assert set(meta["labels"]) == set(KEYS) and (dataset / meta["mask"]).is_file()
+                    assert set(meta["labels"]) == keys and (dataset / meta["mask"]).is_file()
     three, two = (json.loads((dataset / f"datalist_{d}d.json").read_text()) for d in (3, 2))
     for a, b in zip(three["training"] + three["test"], two["training"] + two["test"]):
-        assert a["meta"]["case_id"] == b["meta"]["case_id"] and a.get("report") == b.get("report")
-        assert a.get("labels") == b.get("labels")
+        assert a["meta"]["case_id"] == b["meta"]["case_id"]
+        assert a["meta"].get("labels", a.get("labels")) == b["meta"]["ct_labels"]
 
 
 def test_bad_arguments_are_rejected(tmp_path):
@@ -445,83 +468,3 @@ def test_publish_keeps_a_finished_dataset_and_replaces_a_broken_one(tmp_path):
     assert (target / "marker").read_text() == "fresh" and (target / "phantoms.json").is_file()
 
 
-# -- learnability at the bundles' 6 mm resolution -------------------------------------------------------------------
-_PLEURAL = [TISSUES[k] for k in ("lung", "emphysema", "bulla", "vessel", "effusion", "consolidation", "nodule")]
-_MEDIASTINUM = [
-    TISSUES[k] for k in ("heart", "aorta", "calcification", "mediastinal_fat", "airway", "airway_wall", "oesophagus")
-]
-_BONE = [TISSUES[k] for k in ("vertebral_body", "cortical_bone", "rib", "sternum", "disc")]
-
-
-def _at_6mm(phantom) -> tuple[np.ndarray, np.ndarray]:
-    """HU (linear) and tissue (nearest) on the bundles' default grid: 64^3 voxels of 6 mm around the volume centre."""
-    from scipy.ndimage import map_coordinates
-
-    centre = (np.arange(64) - 31.5) * 6.0
-    shape, spacing = np.array(phantom.hu.shape), np.array(phantom.spacing)
-    grid = np.meshgrid(*[centre / spacing[i] + (shape[i] - 1) / 2 for i in range(3)], indexing="ij")
-    hu = map_coordinates(phantom.hu.astype(np.float32), grid, order=1, cval=-1000.0)
-    return hu, map_coordinates(phantom.tissue, grid, order=0, cval=0)
-
-
-def _blobness(hu: np.ndarray, region: np.ndarray, sigma: float = 0.8) -> float:
-    """Strongest bright-blob response (all Hessian eigenvalues negative) inside ``region``."""
-    from scipy.ndimage import gaussian_filter
-
-    candidates = region & (hu > -500)
-    if not candidates.any():
-        return 0.0
-    h = {}
-    for a, b in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)):
-        order = [0, 0, 0]
-        order[a] += 1
-        order[b] += 1
-        h[a, b] = h[b, a] = gaussian_filter(hu, sigma, order=order)[candidates]
-    hessian = np.stack([np.stack([h[a, b] for b in range(3)], -1) for a in range(3)], -2)
-    return float(np.max(-np.linalg.eigvalsh(hessian)[:, 2]))
-
-
-def _features(hu: np.ndarray, tissue: np.ndarray) -> list[float]:
-    """Hand-crafted image features; the tissue map only says where to look (pleural space, mediastinum, aorta)."""
-    from scipy.ndimage import binary_dilation, binary_erosion, label, sum_labels
-
-    pleural, mediastinum = np.isin(tissue, _PLEURAL), np.isin(tissue, _MEDIASTINUM)
-    aerated, dense = pleural & (hu < -500), pleural & (hu > -150)
-    # fluid layers at the back and bottom of the pleural space: no aerated lung behind (supine) or below it
-    dependent = dense & (np.cumsum(pleural & ~dense, axis=1) == 0) & (np.cumsum(pleural & ~dense, axis=2) == 0)
-    labels, n = label(dense & ~dependent)
-    sizes = sum_labels(np.ones_like(hu), labels, index=np.arange(1, n + 1)) if n else np.zeros(1)
-    aorta = binary_dilation(np.isin(tissue, [TISSUES["aorta"], TISSUES["calcification"]])) & ~np.isin(tissue, _BONE)
-    return [
-        float(hu[aerated].mean()),  # emphysema
-        float(dependent.sum()),  # effusion
-        float(sizes[sizes >= 20].sum()),  # consolidation
-        _blobness(hu, binary_erosion(pleural)),  # nodule
-        float((mediastinum & (hu > -30) & (hu < 120)).sum()),  # cardiomegaly
-        float(np.sort(hu[aorta])[-5:].mean()),  # calcification
-    ]
-
-
-def test_every_finding_is_learnable_at_6mm():
-    """Logistic regression on six hand-crafted features separates every finding on held-out phantoms (AUROC > 0.8)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    features, labels = [], []
-    for index in range(64):
-        phantom = make_phantom(7, "training", index)
-        features.append(_features(*_at_6mm(phantom)))
-        labels.append([phantom.labels[k] for k in KEYS])
-    features, labels = np.array(features), np.array(labels)
-    prevalence = labels.mean(axis=0)
-    assert np.all(prevalence > 0.2) and np.all(prevalence < 0.6), prevalence  # drawn with probability 0.4 each
-    aurocs = {}
-    for k, key in enumerate(KEYS):
-        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-        folds = StratifiedKFold(4, shuffle=True, random_state=0)
-        scores = cross_val_predict(model, features, labels[:, k], cv=folds, method="decision_function")
-        aurocs[key] = roc_auc_score(labels[:, k], scores)
-    assert min(aurocs.values()) > 0.8, aurocs
