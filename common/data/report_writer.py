@@ -1665,7 +1665,11 @@ class _Composer:
         items: list[_Item] = []
         while candidates and (todo_explicit or todo_implicit):
             gains = [
-                sum(1 for k, p in s.tags.items() if k in todo_implicit or (k in todo_explicit and p == "negated"))
+                sum(
+                    1
+                    for k, p in s.tags.items()
+                    if (k in todo_implicit and p == "normal") or (k in todo_explicit and p == "negated")
+                )
                 for s in candidates
             ]
             best = max(gains)
