@@ -129,6 +129,7 @@ def evaluate_colipri(
     seed: int = 0,
     bundle: str = "colipri",
     checkpoint: str | None = None,
+    report_transform: Callable | None = None,
 ) -> dict[str, Any]:
     """Frozen-encoder evaluation: zero-shot AUROC, retrieval, linear/kNN probes and (optionally) a segmentation probe.
 
@@ -140,6 +141,9 @@ def evaluate_colipri(
         image_transform: deterministic preprocessing producing ``image`` (and ``mask`` on the patch grid's
             input space), ``labels_vector`` and ``report``.
         output_dir: where ``results.json``, ``summary.md``, figures and TensorBoard logs go.
+        report_transform: applied to a copy of each test record before its ``report`` is embedded for retrieval
+            (the training text preprocessing: cleaning, token budget that keeps the impression, sections);
+            None embeds the raw report, truncated at ``max_text_length``.
     """
     device = torch.device(device)
     model = model.to(device).eval()
@@ -167,6 +171,8 @@ def evaluate_colipri(
     pos = embed_texts([t for k in keys for t in pairs[k][0]]).reshape(len(keys), num_prompts, -1)
     neg = embed_texts([t for k in keys for t in pairs[k][1]]).reshape(len(keys), num_prompts, -1)
     reports = [r.get("report") for r in test_records]
+    if report_transform is not None and all(isinstance(r, str) and r.strip() for r in reports):
+        reports = [report_transform(dict(record))["report"] for record in test_records]
     text_emb = embed_texts(reports) if all(isinstance(r, str) and r.strip() for r in reports) else None
     names = [f.name if isinstance(f, Finding) else str(f) for f in findings]
 
