@@ -1,8 +1,8 @@
 """The dataset a bundle uses when the user gives none: the embedded chest phantoms, generated once into a cache.
 
 ``default_datalist(dataset_dir)`` returns ``dataset_dir``'s datalist when one is given; otherwise it generates
-:mod:`common.data.phantom` cases into ``$MEDVLP_CACHE/phantoms-v1`` (default cache root ``~/.cache/medvlp``) the
-first time and returns the cached datalist afterwards. Generation writes into a temporary sibling folder that is
+:mod:`common.data.phantom` cases into ``$MEDVLP_CACHE/phantoms-v2`` (named after the generator version; default cache
+root ``~/.cache/medvlp``) the first time and returns the cached datalist afterwards. Generation writes into a temporary sibling folder that is
 renamed into place only when complete, under a file lock, so concurrent processes (e.g. all ranks of a
 ``torchrun`` job) generate once and never see a half-written dataset.
 """
