@@ -11,6 +11,7 @@ import torch
 
 from monai.bundle import ConfigWorkflow
 
+from common.data.findings import FINDINGS
 from common.data.phantom import generate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +69,8 @@ def test_train_export_infer(bundle: str, dims: int, tiny_dataset: Path, tmp_path
     )
     infer.run()
     rows = list(csv.reader(open(bundle_root / "eval" / "predictions.csv")))
-    assert len(rows) == 2 and all(len(r) == 1 + 6 for r in rows)
+    num_findings = len(demo.get_parsed_content("findings") if "findings" in demo else FINDINGS)
+    assert len(rows) == 2 and all(len(r) == 1 + num_findings for r in rows)
     probs = torch.tensor([[float(x) for x in r[1:]] for r in rows])
     assert ((probs >= 0) & (probs <= 1)).all()
 

@@ -45,6 +45,13 @@ def _cases(phantoms: Path, out: Path, dims: int) -> list[dict]:
     records = json.loads((phantoms / f"datalist_{dims}d.json").read_text())["test"]
     fits, other = (phantoms / r["image"] for r in records[:2])
     if dims == 3:
+        image = nib.load(fits)  # phantoms vary their field of view (350-500 mm): keep a central 360 mm cube
+        keep = [min(n, int(360 // z)) for n, z in zip(image.shape, image.header.get_zooms())]
+        box = tuple(slice((n - k) // 2, (n - k) // 2 + k) for n, k in zip(image.shape, keep))
+        affine = image.affine.copy()
+        affine[:3, 3] += affine[:3, :3] @ np.array([b.start for b in box])
+        fits = out / "fits_ct.nii.gz"
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[box], affine), fits)
         src = nib.load(other)
         data = np.concatenate([np.asarray(src.dataobj)] * 2, axis=2)  # twice as long in z: > 384 mm
         long = out / "long_ct.nii.gz"
