@@ -190,7 +190,9 @@ class ChestAnatomy:
             for radius, code in ((r_arm, "subcutaneous_fat"), (r_arm - 0.6 * self.fat - 4, "muscle"),
                                  (11 * s, "humerus"), (6 * s, "abdomen")):  # fmt: skip
                 disc = (d < radius)[:, :, None] & z_ok
-                self.tissue[disc & (self.tissue == _T["air"]) | disc & (code != "subcutaneous_fat")] = _T[code]
+                if code == "subcutaneous_fat":  # the arm's outline: only where there is air (never into the trunk)
+                    disc &= self.tissue == _T["air"]
+                self.tissue[disc] = _T[code]
 
     # -- lungs and mediastinum -------------------------------------------------------------------------------------
     def lungs(self) -> None:
@@ -356,7 +358,6 @@ class ChestAnatomy:
             T[found[0]] = _T["sternum"]
         self._scapulae()
         # vertebral column; a scoliotic spine shifts laterally along a half sine wave
-        nz = len(g.axes[2])
         z_rel = (g.axes[2] - g.axes[2][0]) / max(float(np.ptp(g.axes[2])), 1.0)
         offsets = np.rint(self.scoliosis * np.sin(np.pi * z_rel) / g.spacing[0]).astype(int)
         period, phase = u(25, 29) * s, u(0, 30)
@@ -365,7 +366,6 @@ class ChestAnatomy:
             ks = np.nonzero(offsets == offset)[0]
             xs = x2 - offset * g.spacing[0]
             self._vertebra(xs, y2, ks, is_disc)
-        assert nz == T.shape[2]
 
     def _vertebra(self, x2: np.ndarray, y2: np.ndarray, ks: np.ndarray, is_disc: np.ndarray) -> None:
         T, s = self.tissue, self.s
