@@ -20,7 +20,9 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass, field
 
-__all__ = ["ORGANS", "Finding", "FINDINGS", "FINDING_NAMES", "FINDING_KEYS", "finding_by_key"]
+__all__ = [
+    "ORGANS", "Finding", "FINDINGS", "FINDING_NAMES", "FINDING_KEYS", "LOBES", "STATIONS", "DEVICES", "finding_by_key",
+]  # fmt: skip
 
 ORGANS: tuple[str, ...] = (
     "technique",
@@ -556,6 +558,18 @@ FINDINGS: tuple[Finding, ...] = (
 
 FINDING_NAMES: tuple[str, ...] = tuple(f.name for f in FINDINGS)
 FINDING_KEYS: tuple[str, ...] = tuple(f.key for f in FINDINGS)
+
+# Vocabulary of the findings' details (phantoms, CT and radiograph reports)
+LOBES: tuple[str, ...] = ("right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe", "left lower lobe")
+STATIONS: tuple[str, ...] = (
+    "right paratracheal", "left paratracheal", "subcarinal", "right hilar", "left hilar", "prevascular",
+    "aortopulmonary window",
+)  # fmt: skip
+"""Mediastinal and hilar lymph-node stations."""
+DEVICES: tuple[str, ...] = (
+    "pacemaker", "central venous catheter", "sternotomy wires", "port catheter", "endotracheal tube",
+)  # fmt: skip
+"""Medical material (CT-RATE label 1) the phantoms place and the reports name."""
 _BY_KEY = {f.key: f for f in FINDINGS}
 
 

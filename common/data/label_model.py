@@ -27,11 +27,12 @@ Usage::
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import numpy as np
 from scipy.special import ndtri
+
+from common.data.findings import FINDING_KEYS, FINDING_NAMES
 
 __all__ = [
     "FINDING_NAMES",
@@ -47,31 +48,6 @@ __all__ = [
     "nearest_correlation",
     "fit_label_model",
 ]
-
-FINDING_NAMES: tuple[str, ...] = (
-    "Medical material",
-    "Arterial wall calcification",
-    "Cardiomegaly",
-    "Pericardial effusion",
-    "Coronary artery wall calcification",
-    "Hiatal hernia",
-    "Lymphadenopathy",
-    "Emphysema",
-    "Atelectasis",
-    "Lung nodule",
-    "Lung opacity",
-    "Pulmonary fibrotic sequela",
-    "Pleural effusion",
-    "Mosaic attenuation pattern",
-    "Peribronchial thickening",
-    "Consolidation",
-    "Bronchiectasis",
-    "Interlobular septal thickening",
-)
-"""The 18 CT-RATE abnormality labels, in the CT-RATE column order."""
-
-FINDING_KEYS: tuple[str, ...] = tuple(re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_") for name in FINDING_NAMES)
-"""``snake_case`` keys of :data:`FINDING_NAMES` (``"medical_material"``, ...), same order."""
 
 # --- fitted constants (scripts/fit_label_model.py prints this block) -------------------------------------------
 # PREVALENCE: fraction of source reports with each finding. _CORRELATION_ROWS: the latent correlation matrix

@@ -12,18 +12,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from common.data.findings import DEVICES, LOBES, STATIONS
 from common.data.phantom_anatomy import LUNG_LIKE, SOFT, TISSUES, ChestAnatomy
 from common.data.phantom_geometry import arch_distance, ellipsoid, lut, paint_tubes, segment_distance, smooth_field
 
 __all__ = ["LOBES", "SIDES", "PAINT_ORDER", "ChestWithFindings"]
 
-LOBES: tuple[str, ...] = (
-    "right upper lobe",
-    "right middle lobe",
-    "right lower lobe",
-    "left upper lobe",
-    "left lower lobe",
-)
 SIDES: tuple[str, ...] = ("left", "right", "bilateral")
 PAINT_ORDER: tuple[str, ...] = (
     "emphysema", "mosaic_attenuation_pattern", "interlobular_septal_thickening", "pulmonary_fibrotic_sequela",
@@ -34,10 +28,6 @@ PAINT_ORDER: tuple[str, ...] = (
 _T = TISSUES
 _LOWER = (2, 4)  # lower lobes
 _ALL_SOLID = lut([c for c in range(256) if c not in (_T["air"],)])
-_STATIONS = (
-    "right paratracheal", "left paratracheal", "subcarinal", "right hilar", "left hilar", "prevascular",
-    "aortopulmonary window",
-)  # fmt: skip
 
 
 def _severity(value: float, cuts: Sequence[float]) -> str:
@@ -483,7 +473,7 @@ class ChestWithFindings(ChestAnatomy):
         short_axis = float(np.clip(np.exp(self.rng.normal(np.log(15.0), 0.25)), 10.5, 35.0))
         radius = short_axis / 2
         centres = self._station_centres(radius)
-        stations = [_STATIONS[i] for i in sorted(self.rng.permutation(len(_STATIONS))[:n])]
+        stations = [STATIONS[i] for i in sorted(self.rng.permutation(len(STATIONS))[:n])]
         allowed = lut([_T[k] for k in ("mediastinal_fat", "lung", "vessel", "emphysema", "lymph_node", "muscle",
                                        "bronchus_wall", "mosaic_low")])  # fmt: skip
         painted = []
@@ -535,7 +525,7 @@ class ChestWithFindings(ChestAnatomy):
 
     def medical_material(self) -> None:
         u, s = self.rng.uniform, self.s
-        options = ["pacemaker", "central venous catheter", "sternotomy wires", "port catheter", "endotracheal tube"]
+        options = list(DEVICES)
         first = str(self.rng.choice(options, p=[0.3, 0.25, 0.2, 0.15, 0.1]))
         devices = [first]
         if self.rng.random() < 0.2:

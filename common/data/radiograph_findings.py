@@ -111,7 +111,8 @@ from typing import Any
 
 import numpy as np
 
-from common.data.findings import Finding
+from common.data.findings import DEVICES, FINDING_KEYS, LOBES, STATIONS, Finding
+from common.data.label_model import PREVALENCE
 
 __all__ = [
     "CT_KEYS",
@@ -131,7 +132,7 @@ __all__ = [
     "NODE_MIN_SIZE_MM",
     "PERICARDIAL_MIN_THICKNESS_MM",
     "HERNIA_MIN_SIZE_MM",
-    "MEDIASTINAL_STATIONS",
+    "MEDIASTINALSTATIONS",
     "TaggedSentence",
     "RadiographReport",
     "visible_on_radiograph",
@@ -146,33 +147,14 @@ __all__ = [
 # Vocabulary
 # ----------------------------------------------------------------------------------------------------------------
 
-CT_KEYS: tuple[str, ...] = (
-    "medical_material",
-    "arterial_wall_calcification",
-    "cardiomegaly",
-    "pericardial_effusion",
-    "coronary_artery_wall_calcification",
-    "hiatal_hernia",
-    "lymphadenopathy",
-    "emphysema",
-    "atelectasis",
-    "lung_nodule",
-    "lung_opacity",
-    "pulmonary_fibrotic_sequela",
-    "pleural_effusion",
-    "mosaic_attenuation_pattern",
-    "peribronchial_thickening",
-    "consolidation",
-    "bronchiectasis",
-    "interlobular_septal_thickening",
-)
+CT_KEYS: tuple[str, ...] = FINDING_KEYS
 """The 18 CT-RATE abnormality keys, in CT-RATE order."""
 
 LESION_MIN_SIZE_MM = 10.0
 NODE_MIN_SIZE_MM = 15.0
 PERICARDIAL_MIN_THICKNESS_MM = 10.0
 HERNIA_MIN_SIZE_MM = 30.0
-MEDIASTINAL_STATIONS: frozenset[str] = frozenset(
+MEDIASTINALSTATIONS: frozenset[str] = frozenset(
     {"right paratracheal", "left paratracheal", "subcarinal", "prevascular", "aortopulmonary window"}
 )
 
@@ -346,26 +328,7 @@ CT_ONLY: tuple[str, ...] = (
 )
 """CT labels with no radiograph label (see the module docstring for why)."""
 
-CT_RATE_PREVALENCE: dict[str, float] = {
-    "medical_material": 0.134,
-    "arterial_wall_calcification": 0.276,
-    "cardiomegaly": 0.123,
-    "pericardial_effusion": 0.073,
-    "coronary_artery_wall_calcification": 0.228,
-    "hiatal_hernia": 0.158,
-    "lymphadenopathy": 0.292,
-    "emphysema": 0.219,
-    "atelectasis": 0.25,
-    "lung_nodule": 0.415,
-    "lung_opacity": 0.316,
-    "pulmonary_fibrotic_sequela": 0.282,
-    "pleural_effusion": 0.144,
-    "mosaic_attenuation_pattern": 0.089,
-    "peribronchial_thickening": 0.096,
-    "consolidation": 0.165,
-    "bronchiectasis": 0.093,
-    "interlobular_septal_thickening": 0.081,
-}
+CT_RATE_PREVALENCE: dict[str, float] = dict(PREVALENCE)
 """Label prevalence in the 689 manually labelled CT-RATE-style reports of ``shared/data`` (:func:`sample_ct_case`)."""
 
 MENTION_PATTERNS: dict[str, str] = {
@@ -421,7 +384,7 @@ def _severity(detail: Mapping[str, Any]) -> str | None:
 
 def _lymph_nodes_visible(detail: Mapping[str, Any]) -> bool:
     stations = detail.get("stations")
-    if stations is not None and not any(str(s).lower() in MEDIASTINAL_STATIONS for s in stations):
+    if stations is not None and not any(str(s).lower() in MEDIASTINALSTATIONS for s in stations):
         return False  # hilar nodes only
     size = _number(detail.get("size"))
     return size is None or size >= NODE_MIN_SIZE_MM
@@ -657,7 +620,7 @@ class _Writer:
                 )
             )
         if "nodes" in causes:
-            stations = [str(s).lower() for s in nodes.get("stations", ()) if str(s).lower() in MEDIASTINAL_STATIONS]
+            stations = [str(s).lower() for s in nodes.get("stations", ()) if str(s).lower() in MEDIASTINALSTATIONS]
             contour = {
                 "right paratracheal": "widening of the right paratracheal stripe",
                 "left paratracheal": "left paratracheal fullness",
@@ -1245,17 +1208,6 @@ def write_radiograph_report(
 # Random CT cases (tests, length measurements)
 # ----------------------------------------------------------------------------------------------------------------
 
-_LOBES = ("right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe", "left lower lobe")
-_DEVICES = ("pacemaker", "central venous catheter", "sternotomy wires", "port catheter", "endotracheal tube")
-_STATIONS = (
-    "right paratracheal",
-    "left paratracheal",
-    "subcarinal",
-    "right hilar",
-    "left hilar",
-    "prevascular",
-    "aortopulmonary window",
-)
 _SEVERITIES = ("mild", "moderate", "severe")
 
 
@@ -1283,7 +1235,7 @@ def sample_ct_case(
     for key in (k for k in CT_KEYS if labels[k]):
         if key == "medical_material":
             n = int(rng.integers(1, 3))
-            details[key] = {"devices": [str(d) for d in rng.choice(_DEVICES, n, replace=False)],
+            details[key] = {"devices": [str(d) for d in rng.choice(DEVICES, n, replace=False)],
                             "side": pick(("left", "right"))}
         elif key in ("cardiomegaly", "arterial_wall_calcification"):
             details[key] = {"severity": pick(_SEVERITIES)}
@@ -1293,24 +1245,24 @@ def sample_ct_case(
             details[key] = {"thickness_mm": round(thickness, 1), "severity": severity}
         elif key == "lymphadenopathy":
             n = int(rng.integers(1, 4))
-            details[key] = {"stations": [str(s) for s in rng.choice(_STATIONS, n, replace=False)],
+            details[key] = {"stations": [str(s) for s in rng.choice(STATIONS, n, replace=False)],
                             "size": int(rng.integers(10, 26))}
         elif key == "emphysema":
             details[key] = {"kind": pick(("centrilobular", "paraseptal", "panlobular")), "zone": pick(("upper",
                             "lower", "diffuse")), "bullae": int(rng.integers(0, 4)), "severity": pick(_SEVERITIES)}
         elif key == "atelectasis":
-            details[key] = {"lobe": pick(_LOBES), "kind": pick(("subsegmental", "passive", "lobar"))}
+            details[key] = {"lobe": pick(LOBES), "kind": pick(("subsegmental", "passive", "lobar"))}
         elif key == "lung_nodule":
-            details[key] = {"lobe": pick(_LOBES), "size": int(rng.integers(4, 31)), "count": int(rng.integers(1, 4))}
+            details[key] = {"lobe": pick(LOBES), "size": int(rng.integers(4, 31)), "count": int(rng.integers(1, 4))}
         elif key == "lung_opacity":
-            lobes = [str(lobe) for lobe in rng.choice(_LOBES, int(rng.integers(1, 3)), replace=False)]
+            lobes = [str(lobe) for lobe in rng.choice(LOBES, int(rng.integers(1, 3)), replace=False)]
             details[key] = {"lobes": lobes, "side": _side_of(lobes)}
         elif key == "pulmonary_fibrotic_sequela":
             details[key] = {"side": pick(("left", "right", "bilateral")), "zone": pick(("apical", "basal"))}
         elif key == "pleural_effusion":
             details[key] = {"side": pick(("left", "right", "bilateral")), "severity": pick(_SEVERITIES)}
         elif key == "consolidation":
-            details[key] = {"lobe": pick(_LOBES), "volume_ml": round(float(rng.uniform(25, 300)), 1)}
+            details[key] = {"lobe": pick(LOBES), "volume_ml": round(float(rng.uniform(25, 300)), 1)}
         elif key == "hiatal_hernia":
             details[key] = {"size": int(rng.integers(15, 70))}
         else:

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from common.data.findings import FINDING_KEYS, FINDINGS, ORGANS, finding_by_key
+from common.data.findings import DEVICES, FINDING_KEYS, FINDINGS, LOBES, ORGANS, STATIONS, finding_by_key
 
 __all__ = [
     "DEVICES",
@@ -74,29 +74,6 @@ _MEAN_VERBOSITY = _VERBOSITY_BETA[0] / sum(_VERBOSITY_BETA)
 POLARITY_LABELS: dict[str, int] = {"present": 1, "hedged": 1, "negated": 0, "normal": 0}
 """Label implied by each sentence polarity (hedged = positive: the U-Ones rule)."""
 
-LOBES: tuple[str, ...] = (
-    "right upper lobe",
-    "right middle lobe",
-    "right lower lobe",
-    "left upper lobe",
-    "left lower lobe",
-)
-STATIONS: tuple[str, ...] = (
-    "right paratracheal",
-    "left paratracheal",
-    "subcarinal",
-    "right hilar",
-    "left hilar",
-    "prevascular",
-    "aortopulmonary window",
-)
-DEVICES: tuple[str, ...] = (
-    "pacemaker",
-    "central venous catheter",
-    "sternotomy wires",
-    "port catheter",
-    "endotracheal tube",
-)
 VARIANTS: tuple[str, ...] = ("pectus excavatum", "thoracic scoliosis", "azygos fissure")
 INCIDENTALS: tuple[str, ...] = ("liver cyst", "vertebral osteophytes")
 _CORONARY_VESSELS: tuple[str, ...] = ("left anterior descending", "circumflex", "right coronary")

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from common.data.contract import DataContractError
+from common.data.findings import FINDING_NAMES
 from common.evaluation._arrays import as_numpy
 from common.evaluation.metrics import multilabel_auroc
 from common.evaluation.zero_shot import zero_shot_scores
@@ -39,26 +40,7 @@ __all__ = [
 ]
 
 #: The 18 CT-RATE abnormality labels, in CT-CLIP's order (also the column order of the labelled report CSV).
-CT_RATE_LABELS: tuple[str, ...] = (
-    "Medical material",
-    "Arterial wall calcification",
-    "Cardiomegaly",
-    "Pericardial effusion",
-    "Coronary artery wall calcification",
-    "Hiatal hernia",
-    "Lymphadenopathy",
-    "Emphysema",
-    "Atelectasis",
-    "Lung nodule",
-    "Lung opacity",
-    "Pulmonary fibrotic sequela",
-    "Pleural effusion",
-    "Mosaic attenuation pattern",
-    "Peribronchial thickening",
-    "Consolidation",
-    "Bronchiectasis",
-    "Interlobular septal thickening",
-)
+CT_RATE_LABELS: tuple[str, ...] = FINDING_NAMES
 
 #: ``encode_text(list of N strings) -> (N, D)`` array or tensor.
 TextEncoder = Callable[[list[str]], Any]
