@@ -34,7 +34,7 @@ import numpy as np
 
 from common.data.findings import FINDINGS
 from common.data.label_model import sample_labels
-from common.data.phantom_anatomy import BLOOD, KERNELS, TISSUE_HU, TISSUES
+from common.data.phantom_anatomy import KERNELS, TISSUE_HU, TISSUES
 from common.data.phantom_lesions import LOBES, SIDES, ChestWithFindings
 from common.data.radiograph_findings import CXR_FINDINGS, radiograph_labels, write_radiograph_report
 from common.data.report_writer import write_report

@@ -49,7 +49,6 @@ SOFT = lut(
                      "aorta", "mosaic_low", "svc", "lymph_node", "breast")]
 )  # fmt: skip
 """Tissues that halos, plaques and nodes may overwrite (never bone or airway)."""
-BLOOD = ("vessel", "heart", "aorta", "svc")
 
 #: reconstruction kernels: (in-plane blur sigma in mm, edge enhancement, noise correlation sigma in voxels)
 KERNELS: dict[str, tuple[float, float, float]] = {"soft tissue": (1.0, 0.0, 0.9), "lung": (0.5, 0.35, 0.0)}

@@ -330,7 +330,6 @@ class ChestWithFindings(ChestAnatomy):
         self.labels["consolidation"] = 0
 
     def lung_nodule(self) -> None:
-        u = self.rng.uniform
         count = int(self.rng.choice([1, 2, 3], p=[0.65, 0.22, 0.13]))
         drawn = []
         for _ in range(count):

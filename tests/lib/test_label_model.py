@@ -144,3 +144,11 @@ def test_fit_script_prints_the_block_and_writes_json(script, tmp_path: Path, cap
         np.array([PREVALENCE[k] for k in FINDING_KEYS]), CORRELATION, np.array(label_model.SOURCE_NUM_POSITIVES)
     )
     assert block in (ROOT / "common" / "data" / "label_model.py").read_text()  # the module holds the printed form
+
+
+def test_prevalences_agree_with_the_finding_vocabulary():
+    """The fitted prevalences and the ones the vocabulary carries (report_writer.random_case) are the same numbers."""
+    from common.data.findings import FINDINGS
+    from common.data.label_model import PREVALENCE
+
+    assert PREVALENCE == {f.key: f.prevalence for f in FINDINGS}
