@@ -38,11 +38,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from monai.networks.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
-    "DropPath",
     "SwiGLU",
     "EvaAttention",
     "EvaBlock",
@@ -78,30 +78,6 @@ def _as_tuple(value: int | Sequence[int], spatial_dims: int, name: str) -> tuple
     if len(value) != spatial_dims:
         raise ValueError(f"{name} must have {spatial_dims} entries, got {value}")
     return value
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: zero a residual branch per sample with probability ``drop_prob`` (scaled by the keep rate).
-
-    Args:
-        drop_prob: probability of dropping the branch during training.
-    """
-
-    def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
-        self.drop_prob = float(drop_prob)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
 
 
 class SwiGLU(nn.Module):

@@ -7,8 +7,11 @@ import itertools
 import pytest
 import torch
 
+from monai.networks.layers import DropPath
+
 from common.networks.eva import (
     PRIMUS_CONFIGS,
+    EvaBlock,
     EvaViT,
     RotaryPositionEmbedding,
     eva_tiny,
@@ -151,6 +154,31 @@ def test_drop_path_is_stochastic_in_training_only() -> None:
     a = model(x)
     torch.manual_seed(1)
     assert not torch.allclose(a, model(x))
+
+
+def _hand_written_drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """The library's stochastic depth before MONAI's ``DropPath``."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1.0 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+
+def test_drop_path_is_monais_and_equals_the_hand_written_one() -> None:
+    block = EvaBlock(24, 2, drop_path=0.4)
+    assert isinstance(block.drop_path1, DropPath) and block.drop_path1.scale_by_keep
+    assert not any("drop_path" in key for key in block.state_dict())  # no parameters: checkpoint keys unchanged
+    x = torch.randn(64, 5, 24)
+    for training in (True, False):
+        block.drop_path1.train(training)
+        torch.manual_seed(3)
+        ours = block.drop_path1(x)
+        torch.manual_seed(3)
+        assert torch.equal(ours, _hand_written_drop_path(x, 0.4, training))
+        dropped = (ours == 0).flatten(1).all(1)
+        assert (0 < dropped.sum() < len(x)) if training else torch.equal(ours, x)  # eval: the identity
+    assert isinstance(EvaBlock(24, 2, drop_path=0.0).drop_path1, torch.nn.Identity)
 
 
 def test_rope_modes() -> None:
