@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -52,32 +51,21 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-class _AllGatherWithGrad(torch.autograd.Function):
-    """All-gather along dim 0 whose backward sums the gradient over ranks and returns this rank's slice."""
-
-    @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor)
-        return torch.cat(parts, dim=0)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad.chunk(dist.get_world_size(), dim=0)[dist.get_rank()]
-
-
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` (same shape on every rank) from all ranks along dim 0; gradients flow back to every
     rank's slice.
 
-    Used for contrastive negatives: the loss over the gathered batch gives, after DDP's gradient
-    averaging, the same gradients as one process over the concatenated batch.
+    Used for contrastive negatives: the loss over the gathered batch gives, after DDP's gradient averaging, the same
+    gradients as one process over the concatenated batch. The gather is ``torch.distributed.nn.functional.all_gather``
+    (as in open_clip), whose backward reduce-scatters: each rank receives its own slice's gradient summed over ranks
+    (NCCL's reduce-scatter; gloo emulates it with an all-to-all and a sum). torch 2.14 marks that function deprecated
+    (one ``FutureWarning`` per process) in favour of the private ``torch.distributed._functional_collectives``.
     """
     if not is_enabled() or get_world_size() == 1:
         return tensor
-    return _AllGatherWithGrad.apply(tensor.contiguous())
+    from torch.distributed.nn.functional import all_gather  # here: importing it builds RPC templates in a temp dir
+
+    return torch.cat(all_gather(tensor.contiguous()), dim=0)
 
 
 @torch.no_grad()

@@ -1,6 +1,8 @@
 """Two gloo processes on CPU, each with half a batch, against one process on the whole batch.
 
-Checks that the losses' cross-rank maths goes through :mod:`common.distributed` correctly: ClipLoss values and
+Checks :func:`common.distributed.all_gather_with_grad` (torch's autograd all-gather) against the hand-written
+gather it replaced, values and gradients; that the losses' cross-rank maths goes through :mod:`common.distributed`
+correctly: ClipLoss values and
 the DDP-averaged gradients of the embedding layers and of the logit scale, the DINO and iBOT centre updates, and
 Sinkhorn-Knopp targets; then whole objectives: COLIPRI (contrastive + report + MAE over a mixed image-only/paired
 batch) under DDP and under FSDP2 (:mod:`common.engines.fsdp`), and one RAD-DINO step under FSDP2 (terms, student
@@ -13,9 +15,11 @@ import multiprocessing
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
 import common.methods.colipri as colipri_method
@@ -97,6 +101,39 @@ def _teacher_results(data: dict[str, torch.Tensor], rows: slice, patches: slice)
         "dino_sinkhorn": dino.sinkhorn_knopp_teacher(data["teacher_1"][rows], teacher_temp=0.07),
         "ibot_sinkhorn": ibot.sinkhorn_knopp_teacher(data["teacher_2"][rows], 0.04, n_iterations=5),
     }
+
+
+class _HandWrittenGather(torch.autograd.Function):
+    """The library's all-gather before torch's: backward all-reduces the whole gradient and keeps this rank's slice."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad.chunk(dist.get_world_size(), dim=0)[dist.get_rank()]
+
+
+def _gather_weights() -> torch.Tensor:
+    """Per-rank loss weights over the gathered (WORLD_SIZE * 3, 2) rows: every rank's loss reaches every slice."""
+    return torch.randn(WORLD_SIZE, WORLD_SIZE * 3, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+
+def _gather_results(rank: int) -> dict[str, torch.Tensor]:
+    """Gathered values and input gradients of ``sum(weights[rank] * gather(x) ** 2)``, new and hand-written."""
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(10 + rank), dtype=torch.float64).T  # non-contiguous
+    results = {"input": x.detach().clone()}
+    for name, gather in (("new", distributed.all_gather_with_grad), ("old", _HandWrittenGather.apply)):
+        leaf = x.detach().clone().requires_grad_(True)
+        gathered = gather(leaf.contiguous() if name == "old" else leaf)
+        (_gather_weights()[rank] * gathered.pow(2)).sum().backward()
+        results[f"{name}_value"], results[f"{name}_grad"] = gathered.detach(), leaf.grad.clone()
+    return results
 
 
 # ------------------------------------------------------------------------------------------- whole objectives
@@ -200,7 +237,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     try:
         data = _data()
         part = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
-        results: dict = {}
+        results: dict = {"gather": _gather_results(rank)}
         model = nn.parallel.DistributedDataParallel(_Towers())
         for gather_with_grad, local_loss, masked in CLIP_CASES:
             model.module.clip.gather_with_grad, model.module.clip.local_loss = gather_with_grad, local_loss
@@ -244,6 +281,21 @@ def rank_results(tmp_path_factory) -> list[dict]:
         _worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True, start_method="forkserver"
     )
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
+
+
+def test_all_gather_with_grad_matches_the_hand_written_gather(rank_results: list[dict]) -> None:
+    """torch's all-gather (backward: reduce-scatter) gives the old gather's values and gradients, bit for bit."""
+    inputs = torch.cat([r["gather"]["input"] for r in rank_results])
+    weights = _gather_weights()
+    for rank, result in enumerate(rank_results):
+        result = result["gather"]
+        assert torch.equal(result["new_value"], inputs) and torch.equal(result["old_value"], inputs)
+        assert torch.equal(result["new_grad"], result["old_grad"])
+        # d/dx_r of sum_q sum(w_q * gathered ** 2): rank r's rows of sum_q w_q, times 2 x_r
+        rows = slice(rank * 3, (rank + 1) * 3)
+        torch.testing.assert_close(result["new_grad"], 2 * inputs[rows] * weights.sum(0)[rows], **TOL)
+    x = torch.randn(3, 2, requires_grad=True)
+    assert distributed.all_gather_with_grad(x) is x  # one process: the identity
 
 
 @pytest.mark.parametrize("gather_with_grad, local_loss, masked", CLIP_CASES)
