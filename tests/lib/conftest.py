@@ -1,12 +1,14 @@
-"""Shared fixtures for tests/lib: builders of small image files (NIfTI, DICOM slices and series) in ``tmp_path``."""
+"""Shared fixtures for tests/lib: builders of small image files (NIfTI, DICOM slices and series) in ``tmp_path``, the
+real reference data and single-threaded torch."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 _REPO = Path(__file__).resolve().parents[2]
 # The real reference data sit next to the checkout (``../shared/data``) or inside it (``shared/data``).
@@ -22,6 +24,18 @@ def real_data_dir() -> Path:
     if not (REAL_DATA_DIR / "ct").is_dir():
         pytest.skip("real reference data (shared/data) not available")
     return REAL_DATA_DIR
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run the test with one torch CPU thread (fast and reproducible beside other jobs), then restore the count.
+
+    Use per module with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:

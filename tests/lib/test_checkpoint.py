@@ -25,13 +25,7 @@ from common.engines.checkpoint import (
 )
 from common.engines.trainer import PretrainingTrainer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Objective(nn.Module):

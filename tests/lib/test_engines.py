@@ -31,13 +31,7 @@ from common.engines.trainer import NonFiniteLossError, PretrainingTrainer, loss_
 
 FEATURES = 6
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ToyObjective(nn.Module):
