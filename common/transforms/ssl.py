@@ -1,8 +1,8 @@
-"""Multi-crop views (DINOv2) and token masks (iBOT block masks, MAE random masks) for 2D and 3D images.
+"""Random views for self-supervised training of 2D and 3D images: single-view augmentation (MAE, contrastive),
+DINOv2 multi-crop views and iBOT block masks.
 
 Oquab et al., "DINOv2: Learning Robust Visual Features without Supervision", https://arxiv.org/abs/2304.07193
-(``dinov2/data/augmentations.py``, ``dinov2/data/masking.py``, ``dinov2/data/collate.py``); He et al., "Masked
-Autoencoders Are Scalable Vision Learners", https://arxiv.org/abs/2111.06377.
+(``dinov2/data/augmentations.py``, ``dinov2/data/masking.py``, ``dinov2/data/collate.py``).
 
 Every random transform here is MONAI ``Randomizable`` and draws only from its own ``R`` (and seeds its child
 pipelines from it), so ``Compose.set_random_state(seed)`` makes a pipeline reproducible.
@@ -28,15 +28,21 @@ from monai.transforms import (
     NormalizeIntensityd,
     Randomizable,
     RandomizableTransform,
+    RandAdjustContrastd,
+    RandAffined,
     RandFlipd,
+    RandGaussianNoised,
     RandGaussianSmoothd,
     RandScaleIntensityd,
     RandScaleIntensityFixedMeand,
     RandShiftIntensityd,
+    RandSpatialCropd,
     ScaleIntensityRanged,
     Transform,
 )
 from monai.utils import MAX_SEED, ensure_tuple, ensure_tuple_rep
+
+from common.transforms.spatial import ApplyPendingResampled
 
 __all__ = [
     "sample_resized_crop_box",
@@ -46,9 +52,8 @@ __all__ = [
     "dino_view_transforms",
     "BlockMaskGenerator",
     "RandBlockMaskd",
-    "random_patch_mask",
-    "RandPatchMaskd",
     "dino_multicrop",
+    "ssl_augmentation",
 ]
 
 ViewTransforms = Sequence[Callable] | Sequence[Sequence[Callable]] | None
@@ -509,62 +514,6 @@ class RandBlockMaskd(Randomizable, MapTransform):
         return d
 
 
-def random_patch_mask(
-    grid_size: Sequence[int] | int, ratio: float = 0.75, rng: np.random.RandomState | None = None
-) -> torch.Tensor:
-    """MAE random masking: ``(N,)`` bool (True = masked), keeping exactly ``int(N * (1 - ratio))`` tokens.
-
-    Args:
-        grid_size: token grid (or the token count N).
-        ratio: masked fraction.
-        rng: random state (a fresh one if None).
-    """
-    if not 0 <= ratio < 1:
-        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
-    num_patches = int(np.prod(ensure_tuple(grid_size)))
-    rng = rng if rng is not None else np.random.RandomState()
-    keep = rng.permutation(num_patches)[: int(num_patches * (1 - ratio))]
-    mask = torch.ones(num_patches, dtype=torch.bool)
-    mask[torch.from_numpy(keep)] = False
-    return mask
-
-
-class RandPatchMaskd(Randomizable, MapTransform):
-    """Add an MAE random token mask ``mask_key`` ``(N,)`` bool (True = masked) to samples holding ``keys``.
-
-    Args:
-        keys: image keys whose presence triggers the mask (one mask per sample).
-        grid_size: token grid of the image.
-        ratio: masked fraction (MAE: 0.75).
-        mask_key: output key.
-        allow_missing_keys: do not raise if a key is missing.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        grid_size: Sequence[int] | int,
-        ratio: float = 0.75,
-        mask_key: str = "mae_mask",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        if not 0 <= ratio < 1:
-            raise ValueError(f"ratio must be in [0, 1), got {ratio}")
-        self.grid_size = grid_size
-        self.ratio = ratio
-        self.mask_key = mask_key
-
-    def randomize(self, data: None = None) -> torch.Tensor:
-        return random_patch_mask(self.grid_size, self.ratio, self.R)
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        if any(True for _ in self.key_iterator(d)):
-            d[self.mask_key] = self.randomize()
-        return d
-
-
 def dino_multicrop(
     keys: KeysCollection = ("image",),
     spatial_dims: int = 2,
@@ -624,3 +573,122 @@ def dino_multicrop(
         ),
         RandBlockMaskd("global_crops", grid, mask_ratio_range, mask_sample_probability),
     ]
+
+
+def _augmentation_dims(spatial_size: Sequence[int] | int, spatial_dims: int | None) -> int:
+    """Number of spatial dimensions: ``spatial_size``'s length, or ``spatial_dims`` for a single number."""
+    if np.ndim(spatial_size) == 0:
+        if spatial_dims is None:
+            raise ValueError(f"spatial_dims is needed when spatial_size is one number ({spatial_size})")
+        dims = int(spatial_dims)
+    else:
+        dims = len(spatial_size)
+        if spatial_dims is not None and int(spatial_dims) != dims:
+            raise ValueError(f"spatial_dims={spatial_dims} does not match spatial_size {tuple(spatial_size)}")
+    if dims not in (2, 3):
+        raise ValueError(f"the augmentation is 2D or 3D, got {dims} spatial dimensions")
+    return dims
+
+
+def ssl_augmentation(
+    keys: KeysCollection,
+    spatial_size: Sequence[int] | int,
+    spatial_dims: int | None = None,
+    *,
+    flip_prob: float = 0.5,
+    flip_axes: Sequence[int] | None = None,
+    affine_prob: float = 0.5,
+    rotate_degrees: float = 10.0,
+    scale_range: float = 0.1,
+    intensity_prob: float = 0.5,
+    intensity_scale: float | None = None,
+    intensity_shift: float = 0.1,
+    contrast_prob: float = 0.3,
+    gamma: tuple[float, float] = (0.7, 1.5),
+    smooth_prob: float = 0.2,
+    smooth_sigma: tuple[float, float] | None = None,
+    noise_prob: float = 0.2,
+    noise_std: float | None = None,
+    lazy: bool = True,
+) -> list[Transform]:
+    """Random single-view augmentation for SSL (MAE, contrastive) on preprocessed 2D or 3D images.
+
+    Spatial (fused into one interpolation when ``lazy``): ``RandSpatialCropd(spatial_size)`` -> ``RandFlipd`` per
+    axis in ``flip_axes`` -> ``RandAffined`` (rotation up to ``rotate_degrees`` in every plane: one angle in 2D, one
+    per axis in 3D; per-axis zoom ``1 +- scale_range``; border padding) ->
+    :class:`~common.transforms.spatial.ApplyPendingResampled`. With lazy resampling the rotated view samples real
+    anatomy beyond the crop's edge instead of padding. Intensity, each with its own probability:
+    ``RandScaleIntensityd`` (``v * (1 + f)``, ``|f| <= intensity_scale``), ``RandShiftIntensityd``
+    (``|offset| <= intensity_shift``), ``RandAdjustContrastd(gamma)``, ``RandGaussianSmoothd(smooth_sigma)``,
+    ``RandGaussianNoised(noise_std)``.
+
+    Defaults left at ``None`` depend on the number of spatial dimensions:
+
+    * 2D, radiographs scaled to [0, 1] (normalise after this): ``flip_axes=(1,)`` (left-right of ``(H, W)``, as
+      DINOv2's horizontal flip), ``intensity_scale=0.2`` (brightness; DINOv2's 0.4 jitter is milder on a grey image
+      once hue/saturation are gone), ``smooth_sigma=(0.1, 2.0)`` pixels (DINOv2's ``GaussianBlur``),
+      ``noise_std=0.02``;
+    * 3D, CT windowed to [-1, 1]: ``flip_axes=(0,)`` (left-right in RAS), ``intensity_scale=0.1``,
+      ``smooth_sigma=(0.5, 1.0)`` voxels, ``noise_std=0.05``. Magnitudes are small because HU carry meaning
+      (DINOv2's colour-jitter strength would shift tissue classes); ``intensity_shift=0.1`` is 100 HU there.
+
+    For vision-language training set ``flip_prob=0``: reports name sides ("left lower lobe").
+
+    Args:
+        keys: image keys (all get the same crop, flip and affine).
+        spatial_size: crop size in pixels/voxels, one number or one per axis.
+        spatial_dims: 2 or 3; needed when ``spatial_size`` is one number, else it must match its length.
+        flip_prob: probability of flipping, per axis in ``flip_axes``.
+        flip_axes: spatial axes that may be flipped (default: left-right, see above).
+        affine_prob: probability of the rotation/zoom.
+        rotate_degrees: maximum rotation in each plane.
+        scale_range: maximum relative zoom per axis.
+        intensity_prob: probability of each of the intensity scale and shift.
+        intensity_scale: maximum relative intensity scaling (default: see above).
+        intensity_shift: maximum intensity offset.
+        contrast_prob: probability of the gamma change.
+        gamma: gamma range.
+        smooth_prob: probability of Gaussian smoothing.
+        smooth_sigma: smoothing sigma range in pixels/voxels (default: see above).
+        noise_prob: probability of Gaussian noise.
+        noise_std: noise standard deviation (default: see above).
+        lazy: fuse crop, flips and affine into one interpolation.
+
+    Returns:
+        The transforms (all ``Randomizable``; seed them through ``Compose.set_random_state``).
+    """
+    dims = _augmentation_dims(spatial_size, spatial_dims)
+    keys = ensure_tuple(keys)
+    for name, prob in (("flip_prob", flip_prob), ("affine_prob", affine_prob), ("intensity_prob", intensity_prob),
+                       ("contrast_prob", contrast_prob), ("smooth_prob", smooth_prob), ("noise_prob", noise_prob)):
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {prob}")
+    two_d = dims == 2
+    flip_axes = ((1,) if two_d else (0,)) if flip_axes is None else tuple(int(axis) for axis in flip_axes)
+    if any(not 0 <= axis < dims for axis in flip_axes):
+        raise ValueError(f"flip_axes must be spatial axes in [0, {dims}), got {flip_axes}")
+    intensity_scale = (0.2 if two_d else 0.1) if intensity_scale is None else intensity_scale
+    smooth_sigma = ((0.1, 2.0) if two_d else (0.5, 1.0)) if smooth_sigma is None else smooth_sigma
+    noise_std = (0.02 if two_d else 0.05) if noise_std is None else noise_std
+    angle = math.radians(rotate_degrees)
+    sigmas = {f"sigma_{axis}": smooth_sigma for axis in "xyz"[:dims]}
+    transforms: list[Transform] = [RandSpatialCropd(keys, roi_size=spatial_size, random_size=False, lazy=lazy)]
+    transforms += [RandFlipd(keys, prob=flip_prob, spatial_axis=axis, lazy=lazy) for axis in flip_axes]
+    transforms += [
+        RandAffined(
+            keys,
+            prob=affine_prob,
+            rotate_range=(angle,) * (dims * (dims - 1) // 2),  # one angle per plane: 1 in 2D, 3 in 3D
+            scale_range=(scale_range,) * dims,
+            mode="bilinear",
+            padding_mode="border",
+            lazy=lazy,
+        ),
+        ApplyPendingResampled(keys, mode="bilinear", padding_mode="border"),
+        RandScaleIntensityd(keys, factors=intensity_scale, prob=intensity_prob),
+        RandShiftIntensityd(keys, offsets=intensity_shift, prob=intensity_prob),
+        RandAdjustContrastd(keys, prob=contrast_prob, gamma=gamma),
+        RandGaussianSmoothd(keys, prob=smooth_prob, **sigmas),
+        RandGaussianNoised(keys, prob=noise_prob, mean=0.0, std=noise_std),
+    ]
+    return transforms

@@ -1,4 +1,4 @@
-"""2D radiograph dictionary transforms and pipeline builders (RAD-DINO preprocessing, SSL augmentation).
+"""2D radiograph dictionary transforms and the radiograph preprocessing builder (RAD-DINO preprocessing).
 
 Images are channel-first ``(C, H, W)`` MetaTensors with rows top to bottom, as loaded by
 :class:`common.data.readers.LoadRadiographd` (which already applies the DICOM Modality LUT, the VOI LUT/window and
@@ -12,7 +12,6 @@ mean 0.5307 / std 0.2583), on one channel and in float instead of through an 8-b
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import torch
@@ -22,14 +21,6 @@ from monai.data import MetaTensor
 from monai.transforms import (
     MapTransform,
     NormalizeIntensityd,
-    RandAdjustContrastd,
-    RandAffined,
-    RandFlipd,
-    RandGaussianNoised,
-    RandGaussianSmoothd,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
-    RandSpatialCropd,
     RepeatChanneld,
     ScaleIntensityd,
     ScaleIntensityRanged,
@@ -38,7 +29,7 @@ from monai.transforms import (
 from monai.utils import ensure_tuple
 
 from common.data.readers import LoadRadiographd
-from common.transforms.ct import ApplyPendingResampled, CentralCropd
+from common.transforms.spatial import CentralCropd
 
 __all__ = [
     "RAD_DINO_MEAN",
@@ -48,7 +39,6 @@ __all__ = [
     "ResizeShortestEdged",
     "load_radiograph",
     "xray_preprocessing",
-    "xray_ssl_augmentation",
 ]
 
 #: ``microsoft/rad-dino`` ``preprocessor_config.json`` normalisation (MIMIC-CXR statistics), per grey channel.
@@ -164,7 +154,7 @@ def xray_preprocessing(
 
     Steps: ``loader`` -> intensity to [0, 1] (``ScaleIntensityd`` min-max, or ``ScaleIntensityRanged`` for a fixed
     ``intensity_range`` such as ``(0, 255)``) -> :class:`ResizeShortestEdged` (bicubic, antialiased, clipped to
-    [0, 1]) -> :class:`~common.transforms.ct.CentralCropd` (``spatial_size`` square, odd pixel at the end as
+    [0, 1]) -> :class:`~common.transforms.spatial.CentralCropd` (``spatial_size`` square, odd pixel at the end as
     Hugging Face ``center_crop``) -> ``NormalizeIntensityd(mean, std)`` -> optionally ``RepeatChanneld`` to 3 channels.
 
     ``"minmax"`` matches RAD-DINO's data preparation (DICOMs min-max scaled to 8 bits); for images already stored
@@ -205,84 +195,4 @@ def xray_preprocessing(
         transforms.append(NormalizeIntensityd(keys, subtrahend=mean, divisor=std))
     if num_channels == 3:
         transforms.append(RepeatChanneld(keys, repeats=3))
-    return transforms
-
-
-def xray_ssl_augmentation(
-    keys: KeysCollection = ("image",),
-    spatial_size: Sequence[int] | int = 224,
-    *,
-    flip_prob: float = 0.5,
-    flip_axes: Sequence[int] = (1,),
-    affine_prob: float = 0.5,
-    rotate_degrees: float = 10.0,
-    scale_range: float = 0.1,
-    intensity_prob: float = 0.5,
-    intensity_scale: float = 0.2,
-    intensity_shift: float = 0.1,
-    contrast_prob: float = 0.3,
-    gamma: tuple[float, float] = (0.7, 1.5),
-    smooth_prob: float = 0.2,
-    smooth_sigma: tuple[float, float] = (0.1, 2.0),
-    noise_prob: float = 0.2,
-    noise_std: float = 0.02,
-    lazy: bool = True,
-) -> list[Transform]:
-    """Random single-view augmentation for 2D SSL, the 2D counterpart of
-    :func:`~common.transforms.ct.ct_ssl_augmentation` (crop, flip, small affine fused into one interpolation, then
-    intensity scale/shift, gamma, Gaussian blur and noise).
-
-    Apply it to images scaled to [0, 1] (i.e. :func:`xray_preprocessing` with ``mean=None``) and normalise after it.
-    Defaults: horizontal flips only (axis 1 of ``(H, W)``; DINOv2 flips horizontally with p=0.5; disable when
-    laterality matters, e.g. dextrocardia or line position), brightness as a multiplicative scale of up to 20%
-    (DINOv2's 0.4 jitter is milder on a grey image once hue/saturation are gone), blur sigma 0.1-2 px as DINOv2's
-    ``GaussianBlur``.
-
-    Args:
-        keys: image keys (all get the same crop, flip and affine).
-        spatial_size: crop size ``(H, W)`` in pixels.
-        flip_prob: probability of flipping, per axis in ``flip_axes``.
-        flip_axes: spatial axes that may be flipped (1 = left-right).
-        affine_prob: probability of the rotation/zoom.
-        rotate_degrees: maximum in-plane rotation.
-        scale_range: maximum relative zoom per axis.
-        intensity_prob: probability of each of the intensity scale and shift.
-        intensity_scale: maximum relative intensity scaling (brightness).
-        intensity_shift: maximum intensity offset.
-        contrast_prob: probability of the gamma change.
-        gamma: gamma range.
-        smooth_prob: probability of Gaussian blur.
-        smooth_sigma: blur sigma range in pixels.
-        noise_prob: probability of Gaussian noise.
-        noise_std: noise standard deviation.
-        lazy: fuse crop, flips and affine into one interpolation.
-
-    Returns:
-        The transforms (all ``Randomizable``; seed them through ``Compose.set_random_state``).
-    """
-    keys = ensure_tuple(keys)
-    for name, prob in (("flip_prob", flip_prob), ("affine_prob", affine_prob), ("intensity_prob", intensity_prob),
-                       ("contrast_prob", contrast_prob), ("smooth_prob", smooth_prob), ("noise_prob", noise_prob)):
-        if not 0.0 <= prob <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {prob}")
-    angle = math.radians(rotate_degrees)
-    transforms: list[Transform] = [RandSpatialCropd(keys, roi_size=spatial_size, random_size=False, lazy=lazy)]
-    transforms += [RandFlipd(keys, prob=flip_prob, spatial_axis=axis, lazy=lazy) for axis in flip_axes]
-    transforms += [
-        RandAffined(
-            keys,
-            prob=affine_prob,
-            rotate_range=(angle,),
-            scale_range=(scale_range, scale_range),
-            mode="bilinear",
-            padding_mode="border",
-            lazy=lazy,
-        ),
-        ApplyPendingResampled(keys, mode="bilinear", padding_mode="border"),
-        RandScaleIntensityd(keys, factors=intensity_scale, prob=intensity_prob),
-        RandShiftIntensityd(keys, offsets=intensity_shift, prob=intensity_prob),
-        RandAdjustContrastd(keys, prob=contrast_prob, gamma=gamma),
-        RandGaussianSmoothd(keys, sigma_x=smooth_sigma, sigma_y=smooth_sigma, prob=smooth_prob),
-        RandGaussianNoised(keys, prob=noise_prob, mean=0.0, std=noise_std),
-    ]
     return transforms

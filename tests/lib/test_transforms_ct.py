@@ -1,5 +1,6 @@
-"""CT transforms: TorchIO-style grid and crop/pad, the separable fused resampling, the preprocessing pipeline on real
-volumes (skipped without shared/data) and the SSL augmentation."""
+"""CT transforms: TorchIO-style grid, with the modality-neutral crop/pad and separable fused resampling of
+:mod:`common.transforms.spatial` they build on, and the preprocessing pipeline on real volumes (skipped without
+shared/data)."""
 
 from __future__ import annotations
 
@@ -15,30 +16,20 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, Orientationd
 from monai.transforms.lazy.functional import apply_pending
 
-from common.transforms.ct import (
+from common.transforms.ct import CentredSpacing, CentredSpacingd, centred_grid, colipri_preprocessing, ct_preprocessing
+from common.transforms.spatial import (
     ApplyPendingResampled,
     CentralCrop,
     CentralCropd,
     CentralPad,
-    CentredSpacing,
-    CentredSpacingd,
+    CentralPadd,
     apply_pending_fast,
-    centred_grid,
-    colipri_preprocessing,
-    ct_preprocessing,
-    ct_ssl_augmentation,
     resample_axis_aligned,
 )
 
 REAL_VOLUMES = ("chest_cta_cropped.nii.gz", "lung_pet_ct_dx_A0001_5mm.nii.gz", "abdomen_ct.nii.gz")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _oblique_affine(spacing, angle_deg=0.0, origin=(10.0, -20.0, 30.0), flips=(1, 1, 1)) -> np.ndarray:
@@ -123,8 +114,6 @@ def test_central_pad_is_eager_and_invertible_inside_a_lazy_compose():
 
 
 def _pad_only(size: int):
-    from common.transforms.ct import CentralPadd
-
     return CentralPadd("image", size, value="minimum")
 
 
@@ -141,8 +130,6 @@ def test_bad_arguments_raise():
         ct_preprocessing(hu_range=(1000, -1000), loader=None)
     with pytest.raises(TypeError, match="MetaTensor"):
         CentredSpacing(2.0)(torch.zeros(1, 4, 4, 4))
-    with pytest.raises(ValueError, match="flip_prob"):
-        ct_ssl_augmentation(flip_prob=1.5)
 
 
 # ------------------------------------------------------------------------------------------------ fused resampling
@@ -297,18 +284,3 @@ def test_lazy_and_eager_agree_on_a_real_volume(real_data_dir):
     lazy = Compose(colipri_preprocessing(lazy=True), lazy=True)({"image": path})["image"]
     eager = Compose(colipri_preprocessing(lazy=False))({"image": path})["image"]
     assert (lazy.as_tensor() - eager.as_tensor()).abs().max() < 1e-5
-
-
-# ------------------------------------------------------------------------------------------------ SSL augmentation
-
-
-@pytest.mark.parametrize("lazy", [True, False])
-def test_ct_ssl_augmentation_shapes_and_determinism(lazy):
-    img = MetaTensor(torch.rand(1, 40, 36, 32) * 2 - 1)
-    pipeline = Compose(ct_ssl_augmentation(spatial_size=24, affine_prob=1.0, noise_prob=1.0, lazy=lazy), lazy=lazy)
-    first = pipeline.set_random_state(7)({"image": img.clone()})["image"]
-    again = pipeline.set_random_state(7)({"image": img.clone()})["image"]
-    other = pipeline.set_random_state(8)({"image": img.clone()})["image"]
-    assert first.shape == (1, 24, 24, 24) and torch.isfinite(first).all()
-    assert torch.equal(first.as_tensor(), again.as_tensor())
-    assert not torch.equal(first.as_tensor(), other.as_tensor())

@@ -1,5 +1,6 @@
-"""SSL views and masks: RandomResizedCrop boxes, DINOv2 multi-crop, per-view recipes, iBOT block masks and MAE
-masks, in 2D and 3D; shapes, scale/ratio ranges, mask ratios and determinism under ``set_random_state``."""
+"""SSL views and masks: RandomResizedCrop boxes, DINOv2 multi-crop, per-view recipes, iBOT block masks and the
+single-view augmentation, in 2D and 3D; shapes, scale/ratio ranges, mask ratios and determinism under
+``set_random_state``; the augmentation is bit-identical to the per-modality builders it replaced."""
 
 from __future__ import annotations
 
@@ -10,30 +11,34 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor, list_data_collate
-from monai.transforms import Compose, RandGaussianSmoothd
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    RandSpatialCropd,
+)
 
+from common.transforms.spatial import ApplyPendingResampled
 from common.transforms.ssl import (
     BlockMaskGenerator,
     MultiCropd,
     RandBlockMaskd,
-    RandPatchMaskd,
     RandSolarized,
     crop_and_resize,
     dino_multicrop,
     dino_view_transforms,
-    random_patch_mask,
     sample_resized_crop_box,
+    ssl_augmentation,
 )
 
 DIMS = (2, 3)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image(dims: int, size: int = 40) -> MetaTensor:
@@ -207,14 +212,123 @@ def test_rand_block_mask_ratios_and_determinism(dims, num_crops):
     assert torch.equal(transform.set_random_state(3)(data)["masks"], transform.set_random_state(3)(data)["masks"])
 
 
-@pytest.mark.parametrize("grid,ratio", [((14, 14), 0.75), ((4, 6, 8), 0.6), (10, 0.0)])
-def test_random_patch_mask_keeps_exactly_the_mae_count(grid, ratio):
-    mask = random_patch_mask(grid, ratio, np.random.RandomState(0))
-    total = int(np.prod(grid))
-    assert mask.shape == (total,) and mask.dtype == torch.bool
-    assert int((~mask).sum()) == int(total * (1 - ratio))
-    transform = RandPatchMaskd("image", grid, ratio)
-    first = transform.set_random_state(2)({"image": torch.zeros(1)})["mae_mask"]
-    assert torch.equal(first, transform.set_random_state(2)({"image": torch.zeros(1)})["mae_mask"])
-    with pytest.raises(ValueError, match="ratio"):
-        random_patch_mask(grid, 1.0)
+# ------------------------------------------------------------------------------------------ single-view augmentation
+
+
+def _frozen_ct_ssl_augmentation(
+    keys=("image",), spatial_size=96, *, flip_prob=0.5, flip_axes=(0,), affine_prob=0.5, rotate_degrees=10.0,
+    scale_range=0.1, intensity_prob=0.5, intensity_scale=0.1, intensity_shift=0.1, contrast_prob=0.3,
+    gamma=(0.7, 1.5), smooth_prob=0.2, smooth_sigma=(0.5, 1.0), noise_prob=0.2, noise_std=0.05, lazy=True,
+):
+    """The former ``common.transforms.ct.ct_ssl_augmentation`` (body verbatim, checks dropped): the reference that
+    :func:`ssl_augmentation` must reproduce bit for bit in 3D."""
+    angle = math.radians(rotate_degrees)
+    transforms = [RandSpatialCropd(keys, roi_size=spatial_size, random_size=False, lazy=lazy)]
+    transforms += [RandFlipd(keys, prob=flip_prob, spatial_axis=axis, lazy=lazy) for axis in flip_axes]
+    transforms += [
+        RandAffined(
+            keys,
+            prob=affine_prob,
+            rotate_range=(angle, angle, angle),
+            scale_range=(scale_range, scale_range, scale_range),
+            mode="bilinear",
+            padding_mode="border",
+            lazy=lazy,
+        ),
+        ApplyPendingResampled(keys, mode="bilinear", padding_mode="border"),
+        RandScaleIntensityd(keys, factors=intensity_scale, prob=intensity_prob),
+        RandShiftIntensityd(keys, offsets=intensity_shift, prob=intensity_prob),
+        RandAdjustContrastd(keys, prob=contrast_prob, gamma=gamma),
+        RandGaussianSmoothd(keys, sigma_x=smooth_sigma, sigma_y=smooth_sigma, sigma_z=smooth_sigma, prob=smooth_prob),
+        RandGaussianNoised(keys, prob=noise_prob, mean=0.0, std=noise_std),
+    ]
+    return transforms
+
+
+def _frozen_xray_ssl_augmentation(
+    keys=("image",), spatial_size=224, *, flip_prob=0.5, flip_axes=(1,), affine_prob=0.5, rotate_degrees=10.0,
+    scale_range=0.1, intensity_prob=0.5, intensity_scale=0.2, intensity_shift=0.1, contrast_prob=0.3,
+    gamma=(0.7, 1.5), smooth_prob=0.2, smooth_sigma=(0.1, 2.0), noise_prob=0.2, noise_std=0.02, lazy=True,
+):
+    """The former ``common.transforms.xray.xray_ssl_augmentation`` (body verbatim, checks dropped): the 2D reference."""
+    angle = math.radians(rotate_degrees)
+    transforms = [RandSpatialCropd(keys, roi_size=spatial_size, random_size=False, lazy=lazy)]
+    transforms += [RandFlipd(keys, prob=flip_prob, spatial_axis=axis, lazy=lazy) for axis in flip_axes]
+    transforms += [
+        RandAffined(
+            keys,
+            prob=affine_prob,
+            rotate_range=(angle,),
+            scale_range=(scale_range, scale_range),
+            mode="bilinear",
+            padding_mode="border",
+            lazy=lazy,
+        ),
+        ApplyPendingResampled(keys, mode="bilinear", padding_mode="border"),
+        RandScaleIntensityd(keys, factors=intensity_scale, prob=intensity_prob),
+        RandShiftIntensityd(keys, offsets=intensity_shift, prob=intensity_prob),
+        RandAdjustContrastd(keys, prob=contrast_prob, gamma=gamma),
+        RandGaussianSmoothd(keys, sigma_x=smooth_sigma, sigma_y=smooth_sigma, prob=smooth_prob),
+        RandGaussianNoised(keys, prob=noise_prob, mean=0.0, std=noise_std),
+    ]
+    return transforms
+
+
+_ALWAYS = {"flip_prob": 1.0, "affine_prob": 1.0, "intensity_prob": 1.0, "contrast_prob": 1.0, "smooth_prob": 1.0,
+           "noise_prob": 1.0}
+_COLIPRI_TRAIN = {"flip_prob": 0.0, "affine_prob": 0.5, "rotate_degrees": 5.0, "scale_range": 0.05}  # train.yaml
+_EQUIVALENCE_CASES = [
+    (3, {"spatial_size": 24}),
+    (3, {"spatial_size": 24, **_COLIPRI_TRAIN}),
+    (3, {"spatial_size": (24, 20, 16), **_ALWAYS, "flip_axes": (0, 2), "rotate_degrees": 20.0, "gamma": (0.5, 2.0)}),
+    (2, {"spatial_size": 48}),
+    (2, {"spatial_size": 48, **_COLIPRI_TRAIN}),
+    (2, {"spatial_size": (48, 40), **_ALWAYS, "flip_axes": (0, 1), "intensity_scale": 0.3, "smooth_sigma": (0.3, 0.9),
+         "noise_std": 0.1}),
+]
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+@pytest.mark.parametrize("dims,kwargs", _EQUIVALENCE_CASES)
+def test_ssl_augmentation_is_bit_identical_to_the_per_modality_builders_it_replaced(dims, kwargs, lazy):
+    frozen = _frozen_ct_ssl_augmentation if dims == 3 else _frozen_xray_ssl_augmentation
+    spatial_dims = dims if isinstance(kwargs["spatial_size"], int) else None
+    ours = Compose(ssl_augmentation(("image",), spatial_dims=spatial_dims, lazy=lazy, **kwargs), lazy=lazy)
+    reference = Compose(frozen(lazy=lazy, **kwargs), lazy=lazy)
+    img = MetaTensor(torch.rand(1, *(40, 36, 32)[:dims]) * 2 - 1)
+    for seed in range(6):
+        got = ours.set_random_state(seed)({"image": img.clone()})["image"]
+        want = reference.set_random_state(seed)({"image": img.clone()})["image"]
+        assert torch.equal(got.as_tensor(), want.as_tensor()), seed
+        assert torch.equal(got.affine, want.affine), seed
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+@pytest.mark.parametrize("dims", DIMS)
+def test_ssl_augmentation_shapes_and_determinism(dims, lazy):
+    img = MetaTensor(torch.rand(1, *(40, 36, 32)[:dims]) * 2 - 1)
+    transforms = ssl_augmentation("image", 24, dims, affine_prob=1.0, noise_prob=1.0, lazy=lazy)
+    affine = next(t for t in transforms if isinstance(t, RandAffined))
+    assert len(affine.rand_affine.rand_affine_grid.rotate_range) == {2: 1, 3: 3}[dims]  # one angle per plane
+    pipeline = Compose(transforms, lazy=lazy)
+    first = pipeline.set_random_state(7)({"image": img.clone()})["image"]
+    again = pipeline.set_random_state(7)({"image": img.clone()})["image"]
+    other = pipeline.set_random_state(8)({"image": img.clone()})["image"]
+    assert first.shape == (1, *([24] * dims)) and torch.isfinite(first).all()
+    assert torch.equal(first.as_tensor(), again.as_tensor())
+    assert not torch.equal(first.as_tensor(), other.as_tensor())
+
+
+def test_ssl_augmentation_bad_arguments_raise():
+    with pytest.raises(ValueError, match="flip_prob"):
+        ssl_augmentation("image", 24, 3, flip_prob=1.5)
+    with pytest.raises(ValueError, match="noise_prob"):
+        ssl_augmentation("image", 24, 2, noise_prob=-0.1)
+    with pytest.raises(ValueError, match="spatial_dims is needed"):
+        ssl_augmentation("image", 24)
+    with pytest.raises(ValueError, match="does not match"):
+        ssl_augmentation("image", (24, 24), 3)
+    with pytest.raises(ValueError, match="2D or 3D"):
+        ssl_augmentation("image", (8, 8, 8, 8))
+    with pytest.raises(ValueError, match="flip_axes"):
+        ssl_augmentation("image", (24, 24), flip_axes=(2,))

@@ -1,5 +1,5 @@
 """Radiograph transforms: shortest-edge resize, the RAD-DINO preprocessing on PNG/JPEG/DICOM (parity with the
-Hugging Face processor when transformers is installed) and the 2D SSL augmentation."""
+Hugging Face processor when transformers is installed)."""
 
 from __future__ import annotations
 
@@ -16,18 +16,11 @@ from common.transforms.xray import (
     ResizeShortestEdge,
     shortest_edge_size,
     xray_preprocessing,
-    xray_ssl_augmentation,
 )
 
 ONE_GREY_LEVEL = 1 / 255 / RAD_DINO_STD  # one 8-bit step in normalised units
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _chest_like(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -140,17 +133,3 @@ def test_bad_arguments_raise():
         xray_preprocessing(intensity_range=(255, 0), loader=None)
     with pytest.raises(ValueError, match="mean and std"):
         xray_preprocessing(mean=0.5, std=None, loader=None)
-    with pytest.raises(ValueError, match="noise_prob"):
-        xray_ssl_augmentation(noise_prob=-0.1)
-
-
-@pytest.mark.parametrize("lazy", [True, False])
-def test_xray_ssl_augmentation_shapes_and_determinism(lazy):
-    img = MetaTensor(torch.rand(1, 80, 70))
-    pipeline = Compose(xray_ssl_augmentation(spatial_size=48, affine_prob=1.0, noise_prob=1.0, lazy=lazy), lazy=lazy)
-    first = pipeline.set_random_state(3)({"image": img.clone()})["image"]
-    again = pipeline.set_random_state(3)({"image": img.clone()})["image"]
-    other = pipeline.set_random_state(4)({"image": img.clone()})["image"]
-    assert first.shape == (1, 48, 48) and torch.isfinite(first).all()
-    assert torch.equal(first.as_tensor(), again.as_tensor())
-    assert not torch.equal(first.as_tensor(), other.as_tensor())
