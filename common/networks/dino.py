@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from common.data.contract import DataContractError
 from common.networks.eva import EvaViT
 from common.networks.hub import hub_file, hub_offline, load_hub_checkpoint
+from common.networks.weights import WeightsError, load_weights
 
 __all__ = [
     "DINOHead",
@@ -246,12 +246,8 @@ class DinoClsEncoder(nn.Module):
 def _read_weights(source: str, local_files_only: bool) -> dict[str, torch.Tensor]:
     try:
         return load_hub_checkpoint(source, local_files_only, what="DINOv2 weights")
-    except FileNotFoundError as err:
-        raise DataContractError(source, "no model.safetensors (or pytorch_model.bin) in the weights folder") from err
-    except OSError:
-        raise
-    except Exception as err:  # safetensors and torch raise their own error types on corrupt files
-        raise DataContractError(source, f"unreadable weights ({err})") from err
+    except FileNotFoundError as err:  # hub_file's OSError for an uncached Hub id is not a FileNotFoundError
+        raise WeightsError(source, "no model.safetensors (or pytorch_model.bin) in the weights folder") from err
 
 
 def _is_explicit_path(name: str) -> bool:
@@ -275,7 +271,8 @@ def load_rad_dino_backbone(
         config_overrides: ``Dinov2Config`` fields to change that do not affect shapes (e.g. ``drop_path_rate``).
 
     Raises:
-        DataContractError: missing/unreadable files, or missing or unexpected weight keys or shapes.
+        DataContractError: a missing or invalid ``config.json``; :class:`~common.networks.weights.WeightsError` (a
+            ``DataContractError``) for missing or unreadable weights, or missing, unexpected or mis-shaped keys.
         OSError: a Hub id that is not cached (offline) or cannot be downloaded, naming the id.
     """
     from transformers import Dinov2Config
@@ -296,9 +293,7 @@ def load_rad_dino_backbone(
         raise DataContractError(config_file, f"model_type is {fields.get('model_type')!r}, expected 'dinov2'")
     config = Dinov2Config.from_dict({**fields, **config_overrides})
     backbone = DinoV2Backbone(config)
-    state = _read_weights(source, local)
-    state = {(k[len("dinov2.") :] if k.startswith("dinov2.") else k): v for k, v in state.items()}
-    _load_strict(backbone.model, state, Path(source))
+    load_weights(backbone.model, _read_weights(source, local), key_map={"dinov2.": ""}, where=source)
     return backbone
 
 
@@ -337,17 +332,3 @@ def dinov2_backbone(
             raise ValueError(f"{init_weights}: {name} is {getattr(loaded, name)}, the config asks for {value}")
     backbone.set_grad_checkpointing(grad_checkpointing)
     return backbone
-
-
-def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], where: Path) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        raise DataContractError(
-            where,
-            f"weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"wrong shapes {wrong[:5]} ({len(missing)}/{len(unexpected)}/{len(wrong)} in all)",
-        )
-    model.load_state_dict(state, strict=True)

@@ -2,7 +2,8 @@
 
 Used by every loader of published weights (text encoders, DINOv2 / RAD-DINO backbones). ``HF_HUB_OFFLINE`` and
 ``TRANSFORMERS_OFFLINE`` are honoured; a Hub id that is neither a folder nor cached gives an error naming it and
-how to provide it. Weights are read with safetensors or ``torch.load(weights_only=True)``.
+how to provide it. Hub files are resolved with ``huggingface_hub.hf_hub_download`` (its cache: ``HF_HUB_CACHE`` /
+``HF_HOME``); weights are read by :func:`common.networks.weights.read_weights`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import os
 
 import torch
 
-__all__ = ["hub_offline", "hub_file", "load_hub_checkpoint", "not_found", "read_state_dict", "WEIGHT_FILES"]
+from common.networks.weights import WeightsError, read_weights
+
+__all__ = ["hub_offline", "hub_file", "load_hub_checkpoint", "not_found", "WEIGHT_FILES"]
 
 #: single-file checkpoints, in order of preference (safetensors first)
 WEIGHT_FILES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
@@ -56,32 +59,21 @@ def hub_file(
         if required:
             raise FileNotFoundError(f"{source}: no {filename}")
         return None
-    from transformers.utils import cached_file
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, LocalEntryNotFoundError
 
     try:
-        path = cached_file(
-            source,
-            filename,
-            revision=revision,
-            local_files_only=local_files_only,
-            _raise_exceptions_for_missing_entries=False,
-        )
-    except OSError as err:
+        return hf_hub_download(source, filename, revision=revision, local_files_only=local_files_only)
+    except LocalEntryNotFoundError as err:  # not cached, and offline or the Hub unreachable
+        if required:
+            raise not_found(source, local_files_only, what) from err
+        return None
+    except EntryNotFoundError as err:  # the repository exists without this file
+        if required:
+            raise FileNotFoundError(f"{source}: no {filename}") from err
+        return None
+    except (OSError, HFValidationError) as err:  # unknown or gated repository or revision, network failure, bad id
         raise not_found(source, local_files_only, what) from err
-    if path is None and required:
-        if local_files_only:
-            raise not_found(source, local_files_only, what)
-        raise FileNotFoundError(f"{source}: no {filename}")
-    return path
-
-
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Tensors of one ``.safetensors`` file or a torch file loaded with ``weights_only=True``."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path, device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_hub_checkpoint(
@@ -92,18 +84,22 @@ def load_hub_checkpoint(
     Raises:
         FileNotFoundError: the folder or repository holds no weights.
         OSError: see :func:`hub_file`.
+        WeightsError: a weight file or shard index is unreadable (see :func:`~common.networks.weights.read_weights`).
     """
     for filename in WEIGHT_FILES:
         path = hub_file(source, filename, local_files_only, revision, required=False, what=what)
         if path is not None:
-            return read_state_dict(path)
+            return read_weights(path)
     for filename in _INDEX_FILES:
         index = hub_file(source, filename, local_files_only, revision, required=False, what=what)
         if index is not None:
-            with open(index, encoding="utf-8") as handle:
-                shards = sorted(set(json.load(handle)["weight_map"].values()))
+            try:
+                with open(index, encoding="utf-8") as handle:
+                    shards = sorted(set(json.load(handle)["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as err:  # not JSON, or no "weight_map" dict
+                raise WeightsError(index, f"not a weight index ({type(err).__name__}: {err})") from err
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
-                state.update(read_state_dict(hub_file(source, shard, local_files_only, revision, what=what)))
+                state.update(read_weights(hub_file(source, shard, local_files_only, revision, what=what)))
             return state
     raise FileNotFoundError(f"{source}: no weights ({', '.join(WEIGHT_FILES + _INDEX_FILES)})")

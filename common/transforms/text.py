@@ -640,11 +640,9 @@ class EnsureReportd(MapTransform):
 
 
 def _tokenizer_config(source: str, local_files_only: bool) -> dict[str, Any]:
-    from transformers.utils import cached_file
+    from common.networks.hub import hub_file
 
-    path = cached_file(
-        source, "tokenizer_config.json", local_files_only=local_files_only, _raise_exceptions_for_missing_entries=False
-    )
+    path = hub_file(source, "tokenizer_config.json", local_files_only, required=False, what="tokenizer")
     if path is None:
         return {}
     with open(path, encoding="utf-8") as handle:

@@ -236,6 +236,9 @@ def test_uncached_hub_weights_name_the_id_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))  # read at import
     with pytest.raises(OSError, match="'facebook/dinov2-base' was not found in the local Hugging Face cache"):
         dinov2_backbone({"patch_size": 14}, init_weights="facebook/dinov2-base")
 
@@ -246,10 +249,10 @@ def test_cached_hub_weights_load_offline(tmp_path, monkeypatch):
     expected = _save_tiny_dinov2(snapshot, seed=1)
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
-    import transformers.utils.hub
+    import huggingface_hub.constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(transformers.utils.hub, "TRANSFORMERS_CACHE", str(tmp_path / "hub"))  # read at import
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # read at import
     backbone = load_rad_dino_backbone("org/tiny-dinov2")
     torch.testing.assert_close(backbone.model.embeddings.cls_token, expected["embeddings.cls_token"])
 

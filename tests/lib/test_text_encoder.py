@@ -245,6 +245,48 @@ def test_uncached_hub_id_offline_names_it() -> None:
         load_tokenizer(name)
 
 
+def test_hub_file_maps_huggingface_hub_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``hub_file`` resolves Hub ids with ``huggingface_hub.hf_hub_download`` and turns its errors into ours."""
+    import huggingface_hub
+    import huggingface_hub.constants
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    from common.networks.hub import hub_file, load_hub_checkpoint
+    from common.networks.weights import WeightsError
+
+    snapshot = tmp_path / "hub" / "models--org--tiny" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert hub_file("org/tiny", "config.json", local_files_only=True) == str(snapshot / "config.json")
+    assert hub_file("org/tiny", "model.safetensors", local_files_only=True, required=False) is None
+    with pytest.raises(OSError, match="'org/tiny' was not found in the local Hugging Face cache"):
+        hub_file("org/tiny", "model.safetensors", local_files_only=True, what="text encoder")
+
+    def raising(error: Exception):
+        def download(*args, **kwargs):
+            raise error
+
+        return download
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", raising(EntryNotFoundError("404")))
+    assert hub_file("org/tiny", "vocab.txt", local_files_only=False, required=False) is None
+    with pytest.raises(FileNotFoundError, match="org/tiny: no vocab.txt"):
+        hub_file("org/tiny", "vocab.txt", local_files_only=False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", raising(RepositoryNotFoundError("401")))
+    with pytest.raises(OSError, match="'org/private' was not found in the Hugging Face cache or the Hub"):
+        hub_file("org/private", "config.json", local_files_only=False, required=False)
+    (tmp_path / "sharded").mkdir()
+    (tmp_path / "sharded" / "model.safetensors.index.json").write_text("[]")
+    with pytest.raises(WeightsError, match="not a weight index"):
+        load_hub_checkpoint(str(tmp_path / "sharded"), local_files_only=True)
+    (tmp_path / "sharded" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(WeightsError, match="cannot read weights"):
+        load_hub_checkpoint(str(tmp_path / "sharded"), local_files_only=True)
+
+
 def test_freeze_lower_layers_stops_gradients_below_the_first_trainable_layer() -> None:
     torch.manual_seed(0)
     model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
