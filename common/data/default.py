@@ -3,22 +3,22 @@
 ``default_datalist(dataset_dir)`` returns ``dataset_dir``'s datalist when one is given; otherwise it generates
 :mod:`common.data.phantom` cases into ``$MEDVLP_CACHE/phantoms-v2`` (named after the generator version; default cache
 root ``~/.cache/medvlp``) the first time and returns the cached datalist afterwards. Generation writes into a temporary sibling folder that is
-renamed into place only when complete, under a file lock, so concurrent processes (e.g. all ranks of a
-``torchrun`` job) generate once and never see a half-written dataset.
+renamed into place only when complete, under a file lock (:class:`filelock.FileLock`), so concurrent processes
+(e.g. all ranks of a ``torchrun`` job) generate once and never see a half-written dataset. The generator is imported
+only when the phantoms are asked for, so an inference bundle given its own data never loads it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
+from filelock import FileLock
+
 from common.data.contract import DataContractError
-from common.data.phantom import GENERATOR_VERSION, generate_dataset
 
 __all__ = ["DEFAULT_SIZES", "default_cache_root", "default_datalist"]
 
@@ -67,6 +67,8 @@ def default_datalist(
     unknown = set(sizes) - set(DEFAULT_SIZES)
     if unknown:
         raise ValueError(f"unknown dataset sizes {sorted(unknown)}; expected some of {list(DEFAULT_SIZES)}")
+    from common.data.phantom import GENERATOR_VERSION, generate_dataset
+
     sizes = {**DEFAULT_SIZES, **sizes}
     name = GENERATOR_VERSION
     if sizes != DEFAULT_SIZES or seed != 0:
@@ -77,7 +79,7 @@ def default_datalist(
     if _complete(target):
         return str(datalist.resolve())
     root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".{name}.lock"):
+    with FileLock(root / f".{name}.lock"):
         if not _complete(target):  # another process may have finished while we waited
             staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
             try:
@@ -103,6 +105,8 @@ def _user_datalist(path: Path, dims: int) -> str:
 
 def _complete(folder: Path) -> bool:
     """True when ``folder`` holds a finished phantom dataset of this generator version."""
+    from common.data.phantom import GENERATOR_VERSION
+
     manifest = folder / "phantoms.json"
     if not (manifest.is_file() and (folder / "datalist_3d.json").is_file() and (folder / "datalist_2d.json").is_file()):
         return False
@@ -122,22 +126,6 @@ def _publish(staging: Path, target: Path) -> None:
             os.rename(target, stale)  # an incomplete leftover (e.g. a killed run that used another tool)
             shutil.rmtree(stale, ignore_errors=True)
             os.rename(staging, target)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock on ``path`` (POSIX ``flock``); a no-op where ``fcntl`` is unavailable."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: rely on the atomic rename alone
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 #: image files an inference folder may hold

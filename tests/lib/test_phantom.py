@@ -428,10 +428,21 @@ def test_default_datalist_generates_once_into_the_cache(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("regenerated a cached dataset")
 
-    monkeypatch.setattr("common.data.default.generate_dataset", fail)
+    monkeypatch.setattr("common.data.phantom.generate_dataset", fail)
     assert Path(default_datalist("", dims=2, **sizes)) == path.parent / "datalist_2d.json"
     assert _hashes(path.parent) == before
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_default_module_does_not_import_the_generator():
+    """Inference bundles import common.data.default: the phantom generator loads only when phantoms are asked for."""
+    code = (
+        "import sys, common.data.default; "
+        "print([m for m in sys.modules if 'phantom' in m or m.endswith(('report_writer', 'label_model'))])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_default_datalist_is_safe_when_processes_race(tmp_path):
