@@ -8,7 +8,6 @@ from common.engines.schedules import (
     cosine_schedule,
     param_groups_lrd,
     warmup_cosine_lambda,
-    warmup_poly_lambda,
 )
 from common.engines.trainer import NonFiniteLossError, PretrainingTrainer, loss_terms_transform
 
@@ -23,5 +22,4 @@ __all__ = [
     "loss_terms_transform",
     "param_groups_lrd",
     "warmup_cosine_lambda",
-    "warmup_poly_lambda",
 ]

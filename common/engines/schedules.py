@@ -6,10 +6,10 @@ teacher momentum or temperature.
   reaches ``base`` on its last step (``numpy.linspace``), then ``final + (base - final) * (1 + cos(pi * i / n)) / 2``
   for ``i = 0 .. n - 1``; past ``total_iters`` the value is ``final``. Objectives index it by the 0-based step the
   trainer passes to their hooks.
-* :func:`warmup_cosine_lambda` / :func:`warmup_poly_lambda` build a ``torch.optim.lr_scheduler.LambdaLR`` stepped
-  once per optimizer step (the trainer does that), so step ``i`` uses the value at index ``i``. Every param group
-  follows the schedule from its own initial ``lr`` to ``min_lr``, times its ``lr_scale`` (set by
-  :func:`param_groups_lrd`), which is how DINOv2 applies its ``lr_multiplier``.
+* :func:`warmup_cosine_lambda` builds a ``torch.optim.lr_scheduler.LambdaLR`` stepped once per optimizer step (the
+  trainer does that), so step ``i`` uses the value at index ``i``. Every param group follows the schedule from its
+  own initial ``lr`` to ``min_lr``, times its ``lr_scale`` (set by :func:`param_groups_lrd`), which is how DINOv2
+  applies its ``lr_multiplier``.
 * :func:`param_groups_lrd` builds AdamW param groups with layer-wise lr decay (Clark et al. ELECTRA; Bao et al. BEiT;
   He et al. MAE; DINOv2 ``get_params_groups_with_decay``) for ViTs named like transformers' ``Dinov2Model``
   (``embeddings.*``, ``encoder.layer.{i}.*``) or our :class:`~common.networks.eva.EvaViT`
@@ -32,9 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "cosine_schedule",
-    "poly_schedule",
     "warmup_cosine_lambda",
-    "warmup_poly_lambda",
     "layer_id_for_vit",
     "param_groups_lrd",
     "WeightDecayScheduleHandler",
@@ -100,29 +98,6 @@ def cosine_schedule(
     ).astype(np.float64)
 
 
-def poly_schedule(
-    base: float,
-    final: float,
-    total_iters: int,
-    warmup_iters: int = 0,
-    start_warmup_value: float = 0.0,
-    power: float = 1.0,
-) -> np.ndarray:
-    """Per-iteration values: linear warm-up to ``base`` (as :func:`cosine_schedule`), then
-    ``final + (base - final) * (1 - i / n) ** power`` (``power=1``: linear decay, e.g. ViLT/MPMA's ``decay_power 1``).
-
-    Raises:
-        ValueError: on negative lengths, warm-up longer than ``total_iters`` or ``power <= 0``.
-    """
-    _check_iters(total_iters, warmup_iters)
-    if power <= 0:
-        raise ValueError(f"power must be > 0, got {power}")
-    decay_iters = total_iters - warmup_iters
-    steps = np.arange(decay_iters, dtype=np.float64)
-    decay = final + (base - final) * (1.0 - steps / max(decay_iters, 1)) ** power
-    return np.concatenate((np.linspace(start_warmup_value, base, warmup_iters), decay)).astype(np.float64)
-
-
 def _lambda_lr(
     optimizer: torch.optim.Optimizer,
     build: Callable[[float], np.ndarray],
@@ -178,27 +153,6 @@ def warmup_cosine_lambda(
     return _lambda_lr(
         optimizer,
         lambda base_lr: cosine_schedule(base_lr, min_lr, total_iters, warmup_iters, start_warmup_lr),
-        min_lr,
-        freeze_last_layer_iters,
-    )
-
-
-def warmup_poly_lambda(
-    optimizer: torch.optim.Optimizer,
-    total_iters: int,
-    warmup_iters: int = 0,
-    power: float = 1.0,
-    min_lr: float = 0.0,
-    start_warmup_lr: float = 0.0,
-    freeze_last_layer_iters: int = 0,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then polynomial decay (``power=1``: linear) to ``min_lr``, as a per-iteration ``LambdaLR``.
-
-    Arguments as in :func:`warmup_cosine_lambda`; ``power`` is the exponent of ``(1 - progress)``.
-    """
-    return _lambda_lr(
-        optimizer,
-        lambda base_lr: poly_schedule(base_lr, min_lr, total_iters, warmup_iters, start_warmup_lr, power),
         min_lr,
         freeze_last_layer_iters,
     )

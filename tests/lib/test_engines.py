@@ -23,9 +23,7 @@ from common.engines.schedules import (
     cosine_schedule,
     layer_id_for_vit,
     param_groups_lrd,
-    poly_schedule,
     warmup_cosine_lambda,
-    warmup_poly_lambda,
 )
 from common.engines.trainer import NonFiniteLossError, PretrainingTrainer, loss_terms_transform, split_batch
 
@@ -309,12 +307,6 @@ def test_cosine_schedule_semantics():
         cosine_schedule(1.0, 0.0, total_iters=3, warmup_iters=4)
 
 
-def test_poly_schedule_is_linear_for_power_one():
-    values = poly_schedule(2.0, 0.0, total_iters=10, warmup_iters=2)
-    np.testing.assert_allclose(values[:2], [0.0, 2.0])
-    np.testing.assert_allclose(values[2:], 2.0 * (1 - np.arange(8) / 8))
-
-
 def test_lambda_lr_follows_schedule_per_group():
     head, body = nn.Linear(2, 2), nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(
@@ -336,8 +328,6 @@ def test_lambda_lr_follows_schedule_per_group():
     assert np.all(seen[:2, 0] == 0)  # frozen last layer
     np.testing.assert_allclose(seen[:12, 1], 0.5 * expected, rtol=1e-9)
     np.testing.assert_allclose(seen[12:, 1], 0.5e-5)  # past the end: min_lr
-    poly = warmup_poly_lambda(torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0), total_iters=4, power=2.0)
-    assert poly.get_last_lr() == [pytest.approx(1.0)]
 
 
 def test_trainer_steps_lr_schedule_per_iteration():
