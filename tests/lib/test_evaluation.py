@@ -13,28 +13,15 @@ from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
 from common.data.contract import DataContractError
-from common.evaluation import (
-    CT_RATE_LABELS,
-    EvaluationReport,
-    SegmentationProbe,
-    evaluate_embeddings,
-    flatten_scalars,
-    format_table,
-    knn_probe,
-    knn_scores,
-    linear_probe,
-    multilabel_auroc,
-    read_labelled_reports,
-    retrieval_metrics,
-    retrieval_ranks,
-    text_zero_shot_from_csv,
-    train_segmentation_probe,
-    zero_shot_auroc,
-    zero_shot_scores,
-)
-from common.evaluation.metrics import auroc_rows
+from common.evaluation.harness import evaluate_embeddings
+from common.evaluation.metrics import auroc_rows, multilabel_auroc
 from common.evaluation.plots import plot_dice_bars, plot_embedding_map, plot_recall_curve, plot_roc_curves
-from common.evaluation.report import to_jsonable
+from common.evaluation.probes import knn_probe, knn_scores, linear_probe
+from common.evaluation.report import EvaluationReport, flatten_scalars, format_table, to_jsonable
+from common.evaluation.retrieval import retrieval_metrics, retrieval_ranks
+from common.evaluation.seg_probe import SegmentationProbe, train_segmentation_probe
+from common.evaluation.text_zero_shot import CT_RATE_LABELS, read_labelled_reports, text_zero_shot_from_csv
+from common.evaluation.zero_shot import zero_shot_auroc, zero_shot_scores
 
 torch.set_num_threads(1)
 
