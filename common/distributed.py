@@ -24,7 +24,6 @@ __all__ = [
     "all_reduce_mean",
     "all_reduce_sum",
     "broadcast_module",
-    "barrier",
     "init_distributed",
     "destroy_distributed",
     "local_device",
@@ -102,11 +101,6 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> torch.nn.Module:
             if isinstance(tensor, torch.Tensor):
                 dist.broadcast(tensor, src=src)
     return module
-
-
-def barrier() -> None:
-    if is_enabled():
-        dist.barrier()
 
 
 def init_distributed(backend: str | None = None) -> bool:
