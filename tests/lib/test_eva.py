@@ -6,7 +6,6 @@ import itertools
 
 import pytest
 import torch
-
 from monai.networks.layers import DropPath
 
 from common.networks.eva import (
