@@ -33,9 +33,11 @@ from monai.bundle import ConfigParser
 
 from common.bundle_support import locate_bundle_root
 from common.engines.trainer import loss_terms_transform
-from common.evaluation import evaluate_embeddings
+from common.evaluation.harness import evaluate_embeddings
 from common.evaluation.plots import plot_probe_trajectory
-from common.methods.rad_dino_workflow import cls_features, records_loader, teacher_encoder
+from common.data.dataset import records_loader
+from common.evaluation.encoder import global_features
+from common.methods.rad_dino.export import teacher_encoder
 from common.networks.dino import DinoClsEncoder
 
 __all__ = ["TrajectoryProbe", "run"]
@@ -73,7 +75,7 @@ class TrajectoryProbe:
         return (moved / sum(float(q.float().square().sum()) for q in self.initial)) ** 0.5
 
     def _features(self, encoder: torch.nn.Module) -> list[dict[str, Any]]:
-        return cls_features(encoder, self.loaders, self.device, amp_dtype=self.amp_dtype, progress=False)
+        return global_features(encoder, self.loaders, self.device, amp_dtype=self.amp_dtype, progress=False)
 
     def __call__(self, epoch: int, iteration: int, elapsed_s: float, output: Any = None, final: bool = False) -> dict:
         """Probe a copy of the current teacher (the run's own teacher is left in its mode and place)."""

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from monai.data import Dataset, list_data_collate
 from monai.transforms import Compose, Randomizable, RandomizableTrait, Transform
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from common import distributed
 from common.data.contract import DataContractError
@@ -51,6 +51,7 @@ __all__ = [
     "PretrainingDataset",
     "ResumableSampler",
     "pretraining_collate",
+    "records_loader",
     "sample_seed",
 ]
 
@@ -302,6 +303,16 @@ def pretraining_collate(batch: Sequence[Any]) -> Any:
     if skipped and isinstance(collated, dict):
         collated[SKIPPED_KEY] = skipped
     return collated
+
+
+def records_loader(
+    records: Sequence[Mapping[str, Any]], transform: Callable, batch_size: int, num_workers: int = 0
+) -> DataLoader:
+    """An ordered, unshuffled loader over datalist records (frozen-encoder feature extraction, evaluation)."""
+    dataset = PretrainingDataset(list(records), transform, seed=0)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=pretraining_collate
+    )
 
 
 class ResumableSampler(DistributedSampler):

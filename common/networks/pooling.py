@@ -1,4 +1,5 @@
-"""Attention pooling of a token sequence into one vector, as in the COLIPRI release (``colipri`` 0.1.3).
+"""Pooling of a token sequence into one vector: attention pooling as in the COLIPRI release (``colipri`` 0.1.3),
+the first token, the masked mean.
 
 The query is the (masked) mean of the tokens; keys and values are all tokens; padding positions are excluded
 from both the mean and the attention. The same module turns into a per-token ("dense") map by keeping only its
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AttentionPool1D"]
+__all__ = ["AttentionPool1D", "FirstTokenPool", "MaskedMeanPool"]
 
 
 class AttentionPool1D(nn.Module):
@@ -44,8 +45,13 @@ class AttentionPool1D(nn.Module):
             raise ValueError("every sequence needs at least one valid (unmasked) token")
         return valid
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Pool ``x`` ``(B, N, D)``; ``attention_mask`` ``(B, N)`` is nonzero at valid tokens.
+
+        With ``return_attention`` also the query's attention over the tokens, per head: ``(B, heads, N)`` (rows sum
+        to 1, zero at padding): what G2D turns into pseudo-masks and PRIOR weights local features with.
 
         Raises:
             ValueError: if the mask has the wrong shape or a sequence has no valid token.
@@ -58,7 +64,11 @@ class AttentionPool1D(nn.Module):
             weights = valid.unsqueeze(-1).to(x.dtype)
             query = ((x * weights).sum(dim=1) / weights.sum(dim=1)).unsqueeze(1)
             key_padding_mask = ~valid
-        pooled, _ = self.attn(query, x, x, key_padding_mask=key_padding_mask, need_weights=False)
+        pooled, attention = self.attn(
+            query, x, x, key_padding_mask=key_padding_mask, need_weights=return_attention, average_attn_weights=False
+        )
+        if return_attention:
+            return pooled.squeeze(1), attention.squeeze(2)
         return pooled.squeeze(1)
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,3 +79,20 @@ class AttentionPool1D(nn.Module):
         d = self.embed_dim
         values = F.linear(x, self.attn.in_proj_weight[2 * d :], self.attn.in_proj_bias[2 * d :])
         return self.attn.out_proj(values)
+
+
+class FirstTokenPool(nn.Module):
+    """The first token of each sequence (BERT's ``[CLS]``): ``(B, N, D) -> (B, D)``; the mask is not needed."""
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return x[:, 0]
+
+
+class MaskedMeanPool(nn.Module):
+    """Mean over the valid tokens: ``(B, N, D) -> (B, D)``; ``attention_mask`` ``(B, N)`` is nonzero at valid ones."""
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is None:
+            return x.mean(dim=1)
+        weights = attention_mask.to(device=x.device, dtype=x.dtype).unsqueeze(-1)
+        return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)

@@ -42,6 +42,7 @@ from common.data.contract import DataContractError
 from common.data.findings import FINDINGS, Finding, finding_by_key
 
 __all__ = [
+    "prompt_pairs",
     "DEFAULT_PROMPT_TEMPLATES",
     "SECTION_NAMES",
     "PromptSet",
@@ -1047,6 +1048,12 @@ def build_prompts(
 # ----------------------------------------------------------------------------------------------------------------
 # Opposite sentences
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def prompt_pairs(findings: Sequence[Finding | str] = FINDINGS, num_prompts: int | None = None) -> dict[str, tuple]:
+    """``{finding_key: (positive prompts, negative prompts)}`` from :func:`build_prompts` (zero-shot classifiers)."""
+    prompts = build_prompts(findings, num_prompts=num_prompts)
+    return {key: (list(pos), list(neg)) for key, pos, neg in zip(prompts.keys, prompts.positive, prompts.negative)}
 
 
 def _label_values(labels: Any, keys: Sequence[str], names: Sequence[str], source: str) -> list[float]:

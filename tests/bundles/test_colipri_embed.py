@@ -16,14 +16,9 @@ from monai.transforms import Compose
 from PIL import Image
 
 from common.data.phantom import generate_dataset
-from common.methods.colipri_inference import (
-    PatchGridd,
-    PatchSlidingWindowInferer,
-    ResampleToOriginald,
-    WindowGridPad,
-    case_id,
-    sliding_window_preprocessing,
-)
+from common.engines.handlers import case_id
+from common.inferers import PatchSlidingWindowInferer
+from common.transforms.patch_grid import PatchGridd, ResampleToOriginald, WindowGridPad, sliding_window_preprocessing
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = {3: {"spatial_size": 32, "pixdim": 12.0}, 2: {"spatial_size": 64}}  # 4^3 / 8^2 tokens of 8 voxels

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.methods.colipri import ColipriPretraining, trim_padding
-from common.networks.colipri import ColipriImageEncoder, ColipriModel, ColipriTextEncoder
+from common.data.batch import trim_padding
+from common.methods.colipri.objective import ColipriPretraining
+from common.networks.two_tower import ImageTower, TextTower, TwoTowerModel
 from common.networks.decoders import MAEDecoder, ReportDecoder
 from common.networks.eva import eva_tiny
 
@@ -24,8 +25,8 @@ def _objective(**weights: float) -> ColipriPretraining:
                                 intermediate_size=2 * WIDTH),
         add_pooling_layer=False,
     )
-    model = ColipriModel(ColipriImageEncoder(backbone, projection_dim=WIDTH, num_heads=4),
-                         ColipriTextEncoder(bert, num_heads=4))
+    model = TwoTowerModel(ImageTower(backbone, projection_dim=WIDTH, num_heads=4),
+                         TextTower(bert, num_heads=4))
     mae = MAEDecoder(embed_dim=backbone.embed_dim, decoder_dim=48, depth=1, num_heads=4, patch_size=8, img_size=32)
     report = ReportDecoder(VOCAB, image_dim=WIDTH, hidden_size=32, num_layers=1, num_heads=4, max_length=64)
     return ColipriPretraining(model, mae, report, **weights)

@@ -3,7 +3,7 @@
 The official model is built with random weights (``get_model(pretrained=False, input_size=64)``: Primus-M at full
 width and depth on a 8^3 token grid). Its text tower normally comes from the Hugging Face Hub (CXR-BERT); here
 ``transformers.AutoModel.from_pretrained`` is patched to return a randomly initialised BERT-base of the same
-sizes, wrapped like CXR-BERT (``.bert``). Its state dict must load strictly into our :class:`ColipriModel`, and the
+sizes, wrapped like CXR-BERT (``.bert``). Its state dict must load strictly into our :class:`TwoTowerModel`, and the
 embeddings must agree. Skipped when the reference packages are not installed.
 """
 
@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from common.networks.colipri import ColipriImageEncoder, ColipriModel, ColipriTextEncoder
+from common.networks.two_tower import ImageTower, TextTower, TwoTowerModel
 from common.networks.eva import RotaryPositionEmbedding, primus_m
 
 pytestmark = pytest.mark.reference
@@ -43,7 +43,7 @@ class _CXRBertLike(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def models() -> tuple[torch.nn.Module, ColipriModel]:
+def models() -> tuple[torch.nn.Module, TwoTowerModel]:
     try:
         import colipri
     except Exception as err:  # noqa: BLE001 - colipri pulls torchio/torchvision/hydra; any failure means skip
@@ -52,9 +52,9 @@ def models() -> tuple[torch.nn.Module, ColipriModel]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(transformers.AutoModel, "from_pretrained", lambda *args, **kwargs: _CXRBertLike())
         official = colipri.get_model(pretrained=False, input_size=64).eval()
-    ours = ColipriModel(
-        ColipriImageEncoder(primus_m(img_size=64), projection_dim=768, num_heads=12),
-        ColipriTextEncoder(transformers.BertModel(_cxr_bert_config()), num_heads=12),
+    ours = TwoTowerModel(
+        ImageTower(primus_m(img_size=64), projection_dim=768, num_heads=12),
+        TextTower(transformers.BertModel(_cxr_bert_config()), num_heads=12),
     ).eval()
     result = ours.load_state_dict(official.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys

@@ -22,15 +22,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-import common.methods.colipri as colipri_method
+import common.methods.colipri.objective as colipri_method
 from common import distributed
 from common.engines import fsdp
 from common.losses.clip_loss import ClipLoss
 from common.losses.dino_clstoken_loss import DINOClsTokenLoss
 from common.losses.ibot_patch_loss import IBOTPatchLoss
-from common.methods.colipri import ColipriPretraining
-from common.methods.rad_dino import RadDinoPretraining
-from common.networks.colipri import ColipriImageEncoder, ColipriModel, ColipriTextEncoder
+from common.methods.colipri.objective import ColipriPretraining
+from common.methods.rad_dino.objective import RadDinoPretraining
+from common.networks.two_tower import ImageTower, TextTower, TwoTowerModel
 from common.networks.decoders import MAEDecoder, ReportDecoder
 from common.networks.dino import EvaDinoBackbone
 from common.networks.eva import eva_tiny
@@ -154,8 +154,8 @@ def _colipri() -> ColipriPretraining:
                                 intermediate_size=48, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
         add_pooling_layer=False,
     )
-    model = ColipriModel(ColipriImageEncoder(backbone, projection_dim=24, num_heads=2),
-                         ColipriTextEncoder(bert, num_heads=2))
+    model = TwoTowerModel(ImageTower(backbone, projection_dim=24, num_heads=2),
+                         TextTower(bert, num_heads=2))
     mae = MAEDecoder(embed_dim=24, decoder_dim=24, depth=2, num_heads=2, patch_size=8, img_size=16)
     report = ReportDecoder(VOCAB, image_dim=24, hidden_size=16, num_layers=2, num_heads=2, max_length=16,
                            dropout_rate=0.0)

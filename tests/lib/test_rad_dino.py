@@ -10,7 +10,7 @@ import torch
 
 from common.data.contract import DataContractError
 from common.engines.schedules import cosine_schedule, param_groups_lrd
-from common.methods.rad_dino import RadDinoPretraining
+from common.methods.rad_dino.objective import RadDinoPretraining
 from common.networks.dino import (
     DinoClsEncoder,
     DinoV2Backbone,

@@ -1,4 +1,4 @@
-"""COLIPRI towers, two-tower model, zero-shot classifier (incl. torch.jit.trace) and weight loading."""
+"""Image and text towers, two-tower model, zero-shot classifier (incl. torch.jit.trace) and weight loading."""
 
 from __future__ import annotations
 
@@ -7,14 +7,9 @@ import torch
 
 from common.data.contract import DataContractError
 from common.data.findings import FINDINGS
-from common.networks.colipri import (
-    ColipriImageEncoder,
-    ColipriModel,
-    ColipriTextEncoder,
-    ZeroShotClassifier,
-    load_colipri_weights,
-    temperature_from_logit_scale,
-)
+from common.networks.two_tower import ImageTower, TextTower, TwoTowerModel, temperature_from_logit_scale
+from common.networks.weights import WeightsError, load_weights
+from common.networks.zero_shot import ZeroShotClassifier
 from common.networks.eva import eva_tiny
 from common.networks.pooling import AttentionPool1D
 
@@ -31,12 +26,12 @@ def _bert(hidden: int = WIDTH, vocab: int = 200) -> torch.nn.Module:
     return transformers.BertModel(config)
 
 
-def _model(spatial_dims: int = 3, text: bool = True, temperature: float = 1.0) -> ColipriModel:
+def _model(spatial_dims: int = 3, text: bool = True, temperature: float = 1.0) -> TwoTowerModel:
     torch.manual_seed(0)
     backbone = eva_tiny(spatial_dims=spatial_dims, img_size=32)
-    image = ColipriImageEncoder(backbone, projection_dim=WIDTH, num_heads=4)
-    text_encoder = ColipriTextEncoder(_bert(), num_heads=4) if text else None
-    return ColipriModel(image, text_encoder, temperature=temperature).eval()
+    image = ImageTower(backbone, projection_dim=WIDTH, num_heads=4)
+    text_encoder = TextTower(_bert(), num_heads=4) if text else None
+    return TwoTowerModel(image, text_encoder, temperature=temperature).eval()
 
 
 def _images(spatial_dims: int = 3, batch: int = 2) -> torch.Tensor:
@@ -57,8 +52,38 @@ def test_image_encoder_outputs(spatial_dims: int) -> None:
     dense = encoder.encode(x, pool=False)
     assert dense.shape == patch_map.shape
     assert torch.allclose(dense.norm(dim=1), torch.ones(dense.shape[:1] + dense.shape[2:]), atol=1e-5)
-    keep = torch.tensor([[0, 5, 9], [1, 2, 3]])
-    assert encoder.forward_masked(x, keep).shape == (2, 3, encoder.backbone.embed_dim)
+    pooled, attention = encoder.pool(patch_map, return_attention=True)
+    assert torch.allclose(pooled, encoder.pool(patch_map), atol=1e-6)
+    assert attention.shape == (2, 4, *patch_map.shape[2:])  # per head, on the token grid
+    assert torch.allclose(attention.flatten(2).sum(-1), torch.ones(2, 4), atol=1e-5)
+
+
+def test_attention_pool_returns_its_attention() -> None:
+    torch.manual_seed(0)
+    pool = AttentionPool1D(16, 4).eval()
+    x = torch.randn(2, 6, 16)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    pooled, attention = pool(x, mask, return_attention=True)
+    assert torch.allclose(pooled, pool(x, mask), atol=1e-6)
+    assert attention.shape == (2, 4, 6)
+    assert torch.all(attention[0, :, 4:] == 0)  # no weight on padding
+    assert torch.allclose(attention.sum(-1), torch.ones(2, 4), atol=1e-6)
+    # the pooled vector is the out-projection of the attention-weighted values
+    d = 16
+    values = torch.nn.functional.linear(x, pool.attn.in_proj_weight[2 * d :], pool.attn.in_proj_bias[2 * d :])
+    heads = values.reshape(2, 6, 4, d // 4)
+    mixed = torch.einsum("bhn,bnhc->bhc", attention, heads).reshape(2, d)
+    assert torch.allclose(pool.attn.out_proj(mixed), pooled, atol=1e-5)
+
+
+def test_pool_then_project_tower() -> None:
+    torch.manual_seed(0)
+    tower = ImageTower(eva_tiny(spatial_dims=2, img_size=32), projection_dim=24, num_heads=4, project_tokens=False)
+    assert isinstance(tower.projector, torch.nn.Linear) and tower.pooler.embed_dim == tower.backbone.embed_dim
+    x = torch.randn(2, 1, 32, 32)
+    emb = tower(x)
+    assert emb.shape == (2, 24) and torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert tower.encode(x, pool=False).shape[1] == 24
 
 
 def test_attention_pool_masking_and_dense() -> None:
@@ -97,10 +122,10 @@ def test_text_encoder_ignores_padding_and_removes_pooler() -> None:
 
 def test_text_projector_when_widths_differ() -> None:
     torch.manual_seed(0)
-    image = ColipriImageEncoder(eva_tiny(img_size=32), projection_dim=WIDTH, num_heads=4)
+    image = ImageTower(eva_tiny(img_size=32), projection_dim=WIDTH, num_heads=4)
     with pytest.raises(ValueError, match="projection_dim"):
-        ColipriModel(image, ColipriTextEncoder(_bert(hidden=32), num_heads=4))
-    model = ColipriModel(image, ColipriTextEncoder(_bert(hidden=32), num_heads=4, projection_dim=WIDTH)).eval()
+        TwoTowerModel(image, TextTower(_bert(hidden=32), num_heads=4))
+    model = TwoTowerModel(image, TextTower(_bert(hidden=32), num_heads=4, projection_dim=WIDTH)).eval()
     assert model.encode_text(torch.randint(5, 200, (3, 7))).shape == (3, WIDTH)
     assert "text_encoder.projector.weight" in model.state_dict()
 
@@ -183,15 +208,17 @@ def test_load_weights_roundtrip_and_errors(tmp_path) -> None:
         source.softmax_temperature.fill_(0.02)
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
-    target = ColipriModel(
-        ColipriImageEncoder(eva_tiny(img_size=32), projection_dim=WIDTH, num_heads=4),
-        ColipriTextEncoder(_bert(), num_heads=4),
+    target = TwoTowerModel(
+        ImageTower(eva_tiny(img_size=32), projection_dim=WIDTH, num_heads=4),
+        TextTower(_bert(), num_heads=4),
     )
-    load_colipri_weights(target, path)
+    load_weights(target, path)
     for key, value in source.state_dict().items():
         assert torch.equal(value, target.state_dict()[key]), key
     image_only = _model(text=False)
-    load_colipri_weights(image_only, path)  # text keys are skipped for an image-only model
+    with pytest.raises(WeightsError, match="unexpected keys"):  # an image-only model must say what it drops
+        load_weights(image_only, path)
+    load_weights(image_only, path, ignore_prefixes=("text_encoder.",))
     assert image_only.softmax_temperature.item() == pytest.approx(0.02)
 
     state = source.state_dict()
@@ -199,10 +226,10 @@ def test_load_weights_roundtrip_and_errors(tmp_path) -> None:
     state["image_encoder.extra"] = torch.zeros(1)
     bad = tmp_path / "bad.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(bad))
-    with pytest.raises(DataContractError, match="bad.safetensors") as info:
-        load_colipri_weights(target, bad)
+    with pytest.raises(WeightsError, match="bad.safetensors") as info:
+        load_weights(target, bad)
     assert "image_encoder.projector.bias" in str(info.value) and "image_encoder.extra" in str(info.value)
-    with pytest.raises(DataContractError, match="does not exist"):
-        load_colipri_weights(target, tmp_path / "missing.safetensors")
+    with pytest.raises(DataContractError, match="does not exist"):  # WeightsError is a DataContractError
+        load_weights(target, tmp_path / "missing.safetensors")
     torch.save(source.state_dict(), tmp_path / "model.pt")
-    load_colipri_weights(target, tmp_path / "model.pt")
+    load_weights(target, tmp_path / "model.pt")

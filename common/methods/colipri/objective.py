@@ -16,36 +16,20 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from common.data.batch import paired_rows, trim_padding
 from common.losses.caption_loss import CaptionLoss
 from common.losses.clip_loss import ClipLoss
 from common.losses.masked_patch_mse_loss import MaskedPatchMSELoss
 from common.losses.opposite_sentence_loss import OppositeSentenceLoss
-from common.networks.colipri import ColipriModel
+from common.networks.two_tower import TwoTowerModel
 from common.networks.decoders import MAEDecoder, ReportDecoder
 from common.networks.eva import patchify, random_keep_indices
 
-__all__ = ["ColipriPretraining", "paired_rows", "trim_padding"]
-
-
-def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the trailing columns that are padding in every row (fixed-length tokenisation, right padding).
-
-    Results are unchanged (padded positions are masked everywhere); the text tower and the report decoder
-    then cost what the longest report in the batch needs, not ``max_length``.
-    """
-    valid = attention_mask.reshape(-1, attention_mask.shape[-1]).any(dim=0)
-    length = int(valid.nonzero().max()) + 1 if bool(valid.any()) else 1
-    return input_ids[..., :length], attention_mask[..., :length]
-
-
-def paired_rows(has_report: torch.Tensor) -> torch.Tensor:
-    """Indices of the rows with a report; ``[0]`` when there is none (that row is then masked out of the losses)."""
-    rows = has_report.nonzero().flatten()
-    return rows if rows.numel() > 0 else torch.zeros(1, dtype=torch.long, device=has_report.device)
+__all__ = ["ColipriPretraining"]
 
 
 class ColipriPretraining(nn.Module):
-    """Composes the COLIPRI objectives around a :class:`~common.networks.colipri.ColipriModel`.
+    """Composes the COLIPRI objectives around a :class:`~common.networks.two_tower.TwoTowerModel`.
 
     Args:
         model: image and text towers (the part that is exported).
@@ -60,7 +44,7 @@ class ColipriPretraining(nn.Module):
 
     def __init__(
         self,
-        model: ColipriModel,
+        model: TwoTowerModel,
         mae_decoder: MAEDecoder | None = None,
         report_decoder: ReportDecoder | None = None,
         contrastive_weight: float = 1.0,

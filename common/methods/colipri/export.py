@@ -1,0 +1,44 @@
+"""COLIPRI export: the trained two-tower model (with its learned temperature) and the zero-shot inference network."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from common.data.findings import FINDINGS, Finding
+from common.engines.checkpoint import export_inference_weights
+from common.engines.trainer import unwrap_module
+from common.networks.two_tower import TwoTowerModel
+from common.networks.zero_shot import ZeroShotClassifier
+from common.transforms.text import prompt_pairs
+
+__all__ = ["export_colipri"]
+
+logger = logging.getLogger(__name__)
+
+
+def export_colipri(
+    objective: torch.nn.Module,
+    tokenizer: Any,
+    model_path: str | os.PathLike,
+    classifier_path: str | os.PathLike,
+    findings: Sequence[Finding | str] = FINDINGS,
+) -> ZeroShotClassifier:
+    """Write the trained two-tower model and the zero-shot inference network (flat state dicts).
+
+    The contrastive loss' learned logit scale becomes the model's ``softmax_temperature`` (``T = 1 / s``).
+    ``classifier_path`` (``models/model.pt``) is what ``inference.yaml``, MONAI Label and the Model Zoo load.
+    """
+    objective = unwrap_module(objective)
+    model: TwoTowerModel = objective.model
+    if getattr(objective, "clip_loss", None) is not None:
+        model.set_logit_scale(objective.clip_loss.logit_scale.detach())
+    export_inference_weights(model, model_path)
+    classifier = ZeroShotClassifier.from_model(model, tokenizer, prompt_pairs(findings))
+    export_inference_weights(classifier, classifier_path)
+    logger.info("exported %s and %s", model_path, classifier_path)
+    return classifier

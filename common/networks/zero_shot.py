@@ -1,0 +1,194 @@
+"""Zero-shot findings classification from any two-tower model: the inference ``network_def`` of paired methods.
+
+:class:`ZeroShotClassifier` holds the image tower and the per-finding prompt embeddings (encoded once by the text
+tower), so the exported network needs no text tower and traces with ``torch.jit.trace``.
+:class:`DenseZeroShotHeads` adds the global embedding and per-finding similarity maps for sliding-window inference
+(:class:`common.inferers.PatchSlidingWindowInferer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.networks.two_tower import TwoTowerModel
+
+__all__ = ["ZeroShotClassifier", "DenseZeroShotHeads"]
+
+
+def _prompt_pairs(prompt_set: Any) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """Normalise a prompt set into keys, positive and negative prompt lists."""
+    keys, positives, negatives = [], [], []
+    items = prompt_set.items() if isinstance(prompt_set, Mapping) else [(f.key, f) for f in prompt_set]
+    for key, value in items:
+        if hasattr(value, "prompts_positive"):
+            pos, neg = value.prompts_positive, value.prompts_negative
+        else:
+            pos, neg = value
+        pos, neg = [pos] if isinstance(pos, str) else list(pos), [neg] if isinstance(neg, str) else list(neg)
+        if not pos or len(pos) != len(neg):
+            raise ValueError(
+                f"finding {key!r}: need as many negative as positive prompts, got {len(pos)} and {len(neg)}"
+            )
+        keys.append(str(key))
+        positives.append(pos)
+        negatives.append(neg)
+    if not keys:
+        raise ValueError("prompt_set is empty")
+    if len({len(p) for p in positives}) != 1:
+        raise ValueError(f"every finding needs the same number of prompt pairs, got {[len(p) for p in positives]}")
+    return keys, positives, negatives
+
+
+class ZeroShotClassifier(nn.Module):
+    """Image-only inference network: images -> per-finding probabilities ``(B, K)``.
+
+    For finding ``k`` and prompt pair ``p`` the probability of presence is the two-way softmax of
+    ``(cos(image, neg_kp), cos(image, pos_kp)) / T`` (as the COLIPRI release's README example does with a
+    ("No X", "X") pair); the output is the **mean of these probabilities over the P prompt pairs**. Prompt
+    embeddings are precomputed buffers, so the network holds no text tower and traces with ``torch.jit.trace``.
+
+    Args:
+        image_encoder: image tower (``encode(x, pool=...)`` and ``projection_dim``, e.g. an ``ImageTower``).
+        prompt_embeddings_pos: ``(K, P, D)`` embeddings of the positive prompts (normalised here).
+        prompt_embeddings_neg: ``(K, P, D)`` embeddings of the paired negative prompts.
+        temperature: softmax temperature (the model's ``softmax_temperature``).
+        finding_keys: optional names of the K findings (kept as a plain attribute).
+    """
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_embeddings_pos: torch.Tensor,
+        prompt_embeddings_neg: torch.Tensor,
+        temperature: float | torch.Tensor = 1.0,
+        finding_keys: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if prompt_embeddings_pos.ndim != 3 or prompt_embeddings_pos.shape != prompt_embeddings_neg.shape:
+            raise ValueError(
+                f"prompt embeddings must both be (K, P, D), got {tuple(prompt_embeddings_pos.shape)} "
+                f"and {tuple(prompt_embeddings_neg.shape)}"
+            )
+        if prompt_embeddings_pos.shape[-1] != image_encoder.projection_dim:
+            raise ValueError(
+                f"prompt width {prompt_embeddings_pos.shape[-1]} != image width {image_encoder.projection_dim}"
+            )
+        if float(temperature) <= 0:
+            raise ValueError(f"temperature must be positive, got {float(temperature)}")
+        if finding_keys is not None and len(finding_keys) != prompt_embeddings_pos.shape[0]:
+            raise ValueError(f"{len(finding_keys)} finding keys for {prompt_embeddings_pos.shape[0]} findings")
+        self.image_encoder = image_encoder
+        self.register_buffer("prompt_embeddings_pos", F.normalize(prompt_embeddings_pos.detach().float(), dim=-1))
+        self.register_buffer("prompt_embeddings_neg", F.normalize(prompt_embeddings_neg.detach().float(), dim=-1))
+        self.register_buffer("softmax_temperature", torch.as_tensor(temperature, dtype=torch.float32).detach().clone())
+        self.finding_keys = list(finding_keys) if finding_keys is not None else None
+
+    @classmethod
+    @torch.no_grad()
+    def from_model(
+        cls, model: TwoTowerModel, tokenizer: Any, prompt_set: Any, max_length: int = 64
+    ) -> ZeroShotClassifier:
+        """Build from a trained :class:`~common.networks.two_tower.TwoTowerModel`, encoding every prompt once with its text tower.
+
+        Args:
+            model: model with a text encoder.
+            tokenizer: a Hugging Face tokenizer (callable with ``return_tensors="pt"``).
+            prompt_set: a sequence of :class:`~common.data.findings.Finding` (``key``, ``prompts_positive``,
+                ``prompts_negative``) or a mapping ``key -> (positive prompts, negative prompts)``.
+            max_length: tokenizer truncation length.
+        """
+        keys, positives, negatives = _prompt_pairs(prompt_set)
+        k, p = len(keys), len(positives[0])
+        device = model.softmax_temperature.device
+        was_training = model.training
+        model.eval()
+
+        def embed(texts: list[str]) -> torch.Tensor:
+            batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            return model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+
+        pos = embed([t for group in positives for t in group]).reshape(k, p, -1)
+        neg = embed([t for group in negatives for t in group]).reshape(k, p, -1)
+        model.train(was_training)
+        return cls(model.image_encoder, pos, neg, model.softmax_temperature, finding_keys=keys)
+
+    def probabilities(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Per-finding probabilities ``(B, K)`` from global joint-space embeddings ``(B, D)``."""
+        return self._probabilities(embeddings, "bd,kpd->bkp")
+
+    def _probabilities(self, embeddings: torch.Tensor, equation: str) -> torch.Tensor:
+        pos = torch.einsum(equation, embeddings, self.prompt_embeddings_pos.to(embeddings.dtype))
+        neg = torch.einsum(equation, embeddings, self.prompt_embeddings_neg.to(embeddings.dtype))
+        # softmax over (neg, pos) of similarity / T == sigmoid((pos - neg) / T); then mean over prompt pairs
+        return torch.sigmoid((pos - neg) / self.softmax_temperature).mean(dim=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-finding probabilities ``(B, K)`` for images ``(B, C, *spatial)``."""
+        return self.probabilities(self.image_encoder(x))
+
+    def dense_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-patch finding probabilities ``(B, K, *grid)`` from the dense joint-space embeddings."""
+        dense = self.image_encoder.encode(x, pool=False)
+        b, d, *grid = dense.shape
+        probs = self._probabilities(dense.flatten(2), "bdn,kpd->bkpn")
+        return probs.reshape(b, -1, *grid)
+
+    def dense_similarity(self, x: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosine maps ``(B, P, *grid)`` between per-patch embeddings of ``x`` and ``text_embeddings`` ``(P, D)``."""
+        dense = self.image_encoder.encode(x, pool=False)
+        text = F.normalize(text_embeddings.to(dense.dtype), dim=-1)
+        b, d, *grid = dense.shape
+        return torch.einsum("bdn,pd->bpn", dense.flatten(2), text).reshape(b, -1, *grid)
+
+
+class DenseZeroShotHeads(nn.Module):
+    """Inference network for sliding-window embedding (``embed.yaml``): a zero-shot classifier's image tower and prompts.
+
+    :meth:`patch_embeddings` is what the sliding windows run; :meth:`heads` turns a (stitched) patch map into
+    ``embedding`` ``(B, D)``, ``probabilities`` ``(B, K)`` (as :class:`ZeroShotClassifier`) and ``similarity``
+    ``(B, K, *grid)`` (mean over prompt pairs of positive-minus-negative cosine). ``forward`` is the plain path.
+
+    Args:
+        classifier: zero-shot classifier holding the image tower, the ``(K, P, D)`` prompt embeddings and the
+            temperature (e.g. :meth:`ZeroShotClassifier.from_model`).
+    """
+
+    def __init__(self, classifier: ZeroShotClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.finding_keys = classifier.finding_keys
+
+    @classmethod
+    def from_model(
+        cls, model: TwoTowerModel, tokenizer: Any, prompt_set: Any, max_length: int = 64
+    ) -> DenseZeroShotHeads:
+        """Encode the prompts once with ``model``'s text tower (see :meth:`ZeroShotClassifier.from_model`)."""
+        return cls(ZeroShotClassifier.from_model(model, tokenizer, prompt_set, max_length=max_length))
+
+    @property
+    def image_encoder(self) -> nn.Module:
+        return self.classifier.image_encoder
+
+    def patch_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """Projected patch map ``(B, D, *grid)`` of images ``(B, C, *spatial)``."""
+        return self.image_encoder.patch_embeddings(x)
+
+    def heads(self, patch_map: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Global embedding, zero-shot probabilities and finding similarity maps from a patch map."""
+        encoder, clf = self.image_encoder, self.classifier
+        embedding = encoder.pool(patch_map)
+        dense = encoder.dense_embeddings(patch_map)
+        b, _, *grid = dense.shape
+        contrast = (clf.prompt_embeddings_pos - clf.prompt_embeddings_neg).mean(dim=1).to(dense.dtype)  # (K, D)
+        similarity = torch.einsum("bdn,kd->bkn", dense.flatten(2), contrast).reshape(b, -1, *grid)
+        # the classifier's own probability rule (two-way softmax per prompt pair, mean over pairs)
+        probabilities = clf.probabilities(embedding)
+        return {"embedding": embedding, "probabilities": probabilities, "similarity": similarity}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.heads(self.patch_embeddings(x))
