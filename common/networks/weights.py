@@ -122,6 +122,7 @@ def load_weights(
         state = _rename(state, key_map)
     prefixes, suffixes = tuple(ignore_prefixes), tuple(ignore_suffixes)
     expected = module.state_dict()
+    state = _legacy_weight_norm(state, expected)
     state = {
         k: v
         for k, v in state.items()
@@ -130,6 +131,22 @@ def load_weights(
     check_state_dict(module, state, origin)
     module.load_state_dict(state, strict=True)
     return module
+
+
+#: ``torch.nn.utils.weight_norm`` (legacy) names -> ``torch.nn.utils.parametrizations.weight_norm`` names
+_WEIGHT_NORM = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}
+
+
+def _legacy_weight_norm(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Rename legacy weight-norm keys (``head.weight_g``) to the parametrized ones the module holds (as torch does)."""
+    out = {}
+    for key, value in state.items():
+        stem, _, leaf = key.rpartition(".")
+        new = (f"{stem}." if stem else "") + _WEIGHT_NORM[leaf] if leaf in _WEIGHT_NORM else key
+        out[new if key not in expected and new in expected else key] = value
+    return out
 
 
 def _rename(

@@ -116,3 +116,13 @@ def test_activation_checkpointing_reaches_every_outermost_tower() -> None:
     assert objective.model.text.is_gradient_checkpointing
     plain = _Checkpointable()
     assert prepare_objective(plain, "cpu") is plain and not plain.enabled
+
+
+def test_legacy_weight_norm_keys_load_into_parametrized_layers() -> None:
+    legacy = torch.nn.utils.weight_norm(nn.Linear(4, 3))  # saves weight_g / weight_v (DINOv2, RAD-DINO heads)
+    state = {k: v.detach().clone() for k, v in legacy.state_dict().items()}
+    assert {"weight_g", "weight_v"} <= set(state)
+    target = torch.nn.utils.parametrizations.weight_norm(nn.Linear(4, 3))
+    load_weights(target, state)
+    x = torch.randn(2, 4)
+    assert torch.allclose(target(x), legacy(x), atol=1e-6)
