@@ -12,7 +12,7 @@ section:
 * ``clean``: the evaluation input (``evaluate#image_preprocessing``, else ``image_preprocessing``), one per case.
 
 The feature is what evaluation probes: COLIPRI's projected, pooled, L2-normalised image embedding
-(``ColipriImageEncoder.forward``); RAD-DINO's CLS token of ``student_backbone`` (the teacher starts as its copy).
+(``ImageTower.forward``); RAD-DINO's CLS token of ``student_backbone`` (the teacher starts as its copy).
 The same statistics are computed on the input voxels (the preprocessed view, flattened) as a model-free reference.
 
 Statistics (:func:`spread_statistics`, features ``(N cases, V views, D)``; "centred" subtracts the mean of all
