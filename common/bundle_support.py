@@ -1,11 +1,17 @@
-"""Helpers that bundle configs call: where the bundle lives, which schema its metadata follows."""
+"""Helpers that bundle configs call (where the bundle lives, which schema its metadata follows), and the one way
+the repository's tools find its bundles: :func:`discover_bundles`."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["META_SCHEMA_PATH", "locate_bundle_root"]
+__all__ = ["META_SCHEMA_PATH", "BundleInfo", "discover_bundles", "locate_bundle_root"]
+
+CONFIG_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".json")
 
 #: The Model Zoo metadata schema (vendored so that ``verify_metadata`` needs no download).
 META_SCHEMA_PATH: str = str(Path(__file__).parent / "resources" / "meta_schema_20240725.json")
@@ -28,3 +34,45 @@ def locate_bundle_root(name: str) -> str:
         if (candidate / "configs" / "metadata.json").is_file() and (candidate.name == name or candidate != cwd):
             return os.path.relpath(candidate) if candidate.is_relative_to(cwd) else str(candidate)
     return str(cwd)
+
+
+class BundleInfo:
+    """A bundle folder: ``configs/metadata.json`` plus configs, found by :func:`discover_bundles`."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.name = self.root.name
+
+    def __repr__(self) -> str:
+        return f"BundleInfo({str(self.root)!r})"
+
+    def config(self, name: str) -> Path | None:
+        """``configs/<name>.yaml`` (or ``.yml`` / ``.json``), None when the bundle has no such config."""
+        for suffix in CONFIG_SUFFIXES:
+            path = self.root / "configs" / f"{name}{suffix}"
+            if path.is_file() and path.name != "metadata.json":
+                return path
+        return None
+
+    def metadata(self) -> dict[str, Any]:
+        return json.loads((self.root / "configs" / "metadata.json").read_text())
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 or 3: the length of the first network input's ``spatial_shape`` in the metadata."""
+        inputs = self.metadata()["network_data_format"]["inputs"]
+        return len(next(iter(inputs.values()))["spatial_shape"])
+
+
+def discover_bundles(bundles_dir: str | os.PathLike | None = None, configs: Sequence[str] = ()) -> list[BundleInfo]:
+    """Every bundle in ``bundles_dir`` (a sub-folder holding ``configs/metadata.json``) that has all of ``configs``
+    (config names such as ``inference``, ``train``, ``multi_gpu_train``), sorted by name.
+
+    The MONAI Label app, the benchmark and the tests find bundles this way: adding a bundle folder is enough.
+    Default ``bundles_dir``: ``bundles/`` of the repository holding this package (none in a Model Zoo export).
+    """
+    folder = Path(bundles_dir) if bundles_dir is not None else Path(__file__).resolve().parents[1] / "bundles"
+    if not folder.is_dir():
+        return []
+    found = (BundleInfo(p) for p in sorted(folder.iterdir()) if (p / "configs" / "metadata.json").is_file())
+    return [b for b in found if all(b.config(name) is not None for name in configs)]
