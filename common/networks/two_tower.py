@@ -64,8 +64,11 @@ class ImageTower(nn.Module):
         num_heads: heads of the default attention pooler.
         project_tokens: project tokens before pooling (True) or the pooled vector after it (False).
         feature_dim: backbone width when the backbone has no ``embed_dim`` / ``out_channels`` attribute.
-        pooler: ``(B, N, W), mask -> (B, W)`` module; default :class:`AttentionPool1D` (masked-mean query).
+        pooler: ``(B, N, W), mask -> (B, W')`` module; default :class:`AttentionPool1D` (masked-mean query).
         spatial_dims: 2 or 3 when the backbone has no ``spatial_dims`` attribute.
+        projector: replaces the default projection (a pointwise convolution on the map with ``project_tokens``, a
+            linear layer on the pooled vector otherwise), e.g. G2D's non-linear
+            :class:`~common.networks.projection.NonLinearProjection`; it must output ``projection_dim`` channels.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class ImageTower(nn.Module):
         feature_dim: int | None = None,
         pooler: nn.Module | None = None,
         spatial_dims: int | None = None,
+        projector: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -85,7 +89,9 @@ class ImageTower(nn.Module):
             raise ValueError(f"spatial_dims must be 2 or 3, got {self._spatial_dims}")
         width = int(feature_dim) if feature_dim is not None else _feature_width(backbone)
         self.project_tokens = bool(project_tokens)
-        if self.project_tokens:
+        if projector is not None:
+            self.projector = projector
+        elif self.project_tokens:
             conv = nn.Conv3d if self._spatial_dims == 3 else nn.Conv2d
             self.projector = conv(width, projection_dim, kernel_size=1)
         else:
@@ -160,6 +166,8 @@ class TextTower(nn.Module):
         projection_dim: joint width; ``None`` or the backbone width means no projector.
         pooler: ``(B, L, W), mask -> (B, W)`` module; default :class:`AttentionPool1D`
             (:class:`~common.networks.pooling.FirstTokenPool` gives the ``[CLS]`` token).
+        projector: replaces the linear projection (applied after pooling, or per token with ``pool=False``), e.g. a
+            :class:`~common.networks.projection.NonLinearProjection`; it must output ``projection_dim`` channels.
     """
 
     def __init__(
@@ -168,6 +176,7 @@ class TextTower(nn.Module):
         num_heads: int = 12,
         projection_dim: int | None = None,
         pooler: nn.Module | None = None,
+        projector: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if not hasattr(backbone, "embeddings") and hasattr(backbone, "bert"):
@@ -179,9 +188,11 @@ class TextTower(nn.Module):
         width = int(backbone.config.hidden_size)
         self.width = width
         self.pooler = pooler if pooler is not None else AttentionPool1D(width, num_heads)
-        self.projector = (
-            nn.Linear(width, projection_dim) if projection_dim is not None and projection_dim != width else None
-        )
+        if projector is not None and projection_dim is None:
+            raise ValueError("a custom text projector needs its output width as projection_dim")
+        if projector is None and projection_dim is not None and projection_dim != width:
+            projector = nn.Linear(width, projection_dim)
+        self.projector = projector
         self.projection_dim = width if self.projector is None else int(projection_dim)
 
     def token_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
