@@ -1,4 +1,8 @@
-"""COLIPRI export: the trained two-tower model (with its learned temperature) and the zero-shot inference network."""
+"""Export of a paired method: the trained two-tower model (with its learned temperature) and its zero-shot classifier.
+
+Any objective holding ``model`` (a :class:`~common.networks.two_tower.TwoTowerModel`) and, optionally, ``clip_loss``
+(its logit scale becomes the model's ``softmax_temperature``) is exported this way (COLIPRI, G2D, ...).
+"""
 
 from __future__ import annotations
 
@@ -16,12 +20,12 @@ from common.networks.two_tower import TwoTowerModel
 from common.networks.zero_shot import ZeroShotClassifier
 from common.transforms.text import prompt_pairs
 
-__all__ = ["export_colipri"]
+__all__ = ["export_two_tower"]
 
 logger = logging.getLogger(__name__)
 
 
-def export_colipri(
+def export_two_tower(
     objective: torch.nn.Module,
     tokenizer: Any,
     model_path: str | os.PathLike,
@@ -30,7 +34,7 @@ def export_colipri(
 ) -> ZeroShotClassifier:
     """Write the trained two-tower model and the zero-shot inference network (flat state dicts).
 
-    The contrastive loss' learned logit scale becomes the model's ``softmax_temperature`` (``T = 1 / s``).
+    The contrastive loss' (learned or fixed) logit scale becomes the model's ``softmax_temperature`` (``T = 1 / s``).
     ``classifier_path`` (``models/model.pt``) is what ``inference.yaml``, MONAI Label and the Model Zoo load.
     """
     objective = unwrap_module(objective)
