@@ -108,10 +108,13 @@ class ImageTower(nn.Module):
         """The backbone's feature map ``(B, F, *grid)``."""
         return self.backbone(x)
 
+    def project(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """The token map the pooler attends over, from a backbone feature map (projected when ``project_tokens``)."""
+        return self.projector(feature_map) if self.project_tokens else feature_map
+
     def patch_embeddings(self, x: torch.Tensor) -> torch.Tensor:
         """The token map ``(B, W, *grid)`` the pooler attends over (projected when ``project_tokens``)."""
-        features = self.feature_map(x)
-        return self.projector(features) if self.project_tokens else features
+        return self.project(self.feature_map(x))
 
     def pool(
         self, patch_map: torch.Tensor, normalize: bool = True, return_attention: bool = False
