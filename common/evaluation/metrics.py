@@ -19,7 +19,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from common.evaluation._arrays import as_numpy, label_names, to_2d_labels
 
-__all__ = ["multilabel_auroc", "auroc_rows", "paired_auroc_difference"]
+__all__ = [
+    "multilabel_auroc", "auroc_rows", "paired_auroc_difference", "bootstrap_mean", "paired_mean_difference"
+]
 
 logger = logging.getLogger(__name__)
 
@@ -241,4 +243,47 @@ def paired_auroc_difference(
         "n_cases": int(n_cases),
         "bootstrap": {"n_resamples": int(n_bootstrap), "n_used_macro": int(complete.sum()), "ci_level": ci_level,
                       "seed": seed},
+    }
+
+
+def bootstrap_mean(
+    values: Any, n_bootstrap: int = 1000, seed: int = 0, ci_level: float = 0.95
+) -> dict[str, Any]:
+    """Mean of per-case values (NaN ignored) with a case-resampling percentile interval.
+
+    Returns:
+        ``{"mean", "mean_ci", "n_cases"}`` (``None`` where no case is finite).
+    """
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return {"mean": None, "mean_ci": [None, None], "n_cases": 0}
+    samples = np.concatenate([x[idx].mean(axis=1) for _, idx in _resample_chunks(x.size, n_bootstrap, seed)]) \
+        if n_bootstrap else np.empty(0)
+    return {"mean": float(x.mean()), "mean_ci": _percentile_ci(samples, ci_level) if samples.size else [None, None],
+            "n_cases": int(x.size)}
+
+
+def paired_mean_difference(
+    values: Any, baseline_values: Any, n_bootstrap: int = 1000, seed: int = 0, ci_level: float = 0.95
+) -> dict[str, Any]:
+    """Mean of ``values - baseline_values`` over the cases where both are finite, with a paired bootstrap.
+
+    Returns:
+        ``{"difference", "difference_ci", "p_not_better", "n_cases"}``; ``p_not_better`` is the fraction of resamples
+        whose mean difference is <= 0.
+    """
+    a, b = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (values, baseline_values))
+    if a.shape != b.shape:
+        raise ValueError(f"paired values must have the same length, got {a.size} and {b.size}")
+    d = (a - b)[np.isfinite(a) & np.isfinite(b)]
+    if d.size == 0:
+        return {"difference": None, "difference_ci": [None, None], "p_not_better": None, "n_cases": 0}
+    samples = np.concatenate([d[idx].mean(axis=1) for _, idx in _resample_chunks(d.size, n_bootstrap, seed)]) \
+        if n_bootstrap else np.empty(0)
+    return {
+        "difference": float(d.mean()),
+        "difference_ci": _percentile_ci(samples, ci_level) if samples.size else [None, None],
+        "p_not_better": float((samples <= 0).mean()) if samples.size else None,
+        "n_cases": int(d.size),
     }
