@@ -1,5 +1,5 @@
 """Side-by-side benchmark of the COLIPRI pieces of ``common/`` against the official ``colipri==0.1.3`` package,
-and RAD-DINO training-step rows.
+and the training step of every bundle.
 
 Three sections, each optional (``--sections``):
 
@@ -7,18 +7,16 @@ Three sections, each optional (``--sections``):
   resampling) and of the official TorchIO processor (``colipri.get_processor(image_only=True)``), with loading
   (path in, tensor out) and without (volume already in memory), plus their voxelwise agreement.
 * ``encoder``: image-encoder forward latency (batch 1, backbone + projector + attention pooling) and peak memory of
-  our :class:`~common.networks.colipri.ColipriImageEncoder` and the official model built with random weights, the
+  our image tower (``colipri_ct``'s inference ``network_def``) and the official model built with random weights, the
   official weights copied into ours so the outputs can be compared. fp32 on CPU, bf16 autocast on CUDA.
-* ``train_step``: time and peak memory of one optimiser step of :class:`~common.methods.colipri.ColipriPretraining`
-  through :class:`~common.engines.trainer.PretrainingTrainer`: the demo configuration (EVA-tiny 64^3, tiny BERT) and,
-  on CUDA only, the paper configuration (Primus-M 192^3, BERT-base text tower, report decoder, MAE decoder) with and
-  without activation checkpointing; then the same for each RAD-DINO bundle's
-  :class:`~common.methods.rad_dino.RadDinoPretraining`, built from the bundle's own ``train.yaml`` (+ ``demo.yaml``)
-  and fed random multi-crop views of the configured sizes (demo on any device, paper configuration on CUDA only).
+* ``train_step``: time and peak memory of one optimiser step for every bundle in ``bundles/`` with a ``train.yaml``
+  (adding a bundle folder is enough): objective, optimizer and trainer come from the bundle's own ``train.yaml``
+  (+ ``demo.yaml``), the batch from its own training transforms on a few embedded phantoms; the demo configuration
+  on any device and, on CUDA only, the paper configuration with and without activation checkpointing.
 
 Usage::
 
-    python scripts/benchmark.py run --out_dir bench --device cpu --encoder_input 64 --repeats 3
+    python scripts/benchmark.py run --out_dir bench --device cpu --encoder_input 64 --repeats 3 --train_batch 2
     python scripts/benchmark.py run --out_dir bench --device cuda --sections preprocessing,encoder,train_step
 
 Writes ``benchmark.json`` (every number, the machine, the settings, and why a case was skipped) and
@@ -38,15 +36,19 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from common.bundle_support import BundleInfo
 
 __all__ = [
     "DEFAULT_VOLUME",
@@ -250,6 +252,10 @@ def bench_preprocessing(volume: str, device: torch.device, repeats: int, warmup:
 # ------------------------------------------------------------------------------------------------ encoder
 
 
+#: the bundle whose inference image tower the encoder section compares with the official package's
+ENCODER_BUNDLE = "colipri_ct"
+
+
 def _encoder_sizes(encoder: str) -> dict[str, int]:
     if encoder == "primus_m":
         return {"embed_dim": 864, "depth": 16, "num_heads": 12, "projection_dim": 768, "pool_heads": 12}
@@ -259,12 +265,19 @@ def _encoder_sizes(encoder: str) -> dict[str, int]:
 
 
 def _our_image_encoder(encoder: str, input_size: int) -> torch.nn.Module:
-    from common.networks.colipri import ColipriImageEncoder
-    from common.networks.eva import eva_tiny, primus_m
+    """The image tower of :data:`ENCODER_BUNDLE`'s inference ``network_def`` (with its ``demo.yaml`` backbone for
+    ``eva_tiny``), sized like the official model of :func:`_official_model`."""
+    from monai.bundle import ConfigParser
 
+    configs = ROOT / "bundles" / ENCODER_BUNDLE / "configs"
     sizes = _encoder_sizes(encoder)
-    backbone = primus_m(img_size=input_size) if encoder == "primus_m" else eva_tiny(img_size=input_size)
-    return ColipriImageEncoder(backbone, projection_dim=sizes["projection_dim"], num_heads=sizes["pool_heads"])
+    parser = ConfigParser()
+    demo = [str(configs / "demo.yaml")] if encoder == "eva_tiny" else []
+    parser.read_config([str(configs / "inference.yaml"), *demo])
+    parser.update({"spatial_size": input_size, **{k: sizes[k] for k in ("projection_dim", "pool_heads")}})
+    if encoder == "eva_tiny":
+        parser.update({f"image_backbone#{k}": sizes[k] for k in ("embed_dim", "depth", "num_heads")})
+    return parser.get_parsed_content("network_def#image_encoder")
 
 
 def _official_model(colipri: Any, encoder: str, input_size: int) -> torch.nn.Module:
@@ -349,90 +362,29 @@ def bench_encoder(
 
 # ------------------------------------------------------------------------------------------------ training step
 
-
-def _train_config(name: str) -> dict[str, Any]:
-    if name == "demo":
-        return {
-            "encoder": "eva_tiny", "input_size": 64, "text_hidden": 96, "text_layers": 2, "text_heads": 2,
-            "vocab_size": 1000, "decoder_layers": 1, "decoder_heads": 2, "mae_depth": 1, "mae_heads": 4, "length": 32,
-        }  # fmt: skip
-    if name == "paper":  # Primus-M 192^3, CXR-BERT-sized text tower (BERT-base), 6-layer report decoder, nnssl MAE
-        return {
-            "encoder": "primus_m", "input_size": 192, "text_hidden": 768, "text_layers": 12, "text_heads": 12,
-            "vocab_size": 30522, "decoder_layers": 6, "decoder_heads": 12, "mae_depth": 2, "mae_heads": 12,
-            "length": 128,
-        }  # fmt: skip
-    raise ValueError(f"unknown training configuration {name!r}")
-
-
-def _objective(cfg: dict[str, Any], checkpointing: bool) -> torch.nn.Module:
-    from transformers import BertConfig, BertModel
-
-    from common.methods.colipri import ColipriPretraining
-    from common.networks.colipri import ColipriModel, ColipriTextEncoder
-    from common.networks.decoders import MAEDecoder, ReportDecoder
-
-    sizes = _encoder_sizes(cfg["encoder"])
-    image = _our_image_encoder(cfg["encoder"], cfg["input_size"])
-    bert = BertModel(
-        BertConfig(
-            vocab_size=cfg["vocab_size"],
-            hidden_size=cfg["text_hidden"],
-            num_hidden_layers=cfg["text_layers"],
-            num_attention_heads=cfg["text_heads"],
-            intermediate_size=4 * cfg["text_hidden"],
-        ),
-        add_pooling_layer=False,
-    )
-    text = ColipriTextEncoder(bert, num_heads=cfg["text_heads"], projection_dim=sizes["projection_dim"])
-    report = ReportDecoder(
-        cfg["vocab_size"],
-        image_dim=sizes["projection_dim"],
-        hidden_size=cfg["text_hidden"],
-        num_layers=cfg["decoder_layers"],
-        num_heads=cfg["decoder_heads"],
-        max_length=cfg["length"],
-    )
-    mae = MAEDecoder(
-        embed_dim=sizes["embed_dim"], depth=cfg["mae_depth"], num_heads=cfg["mae_heads"], img_size=cfg["input_size"]
-    )
-    if checkpointing:
-        image.backbone.set_grad_checkpointing(True)
-        report.set_grad_checkpointing(True)
-        mae.set_grad_checkpointing(True)
-        bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return ColipriPretraining(ColipriModel(image, text), mae_decoder=mae, report_decoder=report, mask_ratio=0.75)
-
-
-def _batch(cfg: dict[str, Any], batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    size, length = cfg["input_size"], cfg["length"]
-    ids = torch.randint(1000 if cfg["vocab_size"] > 2000 else 5, cfg["vocab_size"], (batch_size, length), generator=g)
-    ids[:, 0], ids[:, -1] = 101 % cfg["vocab_size"], 102 % cfg["vocab_size"]
-    return {
-        "image": (torch.rand(batch_size, 1, size, size, size, generator=g) * 2 - 1).to(device),
-        "input_ids": ids.to(device),
-        "attention_mask": torch.ones(batch_size, length, dtype=torch.long, device=device),
-        "has_report": torch.ones(batch_size, dtype=torch.bool, device=device),
-    }
+#: component arguments that load pretrained weights, and the value that skips them (random weights, no download)
+_NO_PRETRAINED = {"pretrained": False, "init_weights": None}
+#: iterations per epoch when a config derives them from its data loader (they only size the schedules)
+_ITERATIONS_PER_EPOCH = 1000
+#: phantom records per spatial dimension the training batches are drawn from (cycled for larger batches)
+_RECORDS = 4
 
 
 def _time_trainer_steps(
+    trainer_class: Any,
     objective: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    batch: dict[str, torch.Tensor],
+    batch: dict[str, Any],
     device: torch.device,
     repeats: int,
     warmup: int,
     grad_clip_norm: float | None,
 ) -> dict[str, Any]:
-    """Run ``warmup + repeats`` iterations of :class:`PretrainingTrainer`; time each timed one between events."""
+    """Run ``warmup + repeats`` iterations of the bundle's trainer; time each timed one between events."""
     from ignite.engine import Events
 
-    from common.engines.trainer import PretrainingTrainer
-
     params = sum(p.numel() for p in objective.parameters())
-    trainer = PretrainingTrainer(
+    trainer = trainer_class(
         device=device,
         max_epochs=1,
         train_data_loader=[batch] * (warmup + repeats),
@@ -475,83 +427,161 @@ def _time_trainer_steps(
     }
 
 
-def _time_colipri_steps(
-    cfg: dict[str, Any], checkpointing: bool, batch_size: int, device: torch.device, repeats: int, warmup: int
-) -> dict[str, Any]:
-    torch.manual_seed(0)
-    objective = _objective(cfg, checkpointing).to(device).train()
-    optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.05)
-    return _time_trainer_steps(objective, optimizer, _batch(cfg, batch_size, device), device, repeats, warmup, 1.0)
+def _phantom_datalist(directory: str, dims: int) -> str:
+    """A few embedded phantom cases (paired), generated once per run: the datalist for ``dims``."""
+    from common.data.phantom import generate_dataset
+
+    folder = os.path.join(directory, "phantoms")
+    datalist = os.path.join(folder, f"datalist_{dims}d.json")
+    if not os.path.exists(datalist):
+        generate_dataset(folder, num_train=_RECORDS, num_image_only=0, num_val=0, num_test=0, seed=0, dims=dims)
+    return datalist
 
 
-#: RAD-DINO bundles benchmarked in the train_step section: (bundle, spatial dims).
-RADDINO_BUNDLES = (("raddino_cxr", 2), ("raddino_ct", 3))
+def _offline_text_encoder(name: str, directory: str) -> tuple[str, str | None]:
+    """``name`` when its config and tokenizer load offline; else a BERT-base-sized stand-in folder (the offline
+    MiniLM tokenizer, ``BertConfig`` defaults) and a note saying so."""
+    from transformers import AutoConfig, BertConfig
+
+    from common.networks.text_encoder import resolve_text_encoder
+
+    try:
+        AutoConfig.from_pretrained(resolve_text_encoder(name), local_files_only=True)
+        return name, None
+    except Exception:  # noqa: BLE001, S110 - not cached, not a folder: the stand-in below
+        pass
+    folder = os.path.join(directory, "bert_base_stand_in")
+    if not os.path.isdir(folder):
+        source = resolve_text_encoder("default")
+        os.makedirs(folder)
+        for file in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if os.path.isfile(os.path.join(source, file)):
+                shutil.copy(os.path.join(source, file), folder)
+        BertConfig().to_json_file(os.path.join(folder, "config.json"))  # BERT-base: 12 x 768, 30,522 tokens
+    return folder, f"text tower: {name} is not available offline; a BERT-base-sized stand-in (random weights)"
 
 
-def _raddino_parser(bundle: str, paper: bool, device: torch.device, overrides: dict[str, Any] | None) -> Any:
-    """The bundle's own ``train.yaml`` (+ ``demo.yaml`` unless ``paper``), parsed without touching any data."""
+def _component_arguments(config: Any, names: Sequence[str]) -> dict[str, str]:
+    """``{config id: name}`` for every argument in ``names`` that a component of ``config`` (a dict with a dotted
+    ``_target_``) accepts, set or not: ``text_backbone#backbone#pretrained`` and the like."""
+    import inspect
+    import pydoc
+
+    found: dict[str, str] = {}
+
+    def walk(value: Any, path: list[str]) -> None:
+        if isinstance(value, dict):
+            target = value.get("_target_")
+            component = pydoc.locate(target) if isinstance(target, str) and "." in target else None
+            if component is not None:
+                with contextlib.suppress(TypeError, ValueError):  # builtins without a signature
+                    parameters = inspect.signature(component).parameters
+                    found.update({"#".join([*path, n]): n for n in names if n in parameters})
+            for key, item in value.items():
+                walk(item, [*path, str(key)])
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, [*path, str(index)])
+
+    walk(config, [])
+    return found
+
+
+def _bundle_parser(
+    bundle: BundleInfo, paper: bool, device: torch.device, data_dir: str, overrides: dict[str, Any] | None
+) -> tuple[Any, list[str]]:
+    """The bundle's own ``train.yaml`` (+ ``demo.yaml`` unless ``paper``) on a few phantoms, with random weights;
+    returns the parser and notes on what was substituted."""
     from monai.bundle import ConfigParser
 
-    configs = ROOT / "bundles" / bundle / "configs"
     parser = ConfigParser()
-    parser.read_config([str(configs / "train.yaml")] + ([] if paper else [str(configs / "demo.yaml")]))
+    demo = bundle.config("demo")
+    parser.read_config([str(bundle.config("train"))] + ([] if paper or demo is None else [str(demo)]))
+    notes = []
     parser["device"] = f"$torch.device({str(device)!r})"
-    parser["iterations_per_epoch"] = parser["official_epoch_length"]  # the demo's len(dataloader) would build data
-    if "init_weights" in parser.config:
-        parser["init_weights"] = None  # the dinov2-base start (same ViT-B/14 shapes) is not needed to time a step
+    parser["bundle_root"] = str(bundle.root)
+    parser["dataset_dir"] = _phantom_datalist(data_dir, bundle.spatial_dims)
+    for key, value in {"cache_preprocessed": False, "num_workers": 0}.items():
+        if key in parser:
+            parser[key] = value
+    for key, name in _component_arguments(parser.config, list(_NO_PRETRAINED)).items():
+        parser[key] = _NO_PRETRAINED[name]
+    if "@train#" in str(parser.get("iterations_per_epoch", "")):  # would build the data loader: size schedules only
+        parser["iterations_per_epoch"] = _ITERATIONS_PER_EPOCH
+    if "text_encoder_name" in parser:
+        parser["text_encoder_name"], note = _offline_text_encoder(parser["text_encoder_name"], data_dir)
+        notes += [note] if note else []
     for key, value in (overrides or {}).items():
         parser[key] = value
-    return parser
+    return parser, notes
 
 
-def _raddino_batch(parser: Any, dims: int, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Random views with the config's crop sizes; half the global crops carry a ~30 % iBOT mask."""
-    g = torch.Generator().manual_seed(0)
-    size, local, patch = (int(parser.get_parsed_content(k)) for k in ("global_crop_size", "local_crop_size", "patch_size"))
-    num_local = int(parser.get_parsed_content("num_local_crops"))
-    tokens = (size // patch) ** dims
-    masks = torch.rand(batch_size, 2, tokens, generator=g) < 0.3
-    masks[:, 1] = False
-    return {
-        "global_crops": torch.randn(batch_size, 2, 1, *(size,) * dims, generator=g).to(device),
-        "local_crops": torch.randn(batch_size, num_local, 1, *(local,) * dims, generator=g).to(device),
-        "masks": masks.to(device),
-    }
+def _bundle_batch(parser: Any, batch_size: int, device: torch.device) -> dict[str, Any]:
+    """``batch_size`` items of the bundle's own training dataset (its transforms, random views included),
+    collated with its own ``collate_fn``, on ``device``."""
+    from torch.utils.data import default_collate
+
+    dataset = parser.get_parsed_content("train#dataset")
+    collate_id = "train#dataloader#collate_fn"
+    collate = parser.get_parsed_content(collate_id) if collate_id in parser else None
+    batch = (collate or default_collate)([dataset[i % len(dataset)] for i in range(batch_size)])
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _time_raddino_steps(
-    bundle: str,
-    dims: int,
+def _input_label(batch: dict[str, Any], dims: int) -> str:
+    """``48^3`` / ``112 px``: the spatial size of the batch's first image tensor."""
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.ndim >= dims + 2:
+            spatial = [int(s) for s in value.shape[-dims:]]
+            side = str(spatial[0]) if len(set(spatial)) == 1 else "x".join(map(str, spatial))
+            return f"{side}^3" if dims == 3 else f"{side} px"
+    return "?"
+
+
+def _time_bundle_steps(
+    bundle: BundleInfo,
     paper: bool,
     checkpointing: bool,
     batch_size: int | None,
     device: torch.device,
     repeats: int,
     warmup: int,
+    data_dir: str,
     overrides: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> tuple[str, dict[str, Any]] | None:
+    """(label, timings) of the bundle's training objective and optimizer, built from its own configs; None when
+    ``checkpointing`` is asked for and the config has no ``activation_checkpointing`` switch."""
+    from monai.utils import optional_import
+
     torch.manual_seed(0)
-    parser = _raddino_parser(bundle, paper, device, overrides)
+    parser, notes = _bundle_parser(bundle, paper, device, data_dir, overrides)
+    if "activation_checkpointing" in parser:
+        parser["activation_checkpointing"] = checkpointing
+    elif checkpointing:
+        return None
     if batch_size:
         parser["batch_size"] = int(batch_size)
-    parser["activation_checkpointing"] = checkpointing
-    objective = parser.get_parsed_content("objective").train()
-    optimizer = parser.get_parsed_content("optimizer")
-    batch = _raddino_batch(parser, dims, int(parser.get_parsed_content("batch_size")), device)
-    result = _time_trainer_steps(
-        objective, optimizer, batch, device, repeats, warmup, parser.get_parsed_content("grad_clip_norm")
-    )
-    result["batch_size"] = int(batch["global_crops"].shape[0])
-    return result
-
-
-def _raddino_label(parser: Any, bundle: str, dims: int, paper: bool, checkpointing: bool) -> str:
-    size = parser["global_crop_size"]
-    vit = parser["vit_size"] if dims == 2 else f"EVA {parser['embed_dim']}x{parser['depth']}"
-    crop = f"{size} px" if dims == 2 else f"{size}^3"
-    return f"{bundle} {'paper' if paper else 'demo'} ({vit}/{parser['patch_size']}, {crop})" + (
+    batch = _bundle_batch(parser, int(parser.get_parsed_content("batch_size")), device)
+    label = f"{bundle.name} {'paper' if paper else 'demo'} ({_input_label(batch, bundle.spatial_dims)})" + (
         ", checkpointing" if checkpointing else ""
     )
+    objective = parser.get_parsed_content("objective").train()
+    optimizer = parser.get_parsed_content("optimizer")
+    module, _, name = parser["train#trainer"]["_target_"].rpartition(".")
+    trainer_class, found = optional_import(module, name=name)
+    if not found:
+        raise ImportError(f"{bundle.name}: train#trainer target {module}.{name} cannot be imported")
+    clip = parser.get_parsed_content("grad_clip_norm") if "grad_clip_norm" in parser else None
+    result = _time_trainer_steps(trainer_class, objective, optimizer, batch, device, repeats, warmup, clip)
+    result.update(
+        bundle=bundle.name,
+        configuration="paper" if paper else "demo",
+        activation_checkpointing=checkpointing,
+        batch_size=len(next(v for v in batch.values() if isinstance(v, torch.Tensor))),
+    )
+    if notes:
+        result["note"] = "; ".join(notes)
+    return label, result
 
 
 def _free(device: torch.device) -> None:
@@ -564,60 +594,48 @@ def bench_train_step(
     device: torch.device,
     repeats: int,
     warmup: int,
-    batch_size: int,
-    raddino_batch: int | None = None,
-    raddino_overrides: dict[str, Any] | None = None,
+    batch_size: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    bundles_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Optimiser-step time and peak memory of ColipriPretraining (contrastive + report + MAE) per configuration,
-    and of each RAD-DINO bundle's RadDinoPretraining built from its own configs (``result["raddino"]``).
+    """Optimiser-step time and peak memory of every bundle's training objective (``bundles/*/configs/train.yaml``),
+    built from the bundle's own ``train.yaml`` (+ ``demo.yaml``) and fed a batch of its own training transforms on
+    a few embedded phantoms: the demo configuration on any device, the paper configuration (with and without
+    activation checkpointing, where the config has the switch) on CUDA only.
 
     Args:
-        raddino_batch: RAD-DINO batch size; None uses each config's own per-GPU batch (demo 32; paper 40 2D, 4 3D).
-        raddino_overrides: config overrides for every RAD-DINO case (tests shrink the demo with them).
+        batch_size: per-step batch; None uses each config's own per-GPU batch.
+        overrides: config overrides for every demo case (tests shrink the demos with them).
+        bundles_dir: folder of bundles; default the repository's ``bundles/``.
     """
+    from common.bundle_support import discover_bundles
+
     _, missing = _try_import("ignite")
     if missing:
         return {"skipped": missing}
     result: dict[str, Any] = {
         "batch_size": batch_size,
         "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
-        "terms": "contrastive + report generation + MAE (mask ratio 0.75), AdamW, grad clip 1",
+        "terms": "each bundle's own objective, optimizer (param groups) and trainer (grad clip) from its train.yaml",
         "cases": {},
     }
-    runs = [("demo", False)]
+    modes = [(False, False)]
     if device.type == "cuda":
-        runs += [("paper", False), ("paper", True)]
+        modes += [(True, False), (True, True)]
     else:
-        result["note"] = "The paper configuration (Primus-M 192^3) runs on CUDA only"
-    for name, checkpointing in runs:
-        cfg = _train_config(name)
-        label = f"{name} ({cfg['encoder']} {cfg['input_size']}^3){', checkpointing' if checkpointing else ''}"
-        try:
-            result["cases"][label] = _time_colipri_steps(cfg, checkpointing, batch_size, device, repeats, warmup)
-        except Exception as err:  # noqa: BLE001 - e.g. out of memory: record it and go on
-            result["cases"][label] = _error(err)
-        _free(device)
-
-    raddino: dict[str, Any] = {
-        "precision": result["precision"],
-        "terms": "DINO (2 global + local crops) + iBOT + KoLeo, EMA teacher, AdamW with the bundle's param groups",
-        "cases": {},
-    }
-    if device.type != "cuda":
-        raddino["note"] = "The paper configurations (ViT-B/14 518 px, Primus-M 160^3) run on CUDA only"
-    modes = [(False, False)] + ([(True, False), (True, True)] if device.type == "cuda" else [])
-    for bundle, dims in RADDINO_BUNDLES:
-        for paper, checkpointing in modes:
-            overrides = None if paper else raddino_overrides
-            label = _raddino_label(_raddino_parser(bundle, paper, device, overrides), bundle, dims, paper, checkpointing)
-            try:
-                raddino["cases"][label] = _time_raddino_steps(
-                    bundle, dims, paper, checkpointing, raddino_batch, device, repeats, warmup, overrides
-                )
-            except Exception as err:  # noqa: BLE001 - e.g. out of memory: record it and go on
-                raddino["cases"][label] = _error(err)
-            _free(device)
-    result["raddino"] = raddino
+        result["note"] = "The paper configurations run on CUDA only"
+    with tempfile.TemporaryDirectory() as data_dir:
+        for bundle in discover_bundles(bundles_dir or ROOT / "bundles", configs=["train"]):
+            for paper, checkpointing in modes:
+                try:
+                    timed = _time_bundle_steps(bundle, paper, checkpointing, batch_size, device, repeats, warmup,
+                                               data_dir, None if paper else overrides)  # fmt: skip
+                except Exception as err:  # noqa: BLE001 - e.g. out of memory: record it and go on
+                    label = f"{bundle.name} {'paper' if paper else 'demo'}"
+                    timed = label + (", checkpointing" if checkpointing else ""), _error(err)
+                if timed is not None:
+                    result["cases"][timed[0]] = timed[1]
+                _free(device)
     return result
 
 
@@ -690,24 +708,17 @@ def to_markdown(report: dict[str, Any]) -> str:
                 )
     if "train_step" in sections:
         sec = sections["train_step"]
-        lines += ["", "## COLIPRI training step (contrastive + report + MAE)", ""]
+        lines += ["", "## Training step (each bundle's own train.yaml)", ""]
         if "skipped" in sec or "error" in sec:
             lines.append(sec.get("skipped") or sec.get("error"))
         else:
-            lines.append(f"Batch {sec['batch_size']}, {sec['precision']}, AdamW." + (
+            batch = f"batch {sec['batch_size']}" if sec.get("batch_size") else "each config's own batch"
+            lines.append(f"{sec['terms'][0].upper()}{sec['terms'][1:]}; {batch}, {sec['precision']}." + (
                 f" {sec['note']}." if "note" in sec else ""))  # fmt: skip
-            lines += [""] + _case_table(
-                sec["cases"], [("median_s", "s/step"), ("peak_mib", "peak MiB"), ("parameters_m", "params (M)")]
-            )
-        rad = sec.get("raddino")
-        if rad and not ("skipped" in sec or "error" in sec):
-            lines += ["", "## RAD-DINO training step (DINO + iBOT + KoLeo, EMA teacher)", ""]
-            lines.append(f"Each bundle's own configs, {rad['precision']}, AdamW." + (
-                f" {rad['note']}." if "note" in rad else ""))  # fmt: skip
-            lines += [""] + _case_table(
-                rad["cases"],
-                [("batch_size", "batch"), ("median_s", "s/step"), ("peak_mib", "peak MiB"), ("parameters_m", "params (M)")],
-            )
+            columns = [("batch_size", "batch"), ("median_s", "s/step"), ("peak_mib", "peak MiB")]
+            lines += [""] + _case_table(sec["cases"], [*columns, ("parameters_m", "params (M)")])
+            notes = {f"{name}: {case['note']}" for name, case in sec["cases"].items() if case.get("note")}
+            lines += [f"\n{note}." for note in sorted(notes)]
     return "\n".join(lines) + "\n"
 
 
@@ -731,8 +742,7 @@ def run(
     volume: str | None = None,
     encoder: str = "primus_m",
     encoder_input: int | None = None,
-    train_batch: int = 2,
-    raddino_batch: int | None = None,
+    train_batch: int | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Run the selected sections and write ``benchmark.json`` and ``benchmark.md`` into ``out_dir``.
@@ -747,8 +757,7 @@ def run(
         encoder: ``primus_m`` (the paper's) or ``eva_tiny`` (tests).
         encoder_input: cube edge of the encoder input; default 192 (paper) on CUDA and 64 on CPU, where Primus-M at
             192^3 in fp32 takes minutes per forward.
-        train_batch: COLIPRI batch size of the training-step section.
-        raddino_batch: RAD-DINO batch size of the training-step section (default: each config's own).
+        train_batch: batch size of the training-step section (default: each bundle config's own per-GPU batch).
         threads: ``torch.set_num_threads`` (default: leave torch's choice).
 
     Returns:
@@ -769,7 +778,7 @@ def run(
         "machine": machine_info(dev),
         "settings": {
             "sections": names, "repeats": repeats, "warmup": warmup, "encoder": encoder,
-            "encoder_input": encoder_input, "train_batch": train_batch, "raddino_batch": raddino_batch,
+            "encoder_input": encoder_input, "train_batch": train_batch,
         },  # fmt: skip
         "sections": {},
     }
@@ -791,7 +800,7 @@ def run(
                 elif name == "encoder":
                     result = bench_encoder(dev, repeats, warmup, encoder_input, encoder)
                 else:
-                    result = bench_train_step(dev, repeats, warmup, train_batch, raddino_batch)
+                    result = bench_train_step(dev, repeats, warmup, train_batch)
             except FileNotFoundError:
                 raise
             except Exception as err:  # noqa: BLE001 - one broken section must not hide the others

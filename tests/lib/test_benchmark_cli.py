@@ -1,4 +1,5 @@
-"""``scripts/benchmark.py``: the CLI end to end on CPU with tiny settings, section selection and skip notes."""
+"""``scripts/benchmark.py``: the CLI end to end on CPU with tiny settings, section selection and skip notes; the
+training-step section covers every bundle in ``bundles/`` that has a ``train.yaml``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from common.bundle_support import discover_bundles
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "benchmark.py"
@@ -45,7 +48,7 @@ def test_cli_tiny_cpu_run_writes_json_and_markdown(tmp_path: Path) -> None:
         sys.executable, str(SCRIPT), "run", "--out_dir", str(out), "--device", "cpu",
         "--sections", "preprocessing,encoder,train_step", "--repeats", "1", "--warmup", "0",
         "--volume", str(volume), "--encoder", "eva_tiny", "--encoder_input", "32", "--train_batch", "2",
-        "--threads", "1", "--raddino_batch", "2",
+        "--threads", "1",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420)
@@ -83,23 +86,19 @@ def test_cli_tiny_cpu_run_writes_json_and_markdown(tmp_path: Path) -> None:
         assert "skipped" in enc["cases"]["official"]
 
     train = report["sections"]["train_step"]
-    assert list(train["cases"]) == ["demo (eva_tiny 64^3)"]  # the paper configuration is CUDA-only
-    demo = train["cases"]["demo (eva_tiny 64^3)"]
-    assert demo["median_s"] > 0 and demo["parameters_m"] > 0 and math.isfinite(demo["last_loss"])
-
-    rad = train["raddino"]
-    assert "paper configurations" in rad["note"]  # ViT-B/14 and Primus-M rows are CUDA-only
-    assert [label.split()[:2] for label in rad["cases"]] == [["raddino_cxr", "demo"], ["raddino_ct", "demo"]]
-    for label, case in rad["cases"].items():
+    assert "paper configurations" in train["note"]  # ViT-B/14, Primus-M and EVA-B rows are CUDA-only
+    bundles = [b.name for b in discover_bundles(ROOT / "bundles", configs=["train"])]
+    assert len(bundles) >= 4 and [label.split()[:2] for label in train["cases"]] == [[b, "demo"] for b in bundles]
+    for label, case in train["cases"].items():
         assert "error" not in case, f"{label}: {case}"
+        assert case["bundle"] == label.split()[0] and case["configuration"] == "demo"
         assert case["batch_size"] == 2 and case["median_s"] > 0 and math.isfinite(case["last_loss"])
-    cxr, ct = rad["cases"].values()
-    assert 0 < cxr["parameters_m"] < 10 and 0 < ct["parameters_m"] < 10  # the demo towers, not ViT-B / Primus-M
+        assert 0 < case["parameters_m"] < 50  # the demo towers, not ViT-B / Primus-M / EVA-B
 
     assert "Machine:" in markdown and machine["torch"] in markdown
-    for title in ("CT preprocessing", "Image encoder forward", "COLIPRI training step", "RAD-DINO training step"):
+    for title in ("CT preprocessing", "Image encoder forward", "Training step"):
         assert title in markdown
-    assert markdown.count("| case |") == 4
+    assert markdown.count("| case |") == 3
 
 
 def test_sections_are_validated(bench) -> None:
