@@ -187,7 +187,26 @@ def test_conf_errors_name_the_option(tmp_path: Path):
         bundle_specs({"bundles": "nonexistent"})
     with pytest.raises(ValueError, match="conf 'overrides'"):
         bundle_specs({"bundles": BUNDLE, "overrides": "{not json"})
-    with pytest.raises(FileNotFoundError, match="metadata.json"):
+    with pytest.raises(ValueError, match="holds no bundle.*metadata.json"):
         bundle_specs({"bundles": BUNDLE, "bundles_dir": str(tmp_path)})
     spec = bundle_specs({"bundles": BUNDLE, "overlays": "demo,raddino_ct:demo", "overrides": '{"colipri_ct": {"pixdim": 6}}'})
     assert [p.name for p in spec[BUNDLE].overlays] == ["demo.yaml"] and spec[BUNDLE].overrides == {"pixdim": 6}
+
+
+def test_a_bundle_folder_is_enough(tmp_path: Path):
+    """Every folder with configs/metadata.json and configs/inference.yaml is served, under its folder name; a folder
+    without an inference config is not, and per-bundle overrides follow the discovered names."""
+    bundle_specs, _ = _app_modules()
+    assert set(bundle_specs({})) >= {p.parent.parent.name for p in (REPO / "bundles").glob("*/configs/inference.yaml")}
+    for name in ("new_method_ct", "train_only"):
+        (tmp_path / name / "configs").mkdir(parents=True)
+        for file in ("metadata.json", "inference.yaml", "demo.yaml"):
+            if name == "new_method_ct" or file == "metadata.json":
+                (tmp_path / name / "configs" / file).symlink_to(REPO / "bundles" / BUNDLE / "configs" / file)
+    specs = bundle_specs({"bundles_dir": str(tmp_path), "overlays": "demo",
+                          "overrides": '{"spatial_size": 32, "new_method_ct": {"pixdim": 12}}'})  # fmt: skip
+    assert list(specs) == ["new_method_ct"]
+    spec = specs["new_method_ct"]
+    assert spec.root == tmp_path / "new_method_ct" and spec.overrides == {"spatial_size": 32, "pixdim": 12}
+    assert [p.name for p in spec.overlays] == ["demo.yaml"]
+    assert spec.parser("inference").get_parsed_content("spatial_size") == 32

@@ -1,7 +1,9 @@
 """Which bundles the app serves and how their configs are assembled (inference/train config + overlays + overrides).
 
-The app's ``--conf`` options (strings, as MONAI Label passes them) are parsed here once into :class:`BundleSpec`
-objects; infer and train tasks only ever see a spec.
+The app serves every bundle of ``bundles_dir`` that has an ``inference`` config (found by
+:func:`common.bundle_support.discover_bundles`: adding a bundle folder is enough). The app's ``--conf`` options
+(strings, as MONAI Label passes them) are parsed here once into :class:`BundleSpec` objects; infer and train tasks
+only ever see a spec.
 """
 
 from __future__ import annotations
@@ -14,17 +16,21 @@ from typing import Any, Mapping
 
 from monai.bundle import ConfigParser
 
+from common.bundle_support import discover_bundles
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["ALL_BUNDLES", "BundleSpec", "bundle_specs", "default_bundles_dir"]
-
-#: Every bundle of this repository that the app knows how to serve.
-ALL_BUNDLES: tuple[str, ...] = ("colipri_ct", "colipri_cxr", "raddino_cxr", "raddino_ct")
+__all__ = ["BundleSpec", "bundle_specs", "default_bundles_dir", "servable_bundles"]
 
 
 def default_bundles_dir() -> Path:
     """``bundles/`` of the repository this app lives in (``scripts/monailabel_app`` -> ``../../bundles``)."""
     return Path(__file__).resolve().parents[3] / "bundles"
+
+
+def servable_bundles(bundles_dir: str | Path | None = None) -> list[str]:
+    """Names of the bundles in ``bundles_dir`` that the app can serve: those with an ``inference`` config."""
+    return [b.name for b in discover_bundles(bundles_dir or default_bundles_dir(), configs=["inference"])]
 
 
 @dataclass(frozen=True)
@@ -99,9 +105,10 @@ def _overlay_paths(root: Path, names: list[str]) -> tuple[Path, ...]:
     return tuple(paths)
 
 
-def _overrides_for(name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Overrides that apply to every bundle plus those nested under the bundle's own name."""
-    shared = {k: v for k, v in overrides.items() if k not in ALL_BUNDLES}
+def _overrides_for(name: str, overrides: Mapping[str, Any], bundles: list[str]) -> dict[str, Any]:
+    """Overrides that apply to every bundle plus those nested under the bundle's own name (``bundles``: every
+    bundle name, whose keys are per-bundle objects, not config ids)."""
+    shared = {k: v for k, v in overrides.items() if k not in bundles}
     own = overrides.get(name, {})
     if not isinstance(own, Mapping):
         raise ValueError(f"conf 'overrides': the value for bundle {name!r} must be a mapping, got {own!r}")
@@ -112,7 +119,7 @@ def bundle_specs(conf: Mapping[str, str]) -> dict[str, BundleSpec]:
     """Parse the app's conf into the bundles to serve.
 
     Options (all strings):
-        ``bundles``: comma-separated names (default: every bundle in :data:`ALL_BUNDLES` found in ``bundles_dir``).
+        ``bundles``: comma-separated names (default: every bundle of ``bundles_dir`` with an inference config).
         ``bundles_dir``: folder holding ``<name>/configs`` and ``<name>/models`` (default: the repository's).
         ``overlays``: comma-separated overlay names or files, ``demo`` or ``colipri_ct:demo``; an overlay a bundle
             does not have is skipped for that bundle.
@@ -120,10 +127,14 @@ def bundle_specs(conf: Mapping[str, str]) -> dict[str, BundleSpec]:
             bundle's name, e.g. ``{"spatial_size": 32, "colipri_ct": {"pixdim": 12.0}}``.
     """
     bundles_dir = Path(conf.get("bundles_dir") or default_bundles_dir()).expanduser().resolve()
-    names = _split(conf.get("bundles")) or [n for n in ALL_BUNDLES if (bundles_dir / n).is_dir()]
-    unknown = [n for n in names if n not in ALL_BUNDLES]
+    known = servable_bundles(bundles_dir)
+    names = _split(conf.get("bundles")) or known
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"conf 'bundles': unknown bundle(s) {unknown}; known: {list(ALL_BUNDLES)}")
+        raise ValueError(
+            f"conf 'bundles': unknown bundle(s) {unknown}; {bundles_dir} holds {known or 'no bundle'} (a bundle is a "
+            "folder with configs/metadata.json and configs/inference.yaml)"
+        )
     try:
         overrides = json.loads(conf.get("overrides") or "{}")
     except json.JSONDecodeError as err:
@@ -133,12 +144,10 @@ def bundle_specs(conf: Mapping[str, str]) -> dict[str, BundleSpec]:
     specs = {}
     for name in names:
         root = bundles_dir / name
-        if not (root / "configs" / "metadata.json").is_file():
-            raise FileNotFoundError(f"bundle {name!r}: {root / 'configs' / 'metadata.json'} does not exist")
         specs[name] = BundleSpec(
             name=name,
             root=root,
             overlays=_overlay_paths(root, _split(conf.get("overlays"))),
-            overrides=_overrides_for(name, overrides),
+            overrides=_overrides_for(name, overrides, known),
         )
     return specs

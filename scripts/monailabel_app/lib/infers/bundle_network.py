@@ -2,7 +2,8 @@
 
 The network, the preprocessing and the inferer all come from the bundle's ``configs/inference.yaml`` (plus the
 app's overlays and overrides): nothing about the model or its input pipeline is restated here. The weights are
-``models/model.pt``, the flat state dict of ``network_def``, loaded with ``torch.load(weights_only=True)``.
+``models/model.pt``, the flat state dict of ``network_def``, loaded strictly by the library's one weight loader
+(:func:`common.networks.weights.load_weights`: ``weights_only``, every missing / unexpected key named).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from monai.transforms import Compose
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from common.networks.weights import load_weights
 from lib.configs import BundleSpec
 
 logger = logging.getLogger(__name__)
@@ -26,14 +28,14 @@ __all__ = ["BundleEmbeddingInfer", "BundleFindingsInfer", "BundleNetworkInfer", 
 
 
 def load_network(spec: BundleSpec, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The bundle's inference ``network_def`` with ``models/model.pt`` loaded (strict), in eval mode."""
+    """The bundle's inference ``network_def`` with ``models/model.pt`` loaded (strict), in eval mode.
+
+    Raises:
+        WeightsError: the file is unreadable, not a state dict, or its keys / shapes do not match ``network_def``.
+    """
     parser = spec.parser("inference")
     network = parser.get_parsed_content("network_def", lazy=False)
-    state = torch.load(spec.model_path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{spec.model_path}: expected a flat state dict of network_def (name -> tensor)")
-    network.load_state_dict(state, strict=True)
-    return network.to(device).eval()
+    return load_weights(network, spec.model_path).to(device).eval()
 
 
 class BundleNetworkInfer(BasicInferTask):
