@@ -1,5 +1,6 @@
 """Pooling of a token sequence into one vector: attention pooling as in the COLIPRI release (``colipri`` 0.1.3),
-the first token, the masked mean.
+CLIP's attention pooling with a learned positional embedding over a 1D/2D/3D token grid (G2D), the first token, the
+masked mean.
 
 The query is the (masked) mean of the tokens; keys and values are all tokens; padding positions are excluded
 from both the mean and the attention. The same module turns into a per-token ("dense") map by keeping only its
@@ -9,11 +10,14 @@ produces patch-level embeddings in the joint space.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AttentionPool1D", "FirstTokenPool", "MaskedMeanPool"]
+__all__ = ["AttentionPool1D", "FirstTokenPool", "MaskedMeanPool", "PositionalAttentionPool"]
 
 
 class AttentionPool1D(nn.Module):
@@ -79,6 +83,123 @@ class AttentionPool1D(nn.Module):
         d = self.embed_dim
         values = F.linear(x, self.attn.in_proj_weight[2 * d :], self.attn.in_proj_bias[2 * d :])
         return self.attn.out_proj(values)
+
+
+class PositionalAttentionPool(nn.Module):
+    """CLIP's attention pooling (``AttentionPool2d``) generalised to 1D/2D/3D token grids: ``(B, N, D) -> (B, D')``.
+
+    The mean token is prepended to the grid tokens, a learned positional embedding ``(N + 1, D)`` is added, and one
+    multi-head attention with the mean token as the only query attends over all ``N + 1`` tokens; ``c_proj`` maps the
+    result to ``output_dim`` (Radford et al. 2021, https://arxiv.org/abs/2103.00020; G2D pools its projected
+    ResNet-50 map this way, https://arxiv.org/abs/2312.01522). Parameter names (``positional_embedding``,
+    ``{q,k,v,c}_proj``) and initialisation (embedding ``randn / sqrt(D)``, projection weights normal with std
+    ``D ** -0.5``) are CLIP's.
+
+    **Heads.** Default 4 (G2D's release); the paper's best, 3, does not divide G2D's width 128 and is refused.
+
+    **Grid.** Tokens are the row-major flattening of a ``grid_size`` map (as ``(B, D, *grid).flatten(2)`` gives).
+    ``forward(x)`` needs ``N == prod(grid_size)``; for another grid pass ``grid_size=`` and the grid part of the
+    embedding is (bi/tri)linearly interpolated (the mean token's entry is kept). Flattened tokens do not tell the
+    grid, so it is never guessed.
+
+    Args:
+        embed_dim: token width ``D``.
+        grid_size: token grid the embedding is learned on, e.g. ``(8, 8)`` (256 px at stride 32) or ``(5, 5, 5)``.
+        num_heads: attention heads (must divide ``embed_dim``).
+        output_dim: output width (default ``embed_dim``).
+    """
+
+    def __init__(
+        self, embed_dim: int, grid_size: Sequence[int], num_heads: int = 4, output_dim: int | None = None
+    ) -> None:
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        self.grid_size = tuple(int(g) for g in grid_size)
+        if not 1 <= len(self.grid_size) <= 3 or min(self.grid_size) < 1:
+            raise ValueError(f"grid_size must have 1 to 3 positive sides, got {tuple(grid_size)}")
+        self.embed_dim, self.num_heads = int(embed_dim), int(num_heads)
+        self.output_dim = int(output_dim) if output_dim is not None else self.embed_dim
+        self.num_tokens = math.prod(self.grid_size)
+        self.positional_embedding = nn.Parameter(torch.empty(self.num_tokens + 1, embed_dim))
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.c_proj = nn.Linear(embed_dim, self.output_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """CLIP's initialisation (biases keep ``nn.Linear``'s)."""
+        std = self.embed_dim**-0.5
+        with torch.no_grad():
+            self.positional_embedding.copy_(torch.randn_like(self.positional_embedding) * std)
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.c_proj):
+            nn.init.normal_(proj.weight, std=std)
+
+    def position_embedding(self, grid_size: Sequence[int] | None = None) -> torch.Tensor:
+        """The ``(1 + prod(grid), D)`` embedding for ``grid_size`` (interpolated when it is not the learned grid)."""
+        grid = self.grid_size if grid_size is None else tuple(int(g) for g in grid_size)
+        if grid == self.grid_size:
+            return self.positional_embedding
+        if len(grid) != len(self.grid_size):
+            raise ValueError(f"grid_size {grid} has not the {len(self.grid_size)} dimensions of {self.grid_size}")
+        first, rest = self.positional_embedding[:1], self.positional_embedding[1:]
+        rest = rest.transpose(0, 1).reshape(1, self.embed_dim, *self.grid_size)
+        mode = ("linear", "bilinear", "trilinear")[len(grid) - 1]
+        rest = F.interpolate(rest, size=grid, mode=mode, align_corners=False)
+        return torch.cat([first, rest.reshape(self.embed_dim, -1).transpose(0, 1)], dim=0)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        return_attention: bool = False,
+        grid_size: Sequence[int] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Pool grid tokens ``x`` ``(B, N, D)``; ``attention_mask`` ``(B, N)`` (optional) is nonzero at valid tokens.
+
+        With ``return_attention`` also the query's attention over the ``N`` grid tokens, per head,
+        ``(B, heads, N)``: the softmax runs over ``N + 1`` tokens and the mean token's column is dropped (as G2D's
+        pseudo-masks do), so rows sum to less than 1. They are not renormalised (a per-image percentile threshold,
+        G2D's, is unchanged by it).
+
+        Raises:
+            ValueError: ``N`` does not fit the grid, or a bad mask (see :class:`AttentionPool1D`).
+        """
+        b, n, d = x.shape
+        grid = self.grid_size if grid_size is None else tuple(int(g) for g in grid_size)
+        if not torch.jit.is_tracing() and n != math.prod(grid):
+            raise ValueError(f"{n} tokens do not fill the grid {grid}; pass grid_size= for another grid")
+        position = self.position_embedding(grid)
+        valid = AttentionPool1D._valid_mask(x, attention_mask)
+        if valid is None:
+            mean = x.mean(dim=1, keepdim=True)
+        else:
+            weights = valid.unsqueeze(-1).to(x.dtype)
+            mean = ((x * weights).sum(dim=1) / weights.sum(dim=1)).unsqueeze(1)
+        tokens = torch.cat([mean, x], dim=1) + position.to(x.dtype)
+        h, hd = self.num_heads, d // self.num_heads
+        q = self.q_proj(tokens[:, :1]).reshape(b, 1, h, hd).transpose(1, 2)
+        k = self.k_proj(tokens).reshape(b, n + 1, h, hd).transpose(1, 2)
+        v = self.v_proj(tokens).reshape(b, n + 1, h, hd).transpose(1, 2)
+        scores = (q * hd**-0.5) @ k.transpose(-2, -1)  # (B, heads, 1, N + 1)
+        if valid is not None:
+            keep = torch.cat([valid.new_ones(b, 1), valid], dim=1)
+            scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
+        attention = scores.softmax(dim=-1)
+        pooled = self.c_proj((attention @ v).reshape(b, d))
+        if return_attention:
+            return pooled, attention[:, :, 0, 1:]
+        return pooled
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-token joint-space embeddings ``(B, N, output_dim)``: ``c_proj(v_proj(x))``, no softmax (MaskCLIP).
+
+        No positional embedding is added (as MaskCLIP does for CLIP's ResNet pooling): a learned per-location
+        offset would shift every text similarity at that location, whatever the image; and the map works at any
+        grid size.
+        """
+        return self.c_proj(self.v_proj(x))
 
 
 class FirstTokenPool(nn.Module):
