@@ -1,24 +1,30 @@
 """Every bundle's multi_gpu_train overlay under `torchrun --standalone --nproc_per_node 2` on CPU (gloo).
 
-Each run trains a tiny network for one epoch of two iterations on phantoms and checks what only a real launch shows:
-the ResumableSampler shards the records by rank (iterations per epoch = records / (2 ranks x batch)), only rank 0
-logged, wrote checkpoints, TensorBoard events and the export, and the checkpoint is a plain state dict that loads
-strictly into the single-process objective. One more run shards the 3D COLIPRI objective with FSDP2.
+The bundles are those in ``bundles/`` with a ``multi_gpu_train`` config: adding a bundle folder is enough. Each run
+trains a tiny network (the demo overlay, then the size knobs of :data:`TINY` that the bundle's configs define) for
+one epoch of two iterations on phantoms and checks what only a real launch shows: the ResumableSampler shards the
+records by rank (iterations per epoch = records / (2 ranks x batch)), only rank 0 logged, wrote checkpoints,
+TensorBoard events and the export, and the checkpoint is a plain state dict that loads strictly into the
+single-process objective. 3D bundles whose overlay has an ``fsdp`` switch run sharded with FSDP2, the others DDP.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import pydoc
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from common.bundle_support import discover_bundles
 from common.data.phantom import generate_dataset
 from common.networks.text_encoder import resolve_text_encoder
 
@@ -26,18 +32,54 @@ REPO = Path(__file__).resolve().parents[2]
 WORLD_SIZE = 2
 BATCH = 2
 RECORDS = 8  # 6 paired + 2 image-only training records
-COLIPRI_TINY = {"max_text_length": 32, "projection_dim": 48, "text_projection_dim": 48, "pool_heads": 2,
-                "mae_decoder_dim": 48, "mae_decoder_heads": 2, "report_decoder_width": 32,
-                "report_decoder_heads": 2, "image_backbone#embed_dim": 48, "image_backbone#num_heads": 2,
-                "image_backbone#depth": 2}
-CT = {"spatial_size": 32, "pixdim": 12.0}
-RADDINO_TINY = {"num_local_crops": 2, "head_prototypes": 64, "head_hidden_dim": 32, "head_bottleneck_dim": 16}
-CASES = {  # bundle -> (datalist dims, overrides, model file exported by rank 0)
-    "colipri_ct": (3, {**COLIPRI_TINY, **CT}, "colipri_model.pt"),
-    "colipri_cxr": (2, {**COLIPRI_TINY, "spatial_size": 64, "image_backbone#patch_size": 16}, "colipri_model.pt"),
-    "raddino_ct": (3, {**RADDINO_TINY, **CT, "global_crop_size": 32, "local_crop_size": 16, "depth": 2}, "model.pt"),
-    "raddino_cxr": (2, {**RADDINO_TINY, "image_size": 56, "global_crop_size": 56, "local_crop_size": 28}, "model.pt"),
+BUNDLES = {b.name: b for b in discover_bundles(REPO / "bundles", configs=["train", "multi_gpu_train"])}
+#: size knobs shrunk for a two-iteration CPU run, applied to a bundle when its configs define the key
+TINY = {"max_text_length": 32, "projection_dim": 48, "text_projection_dim": 48, "pool_heads": 2,
+        "mae_decoder_dim": 48, "mae_decoder_heads": 2, "report_decoder_width": 32, "report_decoder_heads": 2,
+        "image_backbone#embed_dim": 48, "image_backbone#num_heads": 2, "image_backbone#depth": 2, "depth": 2,
+        "num_local_crops": 2, "head_prototypes": 64, "head_hidden_dim": 32, "head_bottleneck_dim": 16}
+TINY_BY_DIMS = {  # input sizes: multiples of the patch (8 in 3D; 16 or 14 in 2D)
+    3: {"spatial_size": 32, "pixdim": 12.0, "global_crop_size": 32, "local_crop_size": 16},
+    2: {"spatial_size": 64, "image_backbone#patch_size": 16, "image_size": 56, "global_crop_size": 56,
+        "local_crop_size": 28},
 }
+#: a text tower, when the bundle has one: the tiny BERT of `tiny_text_encoder` (random weights), 1 of 2 layers frozen
+TINY_TEXT = {"text_num_layers": 2, "text_frozen_layers": 1}
+
+
+def _parser(bundle: str, names: tuple[str, ...] = ("train", "demo", "multi_gpu_train")) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(path) for path in _configs(bundle, names)])
+    return parser
+
+
+def _configs(bundle: str, names: tuple[str, ...] = ("train", "demo", "multi_gpu_train")) -> list[Path]:
+    """The bundle's configs of these names that it has (a bundle without a demo overlay runs without one)."""
+    return [p for p in (BUNDLES[bundle].config(n) for n in names) if p is not None]
+
+
+def _pretrained_arguments(config: dict) -> list[str]:
+    """Ids of the ``pretrained`` argument of every component whose target takes one (set in the config or not)."""
+    found = []
+
+    def walk(value: object, path: list[str]) -> None:
+        if isinstance(value, dict):
+            target = value.get("_target_")
+            component = pydoc.locate(target) if isinstance(target, str) and "." in target else None
+            if callable(component) and "pretrained" in inspect.signature(component).parameters:
+                found.append("#".join([*path, "pretrained"]))
+            for key, item in value.items():
+                walk(item, [*path, str(key)])
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, [*path, str(index)])
+
+    walk(config, [])
+    return found
+
+
+def _sharded(bundle: str) -> bool:
+    return BUNDLES[bundle].spatial_dims == 3 and "fsdp" in _parser(bundle)
 
 
 @pytest.fixture(scope="module")
@@ -62,23 +104,20 @@ def tiny_text_encoder(tmp_path_factory) -> Path:
     return out
 
 
-def _configs(bundle: str) -> list[str]:
-    return [str(REPO / "bundles" / bundle / "configs" / f) for f in ("train.yaml", "demo.yaml", "multi_gpu_train.yaml")]
-
-
 def _overrides(bundle: str, phantoms: Path, text_encoder: Path, root: Path, extra: dict) -> dict:
-    dims, tiny, _ = CASES[bundle]
-    if bundle.startswith("colipri"):
-        # embeddings and 1 of 2 text layers frozen, as the demo freezes MiniLM's lower layers
-        tiny = {**tiny, "text_encoder_name": str(text_encoder), "text_backbone#pretrained": False,
-                "text_num_layers": 2, "text_frozen_layers": 1}
+    parser = _parser(bundle)
+    dims = BUNDLES[bundle].spatial_dims
+    tiny = {k: v for k, v in {**TINY, **TINY_BY_DIMS[dims]}.items() if k in parser}
+    if "text_encoder_name" in parser:
+        tiny.update({k: v for k, v in TINY_TEXT.items() if k in parser}, text_encoder_name=str(text_encoder))
+        tiny.update(dict.fromkeys(_pretrained_arguments(parser.config), False))  # the tiny BERT has no weights
     return {"dataset_dir": str(phantoms / f"datalist_{dims}d.json"), "bundle_root": str(root), "max_epochs": 1,
             "batch_size": BATCH, "num_workers": 0, "cache_preprocessed": False, **tiny, **extra}
 
 
 def _torchrun(bundle: str, overrides: dict, log_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
     files = "[" + ",".join(f"'{c}'" for c in _configs(bundle)) + "]"
-    configs = REPO / "bundles" / bundle / "configs"
+    configs = BUNDLES[bundle].root / "configs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD_SIZE),
            "--log-dir", str(log_dir), "--redirects", "3", "-m", "monai.bundle", "run", "--config_file", files,
            "--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf")]
@@ -98,21 +137,38 @@ def _rank_logs(log_dir: Path) -> dict[int, str]:
 
 
 def _single_process_objective(bundle: str, overrides: dict) -> torch.nn.Module:
-    parser = ConfigParser()
-    parser.read_config(_configs(bundle)[:2])  # train + demo: no process group
+    parser = _parser(bundle, ("train", "demo"))  # no process group
     parser.update(overrides)
     return parser.get_parsed_content("objective_def")
 
 
+def _exported_model(bundle: str, overrides: dict) -> Path:
+    """The file the train workflow exports (its ``model_path``)."""
+    parser = _parser(bundle)
+    parser.update(overrides)
+    return Path(parser.get_parsed_content("model_path"))
+
+
+def _export_prefix(exported: dict, state: dict) -> str:
+    """The objective's attribute the export is the trained state of (``model.``, ``teacher.``): of the prefixes
+    under which the objective's state holds most exported keys (a student and its EMA teacher hold the same keys),
+    the one whose tensors equal the exported ones; ``""`` when none does (the caller's comparison then fails)."""
+    counts = Counter(k[: -len(e)] for e in exported for k in state if k.endswith("." + e))
+    assert counts, "no exported key is in the objective's state dict"
+    most = max(counts.values())
+    for prefix in (p for p, n in counts.items() if n == most):
+        keys = [k for k in exported if prefix + k in state and k != "softmax_temperature"]
+        if all(torch.equal(exported[k], state[prefix + k]) for k in keys):
+            return prefix
+    return counts.most_common(1)[0][0]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("bundle,fsdp", [("colipri_ct", True), ("colipri_cxr", False), ("raddino_ct", False),
-                                         ("raddino_cxr", False)])
-def test_torchrun_two_ranks(
-    bundle: str, fsdp: bool, phantoms: Path, tiny_text_encoder: Path, tmp_path: Path, monkeypatch
-) -> None:
+@pytest.mark.parametrize("bundle", sorted(BUNDLES))
+def test_torchrun_two_ranks(bundle: str, phantoms: Path, tiny_text_encoder: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     root = tmp_path / "bundle"
-    overrides = _overrides(bundle, phantoms, tiny_text_encoder, root, {"fsdp": True} if fsdp else {})
+    overrides = _overrides(bundle, phantoms, tiny_text_encoder, root, {"fsdp": True} if _sharded(bundle) else {})
     run = _torchrun(bundle, overrides, tmp_path / "logs", tmp_path)
     logs = _rank_logs(tmp_path / "logs")
     assert run.returncode == 0, run.stderr[-3000:] + logs[0][-3000:] + logs[1][-3000:]
@@ -123,7 +179,8 @@ def test_torchrun_two_ranks(
     assert len(list((root / "runs").glob("events.out.tfevents.*"))) == 1
     checkpoints = sorted((root / "runs" / "checkpoints").glob("checkpoint_*.pt"))
     assert [c.name for c in checkpoints] == [f"checkpoint_{RECORDS // (WORLD_SIZE * BATCH):08d}.pt"]
-    assert (root / "models" / CASES[bundle][2]).is_file()
+    model_path = _exported_model(bundle, overrides)
+    assert model_path.is_file() and model_path.is_relative_to(root)
 
     checkpoint = torch.load(checkpoints[0], weights_only=True)
     assert checkpoint["world_size"] == WORLD_SIZE and len(checkpoint["rank_states"]) == WORLD_SIZE
@@ -134,8 +191,8 @@ def test_torchrun_two_ranks(
     assert all(type(v) is torch.Tensor for v in state.values())
     objective = _single_process_objective(bundle, overrides)
     objective.load_state_dict(state, strict=True)
-    exported = torch.load(root / "models" / CASES[bundle][2], weights_only=True)
-    prefix = "model." if bundle.startswith("colipri") else "teacher."  # the two towers / the EMA teacher encoder
+    exported = torch.load(model_path, weights_only=True)
+    prefix = _export_prefix(exported, state)  # e.g. the two towers / the EMA teacher encoder
     shared = [k for k in exported if prefix + k in state and k != "softmax_temperature"]
     assert len(shared) > len(exported) // 2
     for key in shared:  # the export is the trained state (gathered from the shards under FSDP)
