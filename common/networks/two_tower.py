@@ -21,6 +21,7 @@ exported model holds no training state and the released checkpoint keeps its key
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,6 +99,8 @@ class ImageTower(nn.Module):
             self.projector = nn.Linear(width, projection_dim)
         pool_width = projection_dim if self.project_tokens else width
         self.pooler = pooler if pooler is not None else AttentionPool1D(pool_width, num_heads)
+        # poolers with positional embeddings (PositionalAttentionPool) are told the token grid's shape
+        self._pooler_takes_grid = "grid_size" in inspect.signature(self.pooler.forward).parameters
         self.projection_dim = int(projection_dim)
 
     @property
@@ -124,12 +127,14 @@ class ImageTower(nn.Module):
         With ``return_attention`` also the pooler's attention over the tokens, ``(B, heads, *grid)``.
         """
         tokens = patch_map.flatten(2).transpose(1, 2)
+        takes_grid = self._pooler_takes_grid and not torch.jit.is_tracing()  # a traced network keeps its grid
+        grid = {"grid_size": tuple(patch_map.shape[2:])} if takes_grid else {}
         attention = None
         if return_attention:
-            pooled, attention = self.pooler(tokens, return_attention=True)
+            pooled, attention = self.pooler(tokens, return_attention=True, **grid)
             attention = attention.reshape(*attention.shape[:2], *patch_map.shape[2:])
         else:
-            pooled = self.pooler(tokens)
+            pooled = self.pooler(tokens, **grid)
         if not self.project_tokens:
             pooled = self.projector(pooled)
         pooled = F.normalize(pooled, dim=-1) if normalize else pooled
