@@ -76,8 +76,8 @@ class ExportError(ValueError):
 # * code that runs on import: a module's top-level statements, class bodies, decorators and default values, and
 #   every parent package's ``__init__``;
 # * code that may run later: the body of a function or class that is *reachable*, i.e. named by a config, referenced
-#   (called, passed, subclassed, decorated) by code that runs or by a reachable body, or defined with a decorator
-#   (which may register it); a reachable class makes all its methods reachable;
+#   (called, passed, subclassed, decorated) by code that runs or by a reachable body, defined with a decorator
+#   (which may register it), or a module's ``__getattr__``; a reachable class makes all its methods reachable;
 # * not counted: imports under ``if TYPE_CHECKING:`` and ``if __name__ == "__main__":`` (never run on import), and
 #   imports in a ``try`` whose ``except`` catches ``ImportError`` / ``ModuleNotFoundError`` (optional by the
 #   module's own declaration: the code states what happens without them).
@@ -255,7 +255,13 @@ class _Module:
     """One library module: what runs on import, and its top-level functions and classes."""
 
     def __init__(
-        self, name: str, library_root: Path, is_package: bool, body: _Scope, units: dict[str, ast.AST], decorated: set[str]
+        self,
+        name: str,
+        library_root: Path,
+        is_package: bool,
+        body: _Scope,
+        units: dict[str, ast.AST],
+        decorated: set[str],
     ) -> None:
         self.name = name
         self.library_root = library_root
@@ -278,7 +284,7 @@ def _parse_module(name: str, library_root: Path) -> _Module:
         stmt = statements.pop(0)
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             units[stmt.name] = stmt  # a redefinition replaces the node, as at run time
-            if stmt.decorator_list:
+            if stmt.decorator_list or stmt.name == "__getattr__":  # registered, or a module's lazy attributes
                 decorated.add(stmt.name)
         elif isinstance(stmt, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
             for part in ("body", "orelse", "finalbody", "handlers"):
@@ -720,15 +726,17 @@ def _readme(
     random_weights: bool,
     torchscript: dict[str, Any],
     commit: str,
+    phantoms: bool,
 ) -> str:
     sections = {k: _localise(v, bundle) for k, v in _sections(source_readme).items()}
     has = set(configs).__contains__
+    default_data = "none = the embedded phantoms" if phantoms else "required: the phantom generator is not exported"
     commands = ["# run from the bundle root (the folder holding configs/, scripts/ and models/)"]
     if has("inference.yaml"):
         commands += ["# inference -> eval/ (dataset_dir: a folder of images or a datalist)",
                      "python -m monai.bundle run --config_file configs/inference.yaml --dataset_dir <data>"]
     if has("train.yaml"):
-        commands += ["# training (dataset_dir: a folder with datalist.json; none = the embedded phantoms)",
+        commands += [f"# training (dataset_dir: a folder with datalist.json; {default_data})",
                      "python -m monai.bundle run --config_file configs/train.yaml --dataset_dir <data>"]
     if has("train.yaml") and has("multi_gpu_train.yaml"):
         commands += ["torchrun --standalone --nnodes=1 --nproc_per_node=4 -m monai.bundle run \\",
@@ -1057,6 +1065,7 @@ def _write_docs(out: Path, request: _Request, modules: Sequence[str], torchscrip
     (out / "docs").mkdir()
     readme_path = request.source / "docs" / "README.md"
     source_readme = readme_path.read_text() if readme_path.is_file() else ""
+    phantoms = any(m.rsplit(".", 1)[-1].startswith("phantom") for m in modules)
     (out / "docs" / "README.md").write_text(
         _readme(
             request.bundle,
@@ -1066,10 +1075,10 @@ def _write_docs(out: Path, request: _Request, modules: Sequence[str], torchscrip
             request.weights is None,
             torchscript,
             _git_commit(),
+            phantoms,
         )
     )
     own_license = request.source / "docs" / "data_license.txt"
-    phantoms = any("phantom" in m.rsplit(".", 1)[-1] for m in modules)
     (out / "docs" / "data_license.txt").write_text(
         own_license.read_text() if own_license.is_file()
         else _data_license(request.meta, source_readme, request.bundle, phantoms)

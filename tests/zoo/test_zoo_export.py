@@ -1,5 +1,6 @@
-"""Model Zoo export (scripts/export_zoo_bundle.py): the exported bundle passes the Zoo checks and runs inference
-with this repository NOT importable (editable-install finder and repo paths removed, cwd outside the repo)."""
+"""Model Zoo export (scripts/export_zoo_bundle.py): every bundle in ``bundles/`` exports, passes the Zoo checks and
+runs inference with this repository NOT importable (editable-install finder and repo paths removed, cwd outside the
+repo); an inference-only export carries only what inference needs and runs too."""
 
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ import pytest
 import torch
 import yaml
 
+from common.bundle_support import discover_bundles
 from common.data.phantom import generate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
+BUNDLES = {b.name: b for b in discover_bundles(REPO / "bundles", configs=["inference"])}  # every bundle
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,8 @@ def exporter():
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    """One phantom case: ``ct/test_00000.nii.gz``, ``cxr/test_00000.png`` and their datalists."""
+    """One phantom case: ``ct/test_00000.nii.gz``, ``cxr/test_00000.png`` and their datalists (``datalist_3d.json``,
+    ``datalist_2d.json``)."""
     out = tmp_path_factory.mktemp("zoo_inputs")
     generate_dataset(out, num_train=0, num_image_only=0, num_val=0, num_test=1, seed=5, image_size_2d=128)
     return out
@@ -121,40 +125,56 @@ def _library_imports(path: Path) -> list[str]:
     return found
 
 
-CASES = {  # bundle -> (inference input under the phantom folder, file the inference writes into eval/)
-    "colipri_ct": ("ct", "predictions.csv"),
-    "raddino_cxr": ("datalist_2d.json", "embeddings.csv"),
-}
+def _export_kwargs(bundle: str) -> dict:
+    """Random weights and, when the bundle has one, the demo overlay (the network a CPU demo trains)."""
+    return {"random_init": True, "changelog": "test export",
+            **({"overlay": "demo"} if BUNDLES[bundle].config("demo") else {})}  # fmt: skip
+
+
+def _inference_input(inputs: Path, bundle: str) -> Path:
+    return inputs / f"datalist_{BUNDLES[bundle].spatial_dims}d.json"
 
 
 @pytest.fixture(scope="module")
 def zoo_exports(exporter, inputs: Path, tmp_path_factory) -> dict[str, tuple[Path, dict, dict]]:
-    """Export each bundle (demo overlay, random init), then run the Zoo checks and an inference on every export in
-    one interpreter that cannot import the repository: bundle -> (exported root, export summary, run report)."""
+    """Export each bundle twice (all configs; inference only), then run the Zoo checks and an inference on every
+    full export, and the inference on every inference-only export, in one interpreter that cannot import the
+    repository: ``bundle`` / ``bundle:inference`` -> (exported root, export summary, run report)."""
     root = tmp_path_factory.mktemp("zoo")
     meta_args = ["--meta_file", "configs/metadata.json"]
     net_args = ["network_def", *meta_args, "--config_file", "configs/inference.yaml"]
     exports, runs = {}, {}
-    for bundle, (data, _) in CASES.items():
+    for bundle in BUNDLES:
+        run = ["run", "--config_file", "configs/inference.yaml", *meta_args, "--logging_file", "configs/logging.conf",
+               "--dataset_dir", str(_inference_input(inputs, bundle))]  # fmt: skip
         out = root / f"{bundle}_zoo"  # not the bundle's name: the bundle root must not be found by name
-        summary = exporter.export(bundle, str(out), random_init=True, overlay="demo", changelog="test export")
+        summary = exporter.export(bundle, str(out), **_export_kwargs(bundle))
         trace = ["--use_trace", "True", "--input_shape", str(summary["input_shape"])]
         runs[out] = [
             ["verify_metadata", *meta_args, "--filepath", "scripts/resources/meta_schema_20240725.json"],
             ["verify_net_in_out", *net_args, "--device", "cpu"],
             ["ckpt_export", *net_args, "--filepath", "models/model.ts", "--ckpt_file", "models/model.pt",
              *(trace if summary["torchscript"] == "trace" else [])],
-            ["run", "--config_file", "configs/inference.yaml", *meta_args, "--logging_file", "configs/logging.conf",
-             "--dataset_dir", str(inputs / data)],
+            run,
         ]
         exports[bundle] = (out, summary)
+        out = root / f"{bundle}_inference_zoo"
+        exports[f"{bundle}:inference"] = (out, exporter.export(bundle, str(out), configs="inference",
+                                                               **_export_kwargs(bundle)))  # fmt: skip
+        runs[out] = [run]
     report = _run_isolated(runs, cwd=root)
     assert report["import_common"] is None, f"the repository is still importable: {report['import_common']}"
     return {b: (out, summary, report["bundles"][str(out)]) for b, (out, summary) in exports.items()}
 
 
+def _prediction_rows(out: Path) -> list[list[str]]:
+    """The one CSV the inference wrote into ``eval/`` (bundle_root = the export, not the repository)."""
+    (written,) = (out / "eval").glob("*.csv")
+    return list(csv.reader(written.open()))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("bundle", sorted(CASES))
+@pytest.mark.parametrize("bundle", sorted(BUNDLES))
 def test_exported_bundle_runs_without_the_repository(bundle: str, zoo_exports):
     out, summary, report = zoo_exports[bundle]
 
@@ -197,12 +217,73 @@ def test_exported_bundle_runs_without_the_repository(bundle: str, zoo_exports):
     assert scripted.state_dict().keys() == state.keys()
     assert all(torch.equal(scripted.state_dict()[k], v) for k, v in state.items())
     assert scripted(torch.rand(summary["input_shape"])).shape == (1, pred_channels)
-    rows = list(csv.reader((out / "eval" / CASES[bundle][1]).open()))  # bundle_root = the export, not the repo
+    rows = _prediction_rows(out)
     assert len(rows) == 1 and Path(rows[0][0]).name.startswith("test_00000")
     values = torch.tensor([float(v) for v in rows[0][1:]])
     assert values.numel() == pred_channels and values.isfinite().all()
     if meta["network_data_format"]["outputs"]["pred"]["type"] == "probabilities":
         assert ((values >= 0) & (values <= 1)).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", sorted(BUNDLES))
+def test_inference_export_carries_only_what_inference_needs(bundle: str, zoo_exports):
+    out, summary, report = zoo_exports[f"{bundle}:inference"]
+    full_out, full_summary, _ = zoo_exports[bundle]
+    assert summary["configs"] == ["inference.yaml"]
+    assert sorted(p.name for p in (out / "configs").iterdir()) == ["inference.yaml", "logging.conf", "metadata.json"]
+    vendored = {str(p.relative_to(out / "scripts")) for p in (out / "scripts").rglob("*.py")}
+    assert len(vendored) == summary["vendored_modules"] <= full_summary["vendored_modules"]
+    assert set(summary["vendored"]) <= set(full_summary["vendored"])
+    # no training or evaluation code, no phantom generator nor the report writer it uses; raddino_cxr not even the
+    # label model (colipri_cxr's inference reaches it: its radiograph findings import the label model's prevalences)
+    generator = ["report_writer"] + (["label_model"] if bundle == "raddino_cxr" else [])
+    unneeded = [f for f in vendored if f.startswith(("losses/", "engines/", "evaluation/", "methods/"))
+                or Path(f).stem.startswith("phantom") or Path(f).stem in generator]  # fmt: skip
+    assert not unneeded, f"an inference export carries training / evaluation / phantom code: {sorted(unneeded)}"
+    assert "phantom data are generated" not in (out / "docs" / "data_license.txt").read_text()
+    # the same inference as the full export, without the repository
+    assert report["error"] is None, report["error"]
+    assert list(report["seconds"]) == ["run"] and not report["common_modules"]
+    assert (out / "models" / "model.pt").read_bytes() == (full_out / "models" / "model.pt").read_bytes()
+    assert _prediction_rows(out) == _prediction_rows(full_out)
+
+
+def _objective_target(bundle: str) -> str | None:
+    train = BUNDLES[bundle].config("train")
+    objective = (yaml.safe_load(train.read_text()) or {}).get("objective_def") if train else None
+    return objective.get("_target_") if isinstance(objective, dict) else None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", sorted(BUNDLES))
+def test_export_carries_no_other_method_losses(bundle: str, exporter, zoo_exports):
+    """The losses a full export vendors are those its own objective can reach; none that only another bundle's
+    objective uses."""
+    target = _objective_target(bundle)
+    if target is None:
+        pytest.skip(f"{bundle} has no train.yaml objective_def")
+    _, summary, _ = zoo_exports[bundle]
+
+    def losses(modules: list[str]) -> set[str]:
+        return {m for m in modules if ".losses." in m}
+
+    own = losses(exporter.import_closure([target]))
+    assert losses(summary["vendored"]) == own
+    for other in BUNDLES:
+        other_target = _objective_target(other)
+        if other_target and other_target != target:
+            foreign = losses(exporter.import_closure([other_target])) - own
+            assert not foreign & set(summary["vendored"]), f"{bundle} vendors {other}'s losses"
+
+
+@pytest.mark.slow
+def test_torchscript_probe_runs_at_a_small_input(zoo_exports):
+    for name, (out, summary, _) in zoo_exports.items():
+        probe, shape = summary["torchscript_probe_shape"], summary["input_shape"]
+        assert probe[:2] == shape[:2] and len(probe) == len(shape), name
+        assert all(p <= min(64, s) for p, s in zip(probe[2:], shape[2:])), (name, probe, shape)
+        assert f"probe input of shape `{probe}`" in (out / "docs" / "README.md").read_text()
 
 
 @pytest.mark.slow
@@ -256,6 +337,48 @@ def test_import_closure_follows_imports_only(exporter):
     assert not any(m.startswith(("common.methods", "common.losses", "common.evaluation")) for m in closure)
 
 
+def test_import_closure_rule(exporter, tmp_path: Path):
+    """Which imports count: module level always; inside a function only when the function is reachable (named by
+    a reference, used by reachable code, or decorated); never under TYPE_CHECKING, under __main__, or guarded by
+    ``except ImportError``; a reachable class brings all its methods; re-exports and string references are followed."""
+    lib = tmp_path / "common"
+    files = {
+        "__init__.py": "",
+        "a.py": (
+            "from __future__ import annotations\n"
+            "from typing import TYPE_CHECKING\n"
+            "from common.b import used_by_a as ua\n"
+            "if TYPE_CHECKING:\n    from common import typing_only\n"
+            "def entry():\n    from common import lazy_reached\n    return ua(), helper()\n"
+            "def helper():\n    return 'common.by_string.thing'\n"
+            "def never_called():\n    from common import lazy_unreached\n"
+            "def optional():\n    try:\n        from common import optional_dep\n    except ImportError:\n"
+            "        return None\n"
+            "class Model:\n    def method(self):\n        from common import via_method\n"
+            "@staticmethod\ndef registered():\n    from common import via_decorator\n"
+            "if __name__ == '__main__':\n    from common import main_only\n"
+        ),
+        "b.py": "from common.c import used_by_a\n",  # a re-export
+        "c.py": "def used_by_a():\n    from common import via_reexport\n",
+    }
+    names = ("typing_only", "lazy_reached", "lazy_unreached", "optional_dep", "via_method", "via_decorator",
+             "main_only", "via_reexport", "by_string")  # fmt: skip
+    for name in names:
+        files[f"{name}.py"] = ""
+    for name, text in files.items():
+        (lib / name).parent.mkdir(parents=True, exist_ok=True)
+        (lib / name).write_text(text)
+
+    def closure(*references: str) -> set[str]:
+        return {m.removeprefix("common.") for m in exporter.import_closure(references, lib)} - {"common"}
+
+    assert closure("common.a") == {"a", "b", "c", "via_decorator"}  # importing runs module-level code only
+    assert closure("common.a.entry") == {"a", "b", "c", "via_decorator", "lazy_reached", "via_reexport", "by_string"}
+    assert closure("common.a.Model") == {"a", "b", "c", "via_decorator", "via_method"}
+    assert "optional_dep" not in closure("common.a.optional")
+    assert "lazy_unreached" in closure("common.a.never_called")
+
+
 def test_export_refuses_bad_input(exporter, tmp_path: Path):
     with pytest.raises(exporter.ExportError, match="no --weights given"):
         exporter.export("raddino_cxr", str(tmp_path / "a"))
@@ -269,6 +392,8 @@ def test_export_refuses_bad_input(exporter, tmp_path: Path):
     torch.save({"w": torch.zeros(1)}, wrong)
     with pytest.raises(exporter.ExportError, match=r"wrong\.pt: does not match the inference network_def"):
         exporter.export("raddino_cxr", str(tmp_path / "d"), weights=str(wrong), overlay="demo")
+    with pytest.raises(exporter.ExportError, match="no such config to export"):
+        exporter.export("raddino_cxr", str(tmp_path / "g"), random_init=True, configs="inference,nonexistent")
     with pytest.raises(exporter.ExportError, match="version '0.1.0' is not a new"):
         exporter.export("raddino_cxr", str(tmp_path / "f"), random_init=True, version="0.1.0")
     (tmp_path / "e").mkdir()
