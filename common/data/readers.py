@@ -56,6 +56,8 @@ __all__ = [
     "RadiographReader",
     "LoadVolumed",
     "LoadRadiographd",
+    "RadiographMaskReader",
+    "LoadRadiographMaskd",
 ]
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
@@ -651,13 +653,22 @@ class RadiographReader(ImageReader):
         paths = [Path(f) for f in ensure_tuple(filename)]
         return all(_suffix(p) in RADIOGRAPH_SUFFIXES or _is_dicom_file(p) for p in paths)
 
+    allow_constant: bool = False
+
     def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> _Loaded:
-        array, spacing = read_radiograph(_single_path(data))
+        array, spacing = read_radiograph(_single_path(data), allow_constant=self.allow_constant)
         affine = np.diag([*np.nan_to_num(spacing, nan=1.0), 1.0, 1.0])
         return _Loaded(array, affine, spacing)
 
+
     def get_data(self, img: _Loaded) -> tuple[np.ndarray, dict]:
         return img.array, _meta(img)
+
+
+class RadiographMaskReader(RadiographReader):
+    """:class:`RadiographReader` for 2D label maps: values as stored, an empty (constant) map allowed."""
+
+    allow_constant = True
 
 
 class _LoadValidatedd(MapTransform):
@@ -709,3 +720,9 @@ class LoadRadiographd(_LoadValidatedd):
     """
 
     reader_class = RadiographReader
+
+
+class LoadRadiographMaskd(_LoadValidatedd):
+    """Load 2D label maps aligned with radiographs (class indices as stored, empty maps allowed) as ``(1, H, W)``."""
+
+    reader_class = RadiographMaskReader

@@ -28,7 +28,7 @@ from monai.transforms import (
 )
 from monai.utils import ensure_tuple
 
-from common.data.readers import LoadRadiographd
+from common.data.readers import LoadRadiographd, LoadRadiographMaskd
 from common.transforms.spatial import CentralCropd
 
 __all__ = [
@@ -70,19 +70,19 @@ class ResizeShortestEdge(Transform):
 
     Args:
         size: target length of the shorter edge.
-        mode: ``"bicubic"`` (RAD-DINO's processor) or ``"bilinear"``.
-        antialias: low-pass filter when downsampling (as Pillow does).
+        mode: ``"bicubic"`` (RAD-DINO's processor), ``"bilinear"``, or ``"nearest"`` for label maps.
+        antialias: low-pass filter when downsampling (as Pillow does; ignored for ``"nearest"``).
         clip: clamp the output to the input's value range (bicubic overshoots; an 8-bit image saturates there).
     """
 
     def __init__(self, size: int, mode: str = "bicubic", antialias: bool = True, clip: bool = True) -> None:
         if size < 1:
             raise ValueError(f"size must be positive, got {size}")
-        if mode not in ("bicubic", "bilinear"):
-            raise ValueError(f"mode must be 'bicubic' or 'bilinear', got {mode!r}")
+        if mode not in ("bicubic", "bilinear", "nearest"):
+            raise ValueError(f"mode must be 'bicubic', 'bilinear' or 'nearest', got {mode!r}")
         self.size = int(size)
         self.mode = mode
-        self.antialias = antialias
+        self.antialias = antialias and mode != "nearest"
         self.clip = clip
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
@@ -94,9 +94,12 @@ class ResizeShortestEdge(Transform):
         data = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
         if out_shape == in_shape:
             return img
-        values = F.interpolate(
-            data[None].float(), size=out_shape, mode=self.mode, align_corners=False, antialias=self.antialias
-        )[0]
+        if self.mode == "nearest":  # pixel centres (align_corners=False semantics), as label maps need
+            values = F.interpolate(data[None].float(), size=out_shape, mode="nearest-exact")[0]
+        else:
+            values = F.interpolate(
+                data[None].float(), size=out_shape, mode=self.mode, align_corners=False, antialias=self.antialias
+            )[0]
         if self.clip:
             values = values.clamp_(float(data.min()), float(data.max()))
         if not isinstance(img, MetaTensor):
@@ -149,6 +152,8 @@ def xray_preprocessing(
     num_channels: int = 1,
     mode: str = "bicubic",
     loader: Loader | None = load_radiograph,
+    resize_size: int | None = None,
+    label_keys: KeysCollection = (),
 ) -> list[Transform]:
     """Deterministic radiograph preprocessing: load, scale to [0, 1], resize, centre crop, normalise.
 
@@ -170,16 +175,26 @@ def xray_preprocessing(
         num_channels: 1, or 3 to replicate the grey channel for RGB backbones.
         mode: resize interpolation, ``"bicubic"`` or ``"bilinear"``.
         loader: ``keys -> loading transform``; ``None`` when the data are already ``(C, H, W)`` tensors.
+        resize_size: shorter side before the centre crop (``None``: ``spatial_size``); e.g. resize 256 then crop
+            224, the torchvision / MGCA / G2D convention.
+        label_keys: label maps aligned with the image (e.g. ``mask``): loaded as stored (empty maps allowed, see
+            :class:`~common.data.readers.LoadRadiographMaskd`), resized with nearest neighbours and cropped alike.
 
     Returns:
         The transforms, to be wrapped in ``monai.transforms.Compose``.
     """
     keys = ensure_tuple(keys)
+    resize_size = spatial_size if resize_size is None else int(resize_size)
+    if resize_size < spatial_size:
+        raise ValueError(f"resize_size {resize_size} must be at least the crop spatial_size {spatial_size}")
     if num_channels not in (1, 3):
         raise ValueError(f"num_channels must be 1 or 3, got {num_channels}")
     if (mean is None) != (std is None) or (std is not None and std <= 0):
         raise ValueError(f"mean and std must both be given (std > 0) or both be None, got {mean}, {std}")
+    label_keys = ensure_tuple(label_keys)
     transforms: list[Transform] = [] if loader is None else [loader(keys)]
+    if label_keys and loader is not None:
+        transforms.append(LoadRadiographMaskd(label_keys))
     if intensity_range == "minmax":
         transforms.append(ScaleIntensityd(keys, minv=0.0, maxv=1.0))
     elif isinstance(intensity_range, (tuple, list)) and len(intensity_range) == 2 and intensity_range[0] < intensity_range[1]:
@@ -188,9 +203,12 @@ def xray_preprocessing(
     else:
         raise ValueError(f"intensity_range must be 'minmax' or an increasing (low, high) pair, got {intensity_range!r}")
     transforms += [
-        ResizeShortestEdged(keys, spatial_size, mode=mode),
+        ResizeShortestEdged(keys, resize_size, mode=mode),
         CentralCropd(keys, spatial_size, odd_voxel="end"),
     ]
+    if label_keys:
+        transforms[-2:-2] = [ResizeShortestEdged(label_keys, resize_size, mode="nearest", clip=False)]
+        transforms[-1:] = [CentralCropd([*keys, *label_keys], spatial_size, odd_voxel="end")]
     if mean is not None:
         transforms.append(NormalizeIntensityd(keys, subtrahend=mean, divisor=std))
     if num_channels == 3:

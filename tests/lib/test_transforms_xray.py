@@ -64,7 +64,7 @@ def test_resize_shortest_edge_updates_the_pixel_spacing():
     with pytest.raises(ValueError, match="size"):
         ResizeShortestEdge(0)
     with pytest.raises(ValueError, match="mode"):
-        ResizeShortestEdge(10, mode="nearest")
+        ResizeShortestEdge(10, mode="area")
 
 
 @pytest.mark.parametrize("shape", [(600, 700), (1000, 777), (777, 1000), (519, 600)])
@@ -133,3 +133,27 @@ def test_bad_arguments_raise():
         xray_preprocessing(intensity_range=(255, 0), loader=None)
     with pytest.raises(ValueError, match="mean and std"):
         xray_preprocessing(mean=0.5, std=None, loader=None)
+
+
+def test_label_maps_follow_the_radiograph_with_nearest_resize(tmp_path) -> None:
+    from PIL import Image
+    from monai.transforms import Compose
+
+    from common.transforms.xray import xray_preprocessing
+
+    image = (np.arange(40 * 60).reshape(40, 60) % 251).astype(np.uint8)
+    label = np.zeros((40, 60), np.uint8)
+    label[10:20, 30:50] = 3
+    Image.fromarray(image).save(tmp_path / "cxr.png")
+    Image.fromarray(label).save(tmp_path / "mask.png")
+    Image.fromarray(np.zeros((40, 60), np.uint8)).save(tmp_path / "empty.png")
+    pipeline = Compose(xray_preprocessing(["image"], 16, resize_size=20, mean=None, std=None, label_keys=["mask"]))
+    out = pipeline({"image": str(tmp_path / "cxr.png"), "mask": str(tmp_path / "mask.png")})
+    assert out["image"].shape == out["mask"].shape == (1, 16, 16)
+    assert set(out["mask"].unique().tolist()) == {0.0, 3.0}  # class indices survive (no blending)
+    # 40x60 -> 20x30 (factor 2), centre crop 16x16 keeps rows 2..17, columns 7..22: the box is rows 5-9, cols 15-22
+    expected = np.zeros((16, 16))
+    expected[3:8, 8:16] = 3
+    np.testing.assert_array_equal(out["mask"][0].numpy(), expected)
+    empty = pipeline({"image": str(tmp_path / "cxr.png"), "mask": str(tmp_path / "empty.png")})
+    assert float(empty["mask"].abs().sum()) == 0.0  # an empty label map is allowed
