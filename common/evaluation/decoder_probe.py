@@ -1,0 +1,458 @@
+"""G2D's segmentation protocol, method-neutral: a FROZEN encoder's feature pyramid + a trained U-Net decoder, Dice.
+
+G2D (Liu et al., NeurIPS 2024, https://arxiv.org/abs/2312.01522, section 4.1, appendix A.4, Table 1) scores
+segmentation with a U-Net whose pre-trained encoder stays frozen, at 1 %, 10 % and 100 % of the labelled training
+cases, in two variants:
+
+``"encoder"``
+    a newly initialised decoder (blocks and head) is trained on the frozen encoder's pyramid ("G2D (encoder)");
+``"enc+dec"``
+    the decoder blocks start from the pre-trained pseudo-mask decoder, the segmentation head is NEW (the pre-trained
+    one has a single pseudo-mask channel) with ``num_classes`` outputs, and everything but the encoder is fine-tuned
+    ("G2D (enc+dec)").
+
+Any encoder with ``features(x) -> [maps]`` (:class:`common.networks.unet.UNetEncoder`) and any decoder
+``decoder(maps) -> logits at the image size`` (:class:`common.networks.unet.UNetDecoder`) fit, so the controls
+(contrastive-only pre-training, shuffled pseudo-masks, random init) run through the same code.
+
+**Protocol choices** (the paper gives only AdamW, lr 2e-4, weight decay 0.05, batch size 8 / 16 and "up to 50 epochs
+with early stopping", following MGCA):
+
+* Loss :class:`monai.losses.DiceCELoss` (``to_onehot_y``, ``softmax``), AdamW on every decoder parameter, cosine
+  decay of the learning rate to 0 over a FIXED number of optimiser steps per run (``steps``), the same for every
+  fraction: there is no validation split for early stopping here, and a per-epoch budget would leave the 1 % runs
+  (a handful of cases) with a few dozen steps. Each step draws ``min(batch_size, n_train)`` cases from a stream of
+  seeded permutations of the subset, so every case is seen equally often and every batch is full.
+* Fraction ``f`` of ``N`` labelled training cases uses ``max(1, round(f * N))`` cases: the first ones of ONE seeded
+  permutation, so the subsets are nested (the 1 % cases lie inside the 10 % ones) and both variants see the same
+  cases; the indices are returned under ``"subsets"``.
+* The encoder runs once, in eval mode without gradients, over the union of the subsets and the test cases; its
+  pyramids are cached on the CPU in ``cache_dtype`` and moved to ``device`` one mini-batch at a time. No data
+  augmentation (cached features), as the encoder is frozen anyway. The encoder's weights, buffers and train/eval
+  mode are left as they were.
+* Test: argmax of the logits, :class:`monai.metrics.DiceMetric` (``include_background=False``,
+  ``reduction="none"``, ``ignore_empty=True``) per case and class. A class absent from a case's ground truth is not
+  scored for that case (also when predicted: MONAI's ``ignore_empty``); a case's Dice is the mean over its present
+  classes, and ``mean_dice`` the mean over cases that have any, with a case-resampling bootstrap interval
+  (:func:`~common.evaluation.metrics.bootstrap_mean`). Per-case values are kept (test order) for paired comparisons
+  between models (:func:`compare_per_case`).
+
+**Memory** of the cache: ``sum_k c_k * prod(spatial / 2**k)`` values per case (k = 1..5): for a ResNet-50 pyramid
+(64, 256, 512, 1024, 2048) about 46 values per pixel in 2D (224 x 224: 9.2 MB in float32) and about 13.3 per voxel in
+3D (128^3: 112 MB); ``cache_dtype=torch.float16`` halves it. Training moves one mini-batch of pyramids (and their
+decoder activations) to ``device``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+from torch import nn
+from tqdm.auto import tqdm
+
+from common.evaluation._arrays import label_names
+from common.evaluation.metrics import bootstrap_mean, paired_mean_difference
+from common.evaluation.report import to_jsonable
+from common.networks.weights import load_weights, read_weights
+
+__all__ = [
+    "VARIANTS",
+    "compare_per_case",
+    "decoder_from_pretrained",
+    "fraction_key",
+    "frozen_encoder_segmentation",
+    "nested_subsets",
+]
+
+logger = logging.getLogger(__name__)
+
+#: result keys of the two variants: new decoder / pre-trained decoder blocks with a new head
+VARIANTS: tuple[str, str] = ("encoder", "enc+dec")
+
+
+def fraction_key(fraction: float) -> str:
+    """The results key of a training fraction: ``0.01 -> "0.01"``, ``1.0 -> "1"``."""
+    return format(float(fraction), "g")
+
+
+def nested_subsets(n_cases: int, fractions: Sequence[float], seed: int = 0) -> dict[str, list[int]]:
+    """``{fraction_key: sorted case indices}``: ``max(1, round(f * n_cases))`` cases, prefixes of one seeded
+    permutation, hence nested across fractions."""
+    if n_cases < 1:
+        raise ValueError("need at least one labelled training case")
+    order = np.random.default_rng(seed).permutation(n_cases)
+    return {
+        fraction_key(f): sorted(int(i) for i in order[: max(1, min(n_cases, round(f * n_cases)))]) for f in fractions
+    }
+
+
+class _Cases:
+    """Per-case access to images ``(N, C, *spatial)`` or masks ``(N, *spatial)`` / ``(N, 1, *spatial)``, given as one
+    array/tensor or as a sequence of per-case arrays/tensors (kept as given; read a mini-batch at a time)."""
+
+    def __init__(self, value: Any, name: str, masks: bool) -> None:
+        self.value, self.name, self.masks = value, name, masks
+        if isinstance(value, (torch.Tensor, np.ndarray)):
+            per_case = value.ndim - 1
+        elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+            per_case = np.ndim(value[0]) if len(value) else 0
+        else:
+            raise TypeError(f"{name} must be an array/tensor or a sequence of per-case arrays, got {type(value)}")
+        allowed = (2, 3, 4) if masks else (3, 4)  # masks: (*spatial) or (1, *spatial); images: (C, *spatial)
+        if len(value) == 0 or per_case not in allowed:
+            raise ValueError(
+                f"{name} must hold at least one case of shape {'(1,) ' if masks else '(C, '}*spatial) in 2D/3D, "
+                f"got {len(value)} cases of {per_case} dimensions"
+            )
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def get(self, indices: Sequence[int]) -> torch.Tensor:
+        items = []
+        for i in indices:
+            item = self.value[int(i)]
+            items.append(item.detach().cpu() if isinstance(item, torch.Tensor) else torch.as_tensor(np.asarray(item)))
+        try:
+            batch = torch.stack(items)
+        except RuntimeError as err:
+            raise ValueError(f"{self.name}: cases differ in shape ({err})") from err
+        return batch if self.masks else batch.float()
+
+
+def _as_labels(masks: torch.Tensor, name: str, spatial: tuple[int, ...], num_classes: int) -> torch.Tensor:
+    if masks.ndim == len(spatial) + 2 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if tuple(masks.shape[1:]) != spatial:
+        raise ValueError(f"{name} must be label maps of the image size {spatial}, got {tuple(masks.shape[1:])}")
+    if masks.is_floating_point() and not torch.equal(masks, masks.round()):
+        raise ValueError(f"{name} must hold integer class indices")
+    masks = masks.long()
+    if masks.numel() and (masks.min() < 0 or masks.max() >= num_classes):
+        raise ValueError(f"{name} hold classes {int(masks.min())}..{int(masks.max())}, outside 0..{num_classes - 1}")
+    return masks.to(torch.uint8 if num_classes <= 256 else torch.int64)
+
+
+def _default_decoder_factory(encoder: nn.Module) -> Callable[[int], nn.Module]:
+    from common.networks.unet import UNetDecoder
+
+    if not (hasattr(encoder, "spatial_dims") and hasattr(encoder, "feature_channels")):
+        raise ValueError("give make_decoder: the encoder has no spatial_dims / feature_channels for a UNetDecoder")
+    return lambda k: UNetDecoder(encoder.spatial_dims, encoder.feature_channels, k)
+
+
+def _seeded(make: Callable[[int], nn.Module], num_classes: int, seed: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG state
+        torch.manual_seed(seed)
+        return make(num_classes)
+
+
+def decoder_from_pretrained(
+    make_decoder: Callable[[int], nn.Module],
+    pretrained: nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike,
+    num_classes: int,
+    *,
+    head_prefix: str = "segmentation_head.",
+    seed: int = 0,
+) -> nn.Module:
+    """``make_decoder(num_classes)`` (seeded) with every weight and buffer outside ``head_prefix`` loaded from the
+    pre-trained decoder (a module, a state dict or a weight file), strictly: a missing, unexpected or mis-shaped
+    decoder key raises :class:`~common.networks.weights.WeightsError`. The head keeps its fresh initialisation."""
+    if isinstance(pretrained, nn.Module):
+        state, where = pretrained.state_dict(), "<pretrained decoder>"
+    elif isinstance(pretrained, Mapping):
+        state, where = dict(pretrained), "<pretrained decoder state dict>"
+    else:
+        state, where = read_weights(pretrained), pretrained
+    decoder = _seeded(make_decoder, num_classes, seed)
+    head = {k: v for k, v in decoder.state_dict().items() if k.startswith(head_prefix)}
+    if not head:
+        raise ValueError(f"the decoder has no keys under head_prefix={head_prefix!r}")
+    body = {k: v.detach().clone() for k, v in state.items() if not k.startswith(head_prefix)}
+    return load_weights(decoder, {**body, **head}, where=where)
+
+
+def _encode(
+    encoder: nn.Module, cases: _Cases, indices: Sequence[int], batch_size: int, device: torch.device,
+    dtype: torch.dtype, desc: str,
+) -> list[torch.Tensor]:
+    """The encoder's pyramid of ``cases[indices]`` as CPU tensors ``(len(indices), c_k, *s_k)`` in ``dtype``."""
+    features = getattr(encoder, "features", encoder)
+    cache: list[torch.Tensor] = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(indices), batch_size), desc=desc, leave=False):
+            chunk = indices[start : start + batch_size]
+            pyramid = [f.detach() for f in features(cases.get(chunk).to(device))]
+            if not cache:
+                cache = [torch.empty((len(indices), *f.shape[1:]), dtype=dtype) for f in pyramid]
+            for level, f in zip(cache, pyramid):
+                level[start : start + len(chunk)] = f.to("cpu", dtype)
+    return cache
+
+
+def _batches(subset: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless full batches of ``min(batch_size, len(subset))`` cases from consecutive seeded permutations."""
+    size = min(batch_size, len(subset))
+    pending = torch.empty(0, dtype=torch.long)
+    while True:
+        while len(pending) < size:
+            pending = torch.cat([pending, subset[torch.randperm(len(subset), generator=generator)]])
+        yield pending[:size]
+        pending = pending[size:]
+
+
+def _train(
+    decoder: nn.Module, cache: list[torch.Tensor], masks: torch.Tensor, subset: torch.Tensor, *, steps: int,
+    batch_size: int, lr: float, weight_decay: float, seed: int, device: torch.device, desc: str,
+) -> float:
+    """Train ``decoder`` in place; returns the mean loss of the last tenth of the steps."""
+    decoder.to(device).train()
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    stream = _batches(subset, batch_size, torch.Generator().manual_seed(seed))
+    tail, losses = max(1, steps // 10), []
+    bar = tqdm(range(steps), desc=desc, leave=False)
+    for _ in bar:
+        batch = next(stream)
+        pyramid = [level[batch].to(device, torch.float32) for level in cache]
+        loss = loss_fn(decoder(pyramid), masks[batch].to(device).long()[:, None])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses = (losses + [float(loss.detach())])[-tail:]
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    return float(np.mean(losses))
+
+
+def _score(
+    decoder: nn.Module, cache: list[torch.Tensor], masks: torch.Tensor, *, num_classes: int, names: list[str],
+    include_background: bool, batch_size: int, n_bootstrap: int, seed: int, device: torch.device,
+) -> dict[str, Any]:
+    decoder.eval()
+    metric = DiceMetric(include_background=include_background, reduction="none", num_classes=num_classes,
+                        ignore_empty=True)
+    with torch.no_grad():
+        for batch in torch.arange(len(masks)).split(batch_size):
+            logits = decoder([level[batch].to(device, torch.float32) for level in cache])
+            if tuple(logits.shape[2:]) != tuple(masks.shape[1:]):
+                raise ValueError(f"the decoder gives logits of size {tuple(logits.shape[2:])}, the masks are "
+                                 f"{tuple(masks.shape[1:])}: it must predict at the image size")
+            metric(y_pred=logits.argmax(dim=1, keepdim=True), y=masks[batch].to(device).long()[:, None])
+    dice = metric.aggregate().cpu().numpy().astype(np.float64)  # (cases, classes), NaN where a class is absent
+    reported = names if include_background else names[1:]
+    per_class = {}
+    for k, name in enumerate(reported):
+        summary = bootstrap_mean(dice[:, k], n_bootstrap, seed)
+        per_class[name] = {"dice": summary["mean"], "dice_ci": summary["mean_ci"], "n_cases": summary["n_cases"],
+                           "per_case": dice[:, k]}
+    scored = np.isfinite(dice).any(axis=1)
+    per_case = np.full(len(dice), np.nan)
+    per_case[scored] = np.nanmean(dice[scored], axis=1)
+    summary = bootstrap_mean(per_case, n_bootstrap, seed)
+    class_dice = [v["dice"] for v in per_class.values() if v["dice"] is not None]
+    return {
+        "mean_dice": summary["mean"],
+        "mean_dice_ci": summary["mean_ci"],
+        "n_cases_scored": summary["n_cases"],
+        "macro_dice": float(np.mean(class_dice)) if class_dice else None,
+        "per_class": per_class,
+        "per_case": per_case,
+    }
+
+
+def frozen_encoder_segmentation(
+    encoder: nn.Module,
+    make_decoder: Callable[[int], nn.Module] | None,
+    train_images: Any,
+    train_masks: Any,
+    test_images: Any,
+    test_masks: Any,
+    *,
+    num_classes: int,
+    fractions: Sequence[float] = (0.01, 0.1, 1.0),
+    pretrained_decoder: nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike | None = None,
+    class_names: Sequence[str] | None = None,
+    steps: int = 1000,
+    batch_size: int = 8,
+    lr: float = 2e-4,
+    weight_decay: float = 0.05,
+    seed: int = 0,
+    n_bootstrap: int = 1000,
+    include_background: bool = False,
+    head_prefix: str = "segmentation_head.",
+    cache_dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """G2D's segmentation protocol (Table 1) on a frozen encoder: decoder trained per fraction, Dice per class.
+
+    See the module docstring for the protocol, the subset draw and the memory of the feature cache.
+
+    Args:
+        encoder: frozen image encoder with ``features(x) -> [maps]`` (or called directly when it has no ``features``).
+        make_decoder: ``make_decoder(out_channels) -> decoder`` mapping the pyramid to logits at the image size;
+            ``None``: a :class:`~common.networks.unet.UNetDecoder` with FlexibleUNet's widths for the encoder.
+        train_images, test_images: ``(N, C, *spatial)`` arrays/tensors or sequences of ``(C, *spatial)`` cases
+            (2D or 3D, preprocessed; spatial sides as the decoder needs, multiples of 32 for the U-Net).
+        train_masks, test_masks: integer label maps ``(N, *spatial)`` (``(N, 1, *spatial)`` or per-case sequences
+            accepted), classes ``0..num_classes-1``, 0 = background.
+        num_classes: classes incl. background (the new head's outputs).
+        fractions: fractions of the training cases, each in (0, 1].
+        pretrained_decoder: the pre-trained decoder (module, state dict or weight file; keys of ``make_decoder``'s
+            decoder) for the ``"enc+dec"`` variant; ``None`` runs only ``"encoder"``.
+        class_names: ``num_classes`` names (default ``label_0..``).
+        steps: optimiser steps of every run (every fraction and variant).
+        batch_size: training (and encoding / scoring) mini-batch size.
+        lr, weight_decay: AdamW's (the paper's 2e-4 and 0.05).
+        seed: subset draw, decoder initialisation, batch order and bootstrap.
+        n_bootstrap: resamples of the confidence intervals (0: none).
+        include_background: also score class 0.
+        head_prefix: the decoder keys NOT taken from ``pretrained_decoder``.
+        cache_dtype: dtype of the cached pyramids (float16 halves the memory).
+        device: where the encoder and the decoders run (default CUDA if available); the encoder is moved there for
+            encoding and moved back.
+
+    Returns:
+        JSON-ready ``{"variants": {variant: {fraction_key: run}}, "subsets": {fraction_key: [train indices]},
+        "class_names", "n_train_available", "n_test_cases", "test_fingerprint", "settings"}`` where a run is
+        ``{"mean_dice", "mean_dice_ci", "n_cases_scored", "macro_dice", "per_class": {name: {"dice", "dice_ci",
+        "n_cases", "per_case"}}, "per_case", "n_train_cases", "final_train_loss"}``; ``per_case`` lists follow the test
+        order with ``None`` for unscored cases; ``test_fingerprint`` hashes the test masks (see
+        :func:`compare_per_case`). Bitwise reproducible for a seed on the CPU.
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2 (background + classes), got {num_classes}")
+    if steps < 1 or batch_size < 1 or lr < 0 or weight_decay < 0 or n_bootstrap < 0:
+        raise ValueError(f"need steps >= 1, batch_size >= 1, lr >= 0, weight_decay >= 0, n_bootstrap >= 0; got "
+                         f"{steps}, {batch_size}, {lr}, {weight_decay}, {n_bootstrap}")
+    fractions = sorted({float(f) for f in fractions})
+    if not fractions or not all(0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(f"fractions must be non-empty, each in (0, 1], got {fractions}")
+    names = label_names(class_names, num_classes, "class_names")
+    make_decoder = make_decoder or _default_decoder_factory(encoder)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    images = {"train": _Cases(train_images, "train_images", masks=False),
+              "test": _Cases(test_images, "test_images", masks=False)}
+    labels = {"train": _Cases(train_masks, "train_masks", masks=True),
+              "test": _Cases(test_masks, "test_masks", masks=True)}
+    for split in ("train", "test"):
+        if len(images[split]) != len(labels[split]):
+            raise ValueError(f"{len(images[split])} {split} images but {len(labels[split])} {split} masks")
+    subsets = nested_subsets(len(images["train"]), fractions, seed)
+    used = subsets[fraction_key(fractions[-1])]  # the largest subset holds all the others
+    position = {case: i for i, case in enumerate(used)}
+    test_cases = list(range(len(images["test"])))
+
+    spatial = tuple(images["train"].get(used[:1]).shape[2:])
+    masks = {"train": _as_labels(labels["train"].get(used), "train_masks", spatial, num_classes),
+             "test": _as_labels(labels["test"].get(test_cases), "test_masks", spatial, num_classes)}
+    fingerprint = hashlib.sha256(str(tuple(masks["test"].shape)).encode())
+    fingerprint.update(masks["test"].numpy().astype(np.int64).tobytes())
+
+    was_training = encoder.training
+    home = next(encoder.parameters(), torch.empty(0)).device
+    encoder.eval().to(device)
+    try:
+        cache = {split: _encode(encoder, images[split], idx, batch_size, device, cache_dtype, f"encoding {split}")
+                 for split, idx in (("train", used), ("test", test_cases))}
+    finally:
+        encoder.to(home).train(was_training)
+    size = sum(level.numel() * level.element_size() for split in cache.values() for level in split)
+    logger.info("cached %d + %d feature pyramids on the CPU: %.1f MiB", len(used), len(test_cases), size / 2**20)
+
+    variants: dict[str, dict[str, Any]] = {VARIANTS[0]: {}}
+    if pretrained_decoder is not None:
+        variants[VARIANTS[1]] = {}
+    for variant, runs in variants.items():
+        for fraction in fractions:
+            key = fraction_key(fraction)
+            subset = torch.tensor([position[c] for c in subsets[key]], dtype=torch.long)
+            if variant == VARIANTS[0]:
+                decoder = _seeded(make_decoder, num_classes, seed)
+            else:
+                decoder = decoder_from_pretrained(make_decoder, pretrained_decoder, num_classes,
+                                                  head_prefix=head_prefix, seed=seed)
+            loss = _train(decoder, cache["train"], masks["train"], subset, steps=steps, batch_size=batch_size,
+                          lr=lr, weight_decay=weight_decay, seed=seed, device=device, desc=f"{variant} {key}")
+            run = _score(decoder, cache["test"], masks["test"], num_classes=num_classes, names=names,
+                         include_background=include_background, batch_size=batch_size, n_bootstrap=n_bootstrap,
+                         seed=seed, device=device)
+            run.update(n_train_cases=len(subset), final_train_loss=loss)
+            runs[key] = run
+            logger.info("%s %s (%d cases): mean Dice %s", variant, key, len(subset), run["mean_dice"])
+            del decoder
+    return to_jsonable({
+        "variants": variants,
+        "subsets": subsets,
+        "class_names": names if include_background else names[1:],
+        "n_train_available": len(images["train"]),
+        "n_test_cases": len(test_cases),
+        "test_fingerprint": fingerprint.hexdigest(),
+        "settings": {
+            "fractions": fractions, "steps": steps, "batch_size": batch_size, "lr": lr,
+            "weight_decay": weight_decay, "seed": seed, "n_bootstrap": n_bootstrap, "num_classes": num_classes,
+            "include_background": include_background, "cache_dtype": str(cache_dtype).removeprefix("torch."),
+        },
+    })
+
+
+def _values(per_case: Sequence[float | None]) -> np.ndarray:
+    return np.array([np.nan if v is None else float(v) for v in per_case], dtype=np.float64)
+
+
+def compare_per_case(
+    results: Mapping[str, Any],
+    baseline_results: Mapping[str, Any],
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    fractions: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """Paired bootstrap of ``results - baseline_results`` (two :func:`frozen_encoder_segmentation` outputs) per variant
+    and fraction that both contain: per-case mean Dice and per-class Dice
+    (:func:`~common.evaluation.metrics.paired_mean_difference`; cases scored in both).
+
+    Used for the controls (contrastive-only pre-training, shuffled pseudo-masks), e.g. at the smallest fraction.
+
+    Returns:
+        ``{variant: {fraction_key: {"mean_dice": {"difference", "difference_ci", "p_not_better", "n_cases"},
+        "per_class": {name: {...}}}}}``.
+
+    Raises:
+        ValueError: the two were scored on different test masks (fingerprint), classes, or share no run.
+    """
+    if results["test_fingerprint"] != baseline_results["test_fingerprint"]:
+        raise ValueError("the two results were scored on different test cases (test_fingerprint differs)")
+    if list(results["class_names"]) != list(baseline_results["class_names"]):
+        raise ValueError(f"class names differ: {results['class_names']} vs {baseline_results['class_names']}")
+    wanted = None if fractions is None else {fraction_key(f) for f in fractions}
+    out: dict[str, Any] = {}
+    for variant, runs in results["variants"].items():
+        base_runs = baseline_results["variants"].get(variant, {})
+        for key, run in runs.items():
+            if key not in base_runs or (wanted is not None and key not in wanted):
+                continue
+            base = base_runs[key]
+            entry = {
+                "mean_dice": paired_mean_difference(_values(run["per_case"]), _values(base["per_case"]),
+                                                    n_bootstrap, seed),
+                "per_class": {
+                    name: paired_mean_difference(_values(value["per_case"]),
+                                                 _values(base["per_class"][name]["per_case"]), n_bootstrap, seed)
+                    for name, value in run["per_class"].items()
+                },
+            }
+            out.setdefault(variant, {})[key] = entry
+    if not out:
+        raise ValueError("the two results share no variant and fraction")
+    return to_jsonable(out)
