@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 from filelock import FileLock
 
@@ -67,7 +68,8 @@ def default_datalist(
     unknown = set(sizes) - set(DEFAULT_SIZES)
     if unknown:
         raise ValueError(f"unknown dataset sizes {sorted(unknown)}; expected some of {list(DEFAULT_SIZES)}")
-    from common.data.phantom import GENERATOR_VERSION, generate_dataset
+    phantom = _phantom_generator()
+    GENERATOR_VERSION, generate_dataset = phantom.GENERATOR_VERSION, phantom.generate_dataset  # noqa: N806
 
     sizes = {**DEFAULT_SIZES, **sizes}
     name = GENERATOR_VERSION
@@ -103,9 +105,24 @@ def _user_datalist(path: Path, dims: int) -> str:
     raise DataContractError(path, f"no {names} in dataset_dir (see common/data/contract.py for the format)")
 
 
+def _phantom_generator() -> ModuleType:
+    """:mod:`common.data.phantom`, imported on demand; an exported inference bundle ships without it.
+
+    Raises:
+        DataContractError: the generator is not installed (e.g. a Model Zoo inference export) and no data were given.
+    """
+    try:
+        from common.data import phantom
+    except ImportError as err:
+        raise DataContractError(
+            "dataset_dir", "no dataset_dir given, and the embedded phantom generator is not part of this installation"
+        ) from err
+    return phantom
+
+
 def _complete(folder: Path) -> bool:
     """True when ``folder`` holds a finished phantom dataset of this generator version."""
-    from common.data.phantom import GENERATOR_VERSION
+    GENERATOR_VERSION = _phantom_generator().GENERATOR_VERSION  # noqa: N806
 
     manifest = folder / "phantoms.json"
     if not (manifest.is_file() and (folder / "datalist_3d.json").is_file() and (folder / "datalist_2d.json").is_file()):
