@@ -614,25 +614,33 @@ def _probe_shape(network: torch.nn.Module, input_shape: list[int], device: torch
     return list(input_shape)
 
 
-def _torchscript_status(network: torch.nn.Module, probe_shape: list[int], device: torch.device) -> tuple[str, str]:
-    """``("script" | "trace" | "excluded", reason)``: how ``ckpt_export`` can convert this network; tracing is
-    checked at ``probe_shape`` (the traced graph must reproduce the eager network on a second input)."""
+def _torchscript_status(
+    network: torch.nn.Module, probe_shape: list[int], device: torch.device, input_shape: list[int] | None = None
+) -> tuple[str, str, list[int]]:
+    """``("script" | "trace" | "excluded", reason, shape)``: how ``ckpt_export`` can convert this network; tracing is
+    checked at ``probe_shape`` (the traced graph must reproduce the eager network on a second input) and, if that
+    fails, once more at the real ``input_shape`` (a network with a fixed token grid, e.g. a positional attention
+    pool, traces only at the size it was built for); ``shape`` is the input the verdict was reached at."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             torch.jit.script(network)
-            return "script", "scriptable"
+            return "script", "scriptable", probe_shape
         except Exception as err:  # noqa: BLE001 - any scripting failure is a finding, not an error
             script_error = _first_line(err)
-        try:
-            x, check = torch.rand(probe_shape, device=device), torch.rand(probe_shape, device=device)
-            with torch.no_grad():
-                traced = torch.jit.trace(network, x)
-                if torch.allclose(traced(check), network(check), atol=1e-4, rtol=1e-4):
-                    return "trace", script_error
-                return "excluded", f"{script_error}; the traced graph disagrees with the eager network"
-        except Exception as err:  # noqa: BLE001
-            return "excluded", f"{script_error}; tracing fails too: {_first_line(err)}"
+        shapes = [probe_shape] + ([list(input_shape)] if input_shape and list(input_shape) != probe_shape else [])
+        verdict = ("excluded", script_error, probe_shape)
+        for shape in shapes:
+            try:
+                x, check = torch.rand(shape, device=device), torch.rand(shape, device=device)
+                with torch.no_grad():
+                    traced = torch.jit.trace(network, x)
+                    if torch.allclose(traced(check), network(check), atol=1e-4, rtol=1e-4):
+                        return "trace", script_error, shape
+                    verdict = ("excluded", f"{script_error}; the traced graph disagrees with the eager network", shape)
+            except Exception as err:  # noqa: BLE001
+                verdict = ("excluded", f"{script_error}; tracing fails too: {_first_line(err)}", shape)
+        return verdict
 
 
 def _first_line(err: Exception) -> str:
@@ -1141,7 +1149,7 @@ def export(
     torchscript: dict[str, Any] = {"mode": "unchecked", "reason": "", "input_shape": input_shape, "probe_shape": None}
     if check_torchscript:
         probe_shape = _probe_shape(network, input_shape, run_on)
-        mode, reason = _torchscript_status(network, probe_shape, run_on)
+        mode, reason, probe_shape = _torchscript_status(network, probe_shape, run_on, input_shape)
         torchscript.update(mode=mode, reason=reason, probe_shape=probe_shape)
     _edit_metadata(request, merged, changelog)
 
