@@ -47,8 +47,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,6 +69,7 @@ __all__ = [
     "VARIANTS",
     "compare_per_case",
     "decoder_from_pretrained",
+    "evaluate_decoder_probe",
     "fraction_key",
     "frozen_encoder_segmentation",
     "nested_subsets",
@@ -146,13 +149,14 @@ def _default_decoder_factory(encoder: nn.Module) -> Callable[[int], nn.Module]:
 
     if not (hasattr(encoder, "spatial_dims") and hasattr(encoder, "feature_channels")):
         raise ValueError("give make_decoder: the encoder has no spatial_dims / feature_channels for a UNetDecoder")
-    return lambda k: UNetDecoder(encoder.spatial_dims, encoder.feature_channels, k)
+    return lambda out_channels: UNetDecoder(encoder.spatial_dims, encoder.feature_channels, out_channels)
 
 
-def _seeded(make: Callable[[int], nn.Module], num_classes: int, seed: int) -> nn.Module:
+def _seeded(make: Callable[..., nn.Module], num_classes: int, seed: int) -> nn.Module:
+    """``make(out_channels=num_classes)`` under a fixed seed (so a ``functools.partial`` of a decoder class fits)."""
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG state
         torch.manual_seed(seed)
-        return make(num_classes)
+        return make(out_channels=num_classes)
 
 
 def decoder_from_pretrained(
@@ -456,3 +460,82 @@ def compare_per_case(
     if not out:
         raise ValueError("the two results share no variant and fraction")
     return to_jsonable(out)
+
+
+def _stack_records(loader: Any, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Concatenate ``keys`` of every batch of ``loader`` (CPU tensors)."""
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+    for batch in loader:
+        for key in keys:
+            value = batch[key]
+            out[key].append((value.as_tensor() if hasattr(value, "as_tensor") else torch.as_tensor(value)).cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _summary_lines(results: Mapping[str, Any]) -> list[str]:
+    lines = ["| variant | fraction | train cases | mean Dice [95% CI] |", "|---|---|---|---|"]
+    for variant, runs in results["variants"].items():
+        for key, run in runs.items():
+            low, high = run["mean_dice_ci"]
+            ci = "" if low is None else f" [{low:.3f}, {high:.3f}]"
+            dice = "n/a" if run["mean_dice"] is None else f"{run['mean_dice']:.3f}"
+            lines.append(f"| {variant} | {key} | {run['n_train_cases']} | {dice}{ci} |")
+    return lines
+
+
+def evaluate_decoder_probe(
+    encoder: nn.Module,
+    train_records: Sequence[Mapping[str, Any]],
+    test_records: Sequence[Mapping[str, Any]],
+    transform: Callable,
+    output_dir: str | os.PathLike,
+    class_names: Sequence[str],
+    pretrained_decoder: nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike | None = None,
+    make_decoder: Callable[[int], nn.Module] | None = None,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    baselines: Mapping[str, str | os.PathLike] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`frozen_encoder_segmentation` on datalist records, written to ``output_dir/segmentation.json``.
+
+    Args:
+        encoder: the pre-trained encoder (``features(x)``), frozen here.
+        train_records, test_records: records with ``mask``; training records without one are left out.
+        transform: deterministic preprocessing producing ``image`` and ``mask`` (label map on the image grid).
+        output_dir: where ``segmentation.json``, ``segmentation.md`` and ``segmentation_dice.png`` go.
+        class_names: the label map's classes, background first.
+        pretrained_decoder: adds the ``enc+dec`` variant (a module, state dict or weight file; ``None``: encoder only).
+        baselines: ``{name: segmentation.json of another model}`` compared case by case (paired bootstrap), e.g. the
+            paper's controls; written under ``"versus"``.
+        kwargs: :func:`frozen_encoder_segmentation` options (``fractions``, ``steps``, ``lr``, ...).
+    """
+    from common.data.dataset import records_loader
+    from common.evaluation.plots import plot_dice_fractions
+
+    train = [r for r in train_records if r.get("mask")]
+    if not train:
+        raise ValueError("no training record has a mask: the segmentation protocol needs labelled cases")
+    arrays = {
+        name: _stack_records(records_loader(records, transform, batch_size, num_workers), ("image", "mask"))
+        for name, records in (("train", train), ("test", list(test_records)))
+    }
+    results = frozen_encoder_segmentation(
+        encoder, make_decoder, arrays["train"]["image"], arrays["train"]["mask"], arrays["test"]["image"],
+        arrays["test"]["mask"], num_classes=len(class_names), class_names=class_names,
+        pretrained_decoder=pretrained_decoder, **kwargs,
+    )
+    if baselines:
+        results["versus"] = {
+            name: compare_per_case(results, json.loads(Path(path).read_text()),
+                                   n_bootstrap=results["settings"]["n_bootstrap"], seed=results["settings"]["seed"])
+            for name, path in baselines.items()
+        }
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "segmentation.json").write_text(json.dumps(to_jsonable(results), indent=2, allow_nan=False))
+    (out / "segmentation.md").write_text("\n".join(["# Segmentation protocol (frozen encoder)", "",
+                                                    *_summary_lines(results), ""]))
+    plot_dice_fractions(results, out / "segmentation_dice.png")
+    print("\n".join(_summary_lines(results)))
+    return results

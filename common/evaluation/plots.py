@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from common.evaluation._arrays import as_numpy, label_names, to_2d_labels
 
-__all__ = ["plot_roc_curves", "plot_recall_curve", "plot_embedding_map", "plot_dice_bars", "plot_probe_trajectory"]
+__all__ = ["plot_roc_curves", "plot_recall_curve", "plot_embedding_map", "plot_dice_bars", "plot_dice_fractions", "plot_probe_trajectory"]
 
 
 def _save(figure: Figure, path: str | os.PathLike) -> Path:
@@ -146,6 +146,27 @@ def plot_dice_bars(segmentation: Mapping[str, Any], path: str | os.PathLike, tit
         ax.legend(fontsize=8)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set(ylabel="Dice", ylim=(0, 1.05), title=title)
+    return _save(figure, path)
+
+
+def plot_dice_fractions(
+    results: Mapping[str, Any], path: str | os.PathLike, title: str = "Segmentation, frozen encoder"
+) -> Path:
+    """Mean Dice (95 % CI) against the labelled fraction, one line per variant, from
+    :func:`~common.evaluation.decoder_probe.frozen_encoder_segmentation`."""
+    figure = Figure(figsize=(5.0, 3.6))
+    ax = figure.add_subplot()
+    for variant, runs in results["variants"].items():
+        keys = sorted(runs, key=float)
+        x = [100.0 * float(k) for k in keys]
+        y = [runs[k]["mean_dice"] if runs[k]["mean_dice"] is not None else float("nan") for k in keys]
+        low = [runs[k]["mean_dice_ci"][0] if runs[k]["mean_dice_ci"][0] is not None else v for k, v in zip(keys, y)]
+        high = [runs[k]["mean_dice_ci"][1] if runs[k]["mean_dice_ci"][1] is not None else v for k, v in zip(keys, y)]
+        ax.plot(x, y, marker="o", label=variant)
+        ax.fill_between(x, low, high, alpha=0.2)
+    ax.set_xscale("log")
+    ax.set(xlabel="labelled training cases (%)", ylabel="mean Dice", ylim=(0, 1), title=title)
+    ax.legend(fontsize=8)
     return _save(figure, path)
 
 

@@ -50,7 +50,10 @@ def test_metadata_schema_and_changelog(bundle: Path, tmp_path):
 
 #: no biomedical BERT (nor the dinov2-base weights RAD-DINO starts from) is reachable offline: paper configs are
 #: checked with the offline text encoder swapped in and a randomly initialised RAD-DINO backbone
-OFFLINE_OVERRIDES = {"text_encoder_name": "default", "text_projection_dim": 768, "init_weights": None}
+OFFLINE_OVERRIDES = {
+    "text_encoder_name": "default", "text_projection_dim": 768, "init_weights": None,
+    "text_frozen_layers": 2,  # the offline MiniLM has 6 layers (G2D freezes 9 of Bio_ClinicalBERT's 12)
+}
 
 
 @pytest.mark.parametrize("workflow_type,stem", [("train", "train"), ("infer", "inference")])
@@ -85,6 +88,8 @@ def test_verify_net_in_out(bundle: Path):
     overrides: dict = {}
     if "\ndepth:" in text:  # encoders sized by knobs (RAD-DINO): keep the width (= output channels), one block
         overrides = {"depth": 1}
+    elif "\nimage_backbone_name:" in text:  # CNN encoders named by a knob (G2D): the smallest of the family
+        overrides = {"image_backbone_name": "resnet18"}
     elif "\nimage_backbone:" in text:
         overrides = {
             "image_backbone": {
