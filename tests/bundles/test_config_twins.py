@@ -21,6 +21,17 @@ ALLOWED_DIFFERENCES: dict[str, set[str]] = {
         "image_backbone#patch_size", "image_backbone#spatial_dims", "drop_path_rate",
         "mae_decoder#spatial_dims", "mae_decoder_dim", "mae_decoder_heads",
     },
+    "g2d": {
+        "bundle_root", "datalist", "imports", "findings", "batch_size", "max_text_length",
+        "orientation", "pixdim", "spatial_size", "hu_range", "resize_size", "image_mean", "image_std",
+        "image_preprocessing#_target_", "image_preprocessing#hu_range", "image_preprocessing#orientation",
+        "image_preprocessing#pixdim", "image_preprocessing#resize_size", "image_preprocessing#mean",
+        "image_preprocessing#std",
+        "view_augmentation#spatial_dims", "view_augmentation#rotate_degrees", "view_augmentation#scale_range",
+        "body_mask#_target_", "body_mask#hu_range", "body_mask#hu_threshold", "body_hu_threshold",
+        "image_backbone#spatial_dims", "model#image_encoder#projector#spatial_dims", "decoder#spatial_dims",
+        "pool_grid", "mask_upsampling",
+    },
     "raddino": {
         # 2D: Hugging Face Dinov2Model (fine-tuned from dinov2-base, as RAD-DINO); 3D: EVA ViT from scratch
         "bundle_root", "datalist", "imports", "findings", "batch_size", "num_workers", "activation_checkpointing",
