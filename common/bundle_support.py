@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["META_SCHEMA_PATH", "BundleInfo", "discover_bundles", "locate_bundle_root"]
+__all__ = ["META_SCHEMA_PATH", "BundleInfo", "component_arguments", "discover_bundles", "locate_bundle_root"]
 
 CONFIG_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".json")
 
@@ -76,3 +76,31 @@ def discover_bundles(bundles_dir: str | os.PathLike | None = None, configs: Sequ
         return []
     found = (BundleInfo(p) for p in sorted(folder.iterdir()) if (p / "configs" / "metadata.json").is_file())
     return [b for b in found if all(b.config(name) is not None for name in configs)]
+
+
+def component_arguments(config: Any, names: Sequence[str]) -> dict[str, str]:
+    """``{config id: name}`` for every argument in ``names`` that a component of ``config`` (a dict with a dotted
+    ``_target_``) accepts, set or not: ``text_backbone#backbone#pretrained`` and the like (to switch such arguments
+    off across a bundle's configs, e.g. downloads in tests and benchmarks)."""
+    import contextlib
+    import inspect
+    import pydoc
+
+    found: dict[str, str] = {}
+
+    def walk(value: Any, path: list[str]) -> None:
+        if isinstance(value, dict):
+            target = value.get("_target_")
+            component = pydoc.locate(target) if isinstance(target, str) and "." in target else None
+            if component is not None:
+                with contextlib.suppress(TypeError, ValueError):  # builtins without a signature
+                    parameters = inspect.signature(component).parameters
+                    found.update({"#".join([*path, n]): n for n in names if n in parameters})
+            for key, item in value.items():
+                walk(item, [*path, str(key)])
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, [*path, str(index)])
+
+    walk(config, [])
+    return found

@@ -461,32 +461,6 @@ def _offline_text_encoder(name: str, directory: str) -> tuple[str, str | None]:
     return folder, f"text tower: {name} is not available offline; a BERT-base-sized stand-in (random weights)"
 
 
-def _component_arguments(config: Any, names: Sequence[str]) -> dict[str, str]:
-    """``{config id: name}`` for every argument in ``names`` that a component of ``config`` (a dict with a dotted
-    ``_target_``) accepts, set or not: ``text_backbone#backbone#pretrained`` and the like."""
-    import inspect
-    import pydoc
-
-    found: dict[str, str] = {}
-
-    def walk(value: Any, path: list[str]) -> None:
-        if isinstance(value, dict):
-            target = value.get("_target_")
-            component = pydoc.locate(target) if isinstance(target, str) and "." in target else None
-            if component is not None:
-                with contextlib.suppress(TypeError, ValueError):  # builtins without a signature
-                    parameters = inspect.signature(component).parameters
-                    found.update({"#".join([*path, n]): n for n in names if n in parameters})
-            for key, item in value.items():
-                walk(item, [*path, str(key)])
-        elif isinstance(value, list):
-            for index, item in enumerate(value):
-                walk(item, [*path, str(index)])
-
-    walk(config, [])
-    return found
-
-
 def _bundle_parser(
     bundle: BundleInfo, paper: bool, device: torch.device, data_dir: str, overrides: dict[str, Any] | None
 ) -> tuple[Any, list[str]]:
@@ -504,7 +478,9 @@ def _bundle_parser(
     for key, value in {"cache_preprocessed": False, "num_workers": 0}.items():
         if key in parser:
             parser[key] = value
-    for key, name in _component_arguments(parser.config, list(_NO_PRETRAINED)).items():
+    from common.bundle_support import component_arguments
+
+    for key, name in component_arguments(parser.config, list(_NO_PRETRAINED)).items():
         parser[key] = _NO_PRETRAINED[name]
     if "@train#" in str(parser.get("iterations_per_epoch", "")):  # would build the data loader: size schedules only
         parser["iterations_per_epoch"] = _ITERATIONS_PER_EPOCH

@@ -10,10 +10,8 @@ single-process objective. 3D bundles whose overlay has an ``fsdp`` switch run sh
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
-import pydoc
 import shutil
 import subprocess
 import sys
@@ -24,7 +22,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from common.bundle_support import discover_bundles
+from common.bundle_support import component_arguments, discover_bundles
 from common.data.phantom import generate_dataset
 from common.networks.text_encoder import resolve_text_encoder
 
@@ -56,26 +54,6 @@ def _parser(bundle: str, names: tuple[str, ...] = ("train", "demo", "multi_gpu_t
 def _configs(bundle: str, names: tuple[str, ...] = ("train", "demo", "multi_gpu_train")) -> list[Path]:
     """The bundle's configs of these names that it has (a bundle without a demo overlay runs without one)."""
     return [p for p in (BUNDLES[bundle].config(n) for n in names) if p is not None]
-
-
-def _pretrained_arguments(config: dict) -> list[str]:
-    """Ids of the ``pretrained`` argument of every component whose target takes one (set in the config or not)."""
-    found = []
-
-    def walk(value: object, path: list[str]) -> None:
-        if isinstance(value, dict):
-            target = value.get("_target_")
-            component = pydoc.locate(target) if isinstance(target, str) and "." in target else None
-            if callable(component) and "pretrained" in inspect.signature(component).parameters:
-                found.append("#".join([*path, "pretrained"]))
-            for key, item in value.items():
-                walk(item, [*path, str(key)])
-        elif isinstance(value, list):
-            for index, item in enumerate(value):
-                walk(item, [*path, str(index)])
-
-    walk(config, [])
-    return found
 
 
 def _sharded(bundle: str) -> bool:
@@ -110,7 +88,7 @@ def _overrides(bundle: str, phantoms: Path, text_encoder: Path, root: Path, extr
     tiny = {k: v for k, v in {**TINY, **TINY_BY_DIMS[dims]}.items() if k in parser}
     if "text_encoder_name" in parser:
         tiny.update({k: v for k, v in TINY_TEXT.items() if k in parser}, text_encoder_name=str(text_encoder))
-        tiny.update(dict.fromkeys(_pretrained_arguments(parser.config), False))  # the tiny BERT has no weights
+        tiny.update(dict.fromkeys(component_arguments(parser.config, ["pretrained"]), False))  # the tiny BERT has no weights
     return {"dataset_dir": str(phantoms / f"datalist_{dims}d.json"), "bundle_root": str(root), "max_epochs": 1,
             "batch_size": BATCH, "num_workers": 0, "cache_preprocessed": False, **tiny, **extra}
 
