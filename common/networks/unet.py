@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE, SegmentationHead
+from torch.utils.checkpoint import checkpoint
 from monai.networks.nets.flexible_unet import UNetDecoder as _MonaiUNetDecoder
 from torch import nn
 
@@ -101,12 +102,32 @@ class UNetEncoder(nn.Module):
         self.feature_channels: tuple[int, ...] = tuple(int(c) for c in entry["feature_channel"])
         self.out_channels = self.feature_channels[-1]
         self.reduction = 2 ** len(self.feature_channels)
+        self.grad_checkpointing = False
         if init_weights is not None:
             self.load_torchvision_weights(init_weights)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each residual block in the backward pass instead of keeping its activations (training only).
+
+        BatchNorm layers inside a recomputed block update their running statistics a second time (as with any
+        activation checkpointing of BatchNorm networks, e.g. timm's ``checkpoint_seq``); the outputs are unchanged.
+        """
+        self.grad_checkpointing = bool(enable)
+
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The pyramid ``[(B, c_k, *spatial / 2**k)]`` for k = 1..5 (channels :attr:`feature_channels`)."""
-        return list(self.encoder(x))
+        if not (self.grad_checkpointing and self.training and torch.is_grad_enabled()):
+            return list(self.encoder(x))
+        net = self.encoder  # MONAI's ResNetFeatures.forward, one checkpoint per residual block
+        x = net.act(net.bn1(net.conv1(x)))
+        pyramid = [x]
+        if not net.no_max_pool:
+            x = net.maxpool(x)
+        for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+            for block in layer:
+                x = checkpoint(block, x, use_reentrant=False)
+            pyramid.append(x)
+        return pyramid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The last (stride-32) feature map ``(B, out_channels, *grid)``."""
@@ -174,10 +195,21 @@ class UNetDecoder(nn.Module):
         )
         self.spatial_dims = int(spatial_dims)
         self.out_channels = int(out_channels)
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each decoder stage in the backward pass (training only); see :meth:`UNetEncoder.set_grad_checkpointing`."""
+        self.grad_checkpointing = bool(enable)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Logits ``(B, out_channels, *spatial)`` from :meth:`UNetEncoder.features`."""
-        return self.segmentation_head(self.decoder(list(features), self.skip_connect))
+        if not (self.grad_checkpointing and self.training and torch.is_grad_enabled()):
+            return self.segmentation_head(self.decoder(list(features), self.skip_connect))
+        skips, maps = list(features[:-1])[::-1], list(features[1:])[::-1]  # MONAI's UNetDecoder.forward, checkpointed
+        x = maps[0]
+        for i, block in enumerate(self.decoder.blocks):
+            x = checkpoint(block, x, skips[i] if i < self.skip_connect else None, use_reentrant=False)
+        return self.segmentation_head(x)
 
 
 def unet_encoder_decoder(

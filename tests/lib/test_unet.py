@@ -178,3 +178,27 @@ def test_parameter_counts() -> None:
     assert counts[2] == [23_501_760, 8_601_649, 278_656, 74_368]
     assert counts[3] == [46_155_072, 21_518_161, 278_656, 82_176]
     assert isinstance(decoder, UNetDecoder)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_activation_checkpointing_gives_the_same_outputs_and_gradients(spatial_dims: int) -> None:
+    torch.manual_seed(0)
+    encoder = UNetEncoder(spatial_dims=spatial_dims, backbone="resnet10")
+    decoder = UNetDecoder(spatial_dims, encoder.feature_channels, 2, decoder_channels=(16, 16, 8, 8, 8))
+    x = torch.randn(2, 1, *(32,) * spatial_dims)
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        encoder.zero_grad(), decoder.zero_grad()
+        state = {k: v.clone() for k, v in {**encoder.state_dict(), **decoder.state_dict()}.items()}
+        out = decoder(encoder.features(x))
+        out.square().mean().backward()
+        encoder.load_state_dict({k: state[k] for k in encoder.state_dict()})  # undo the running-stat updates
+        decoder.load_state_dict({k: state[k] for k in decoder.state_dict()})
+        return out.detach(), [p.grad.clone() for p in [*encoder.parameters(), *decoder.parameters()]]
+
+    plain_out, plain_grads = run()
+    encoder.set_grad_checkpointing(True), decoder.set_grad_checkpointing(True)
+    out, grads = run()
+    torch.testing.assert_close(out, plain_out)
+    for a, b in zip(grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
