@@ -30,9 +30,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE, SegmentationHead
-from torch.utils.checkpoint import checkpoint
 from monai.networks.nets.flexible_unet import UNetDecoder as _MonaiUNetDecoder
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from common.networks.weights import load_weights, read_weights
 
