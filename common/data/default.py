@@ -69,10 +69,8 @@ def default_datalist(
     if unknown:
         raise ValueError(f"unknown dataset sizes {sorted(unknown)}; expected some of {list(DEFAULT_SIZES)}")
     phantom = _phantom_generator()
-    GENERATOR_VERSION, generate_dataset = phantom.GENERATOR_VERSION, phantom.generate_dataset  # noqa: N806
-
     sizes = {**DEFAULT_SIZES, **sizes}
-    name = GENERATOR_VERSION
+    name = phantom.GENERATOR_VERSION
     if sizes != DEFAULT_SIZES or seed != 0:
         name += "-" + "-".join(str(sizes[k]) for k in DEFAULT_SIZES) + f"-seed{seed}"
     root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
@@ -85,7 +83,7 @@ def default_datalist(
         if not _complete(target):  # another process may have finished while we waited
             staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
             try:
-                generate_dataset(staging, seed=seed, num_workers=num_workers, **sizes)
+                phantom.generate_dataset(staging, seed=seed, num_workers=num_workers, **sizes)
                 _publish(staging, target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -122,13 +120,13 @@ def _phantom_generator() -> ModuleType:
 
 def _complete(folder: Path) -> bool:
     """True when ``folder`` holds a finished phantom dataset of this generator version."""
-    GENERATOR_VERSION = _phantom_generator().GENERATOR_VERSION  # noqa: N806
+    version = _phantom_generator().GENERATOR_VERSION
 
     manifest = folder / "phantoms.json"
     if not (manifest.is_file() and (folder / "datalist_3d.json").is_file() and (folder / "datalist_2d.json").is_file()):
         return False
     try:
-        return json.loads(manifest.read_text(encoding="utf-8")).get("generator") == GENERATOR_VERSION
+        return json.loads(manifest.read_text(encoding="utf-8")).get("generator") == version
     except (OSError, json.JSONDecodeError):
         return False
 

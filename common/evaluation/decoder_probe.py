@@ -46,8 +46,8 @@ decoder activations) to ``device``.
 from __future__ import annotations
 
 import hashlib
-import logging
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from common.evaluation._arrays import to_2d_labels
 from common.evaluation._arrays import label_names as _label_names
-from common.evaluation.plots import plot_dice_bars, plot_embedding_map, plot_recall_curve, plot_roc_curves
+from common.evaluation._arrays import to_2d_labels
 from common.evaluation.metrics import multilabel_auroc, paired_auroc_difference
+from common.evaluation.plots import plot_dice_bars, plot_embedding_map, plot_recall_curve, plot_roc_curves
 from common.evaluation.probes import knn_scores, linear_probe_scores
 from common.evaluation.report import EvaluationReport
 from common.evaluation.retrieval import retrieval_metrics

@@ -22,7 +22,6 @@ import os
 from collections import Counter
 from typing import Any
 
-import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 

@@ -39,7 +39,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, RandomizableTransform
 
 from common.data.contract import DataContractError
-from common.data.findings import FINDINGS, Finding, finding_by_key
+from common.data.findings import FINDINGS, Finding
 
 __all__ = [
     "prompt_pairs",

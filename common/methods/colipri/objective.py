@@ -21,9 +21,9 @@ from common.losses.caption_loss import CaptionLoss
 from common.losses.clip_loss import ClipLoss
 from common.losses.masked_patch_mse_loss import MaskedPatchMSELoss
 from common.losses.opposite_sentence_loss import OppositeSentenceLoss
-from common.networks.two_tower import TwoTowerModel
 from common.networks.decoders import MAEDecoder, ReportDecoder
 from common.networks.eva import patchify, random_keep_indices
+from common.networks.two_tower import TwoTowerModel
 
 __all__ = ["ColipriPretraining"]
 
