@@ -153,22 +153,29 @@ class DenseZeroShotHeads(nn.Module):
     ``embedding`` ``(B, D)``, ``probabilities`` ``(B, K)`` (as :class:`ZeroShotClassifier`) and ``similarity``
     ``(B, K, *grid)`` (mean over prompt pairs of positive-minus-negative cosine). ``forward`` is the plain path.
 
+    With a ``decoder`` (G2D's pre-trained U-Net decoder) the plain path also returns ``segmentation``
+    ``(B, 1, *spatial)``: the decoder's sigmoid on the image tower's feature pyramid (``backbone.features``), i.e. the
+    pseudo-segmentation the method learned; sliding windows (:meth:`heads`) do not produce it.
+
     Args:
         classifier: zero-shot classifier holding the image tower, the ``(K, P, D)`` prompt embeddings and the
             temperature (e.g. :meth:`ZeroShotClassifier.from_model`).
+        decoder: optional ``pyramid -> logits`` decoder at input resolution.
     """
 
-    def __init__(self, classifier: ZeroShotClassifier) -> None:
+    def __init__(self, classifier: ZeroShotClassifier, decoder: nn.Module | None = None) -> None:
         super().__init__()
         self.classifier = classifier
+        self.decoder = decoder
         self.finding_keys = classifier.finding_keys
 
     @classmethod
     def from_model(
-        cls, model: TwoTowerModel, tokenizer: Any, prompt_set: Any, max_length: int = 64
+        cls, model: TwoTowerModel, tokenizer: Any, prompt_set: Any, max_length: int = 64,
+        decoder: nn.Module | None = None,
     ) -> DenseZeroShotHeads:
         """Encode the prompts once with ``model``'s text tower (see :meth:`ZeroShotClassifier.from_model`)."""
-        return cls(ZeroShotClassifier.from_model(model, tokenizer, prompt_set, max_length=max_length))
+        return cls(ZeroShotClassifier.from_model(model, tokenizer, prompt_set, max_length=max_length), decoder)
 
     @property
     def image_encoder(self) -> nn.Module:
@@ -191,4 +198,9 @@ class DenseZeroShotHeads(nn.Module):
         return {"embedding": embedding, "probabilities": probabilities, "similarity": similarity}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.heads(self.patch_embeddings(x))
+        if self.decoder is None:
+            return self.heads(self.patch_embeddings(x))
+        pyramid = self.image_encoder.backbone.features(x)
+        out = self.heads(self.image_encoder.project(pyramid[-1]))
+        out["segmentation"] = torch.sigmoid(self.decoder(pyramid))
+        return out

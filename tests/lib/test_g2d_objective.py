@@ -97,3 +97,22 @@ def test_controls_contrastive_only_and_shuffled_masks() -> None:
     other = shuffled.masks(batch["image"], attention)
     assert not torch.equal(own, other)
     assert sorted(m.sum().item() for m in own) == sorted(m.sum().item() for m in other)  # same masks, permuted
+
+
+def test_dense_heads_add_the_decoders_pseudo_segmentation() -> None:
+    from common.networks.zero_shot import DenseZeroShotHeads, ZeroShotClassifier
+
+    objective = _objective().eval()
+    tower = objective.model.image_encoder
+    prompts = torch.nn.functional.normalize(torch.randn(3, 2, WIDTH), dim=-1)
+    classifier = ZeroShotClassifier(tower, prompts, -prompts, temperature=0.07, finding_keys=["a", "b", "c"])
+    x = _batch(2)["image"]
+    with torch.no_grad():
+        plain = DenseZeroShotHeads(classifier)(x)
+        out = DenseZeroShotHeads(classifier, objective.decoder)(x)
+        assert set(plain) == {"embedding", "probabilities", "similarity"}
+        assert out["segmentation"].shape == (2, 1, SIZE, SIZE)
+        assert bool(((out["segmentation"] >= 0) & (out["segmentation"] <= 1)).all())
+        for key in plain:  # the same heads, from one pass over the pyramid
+            torch.testing.assert_close(out[key], plain[key])
+        torch.testing.assert_close(out["segmentation"], torch.sigmoid(objective.decoder(tower.backbone.features(x))))
