@@ -2,18 +2,20 @@
 
 G2D (Liu et al., NeurIPS 2024, https://arxiv.org/abs/2312.01522, §3.1 and A.3) projects the image feature map
 (``P_v``, before attention pooling) and the text tokens (``P_l``) into a 128-d joint space with this head, as
-SimCLR-style projectors do (Chen et al. 2020, https://arxiv.org/abs/2002.05709). The same module acts on vectors
-``(B, C)`` (``spatial_dims=0``: ``Linear`` + ``BatchNorm1d``) and on channel-first maps ``(B, C, *grid)``
-(``spatial_dims`` 1/2/3: 1x1 convolutions + ``BatchNorm{1,2,3}d``, statistics over batch and grid).
+SimCLR-style projectors do (Chen et al. 2020, https://arxiv.org/abs/2002.05709). The same module acts on
+channel-last vectors ``(..., C)`` (``spatial_dims=0``: ``Linear`` + ``BatchNorm1d``, statistics over every leading
+position, e.g. all tokens of a batch ``(B, L, C)``) and on channel-first maps ``(B, C, *grid)`` (``spatial_dims``
+1/2/3: 1x1 convolutions + ``BatchNorm{1,2,3}d``, statistics over batch and grid).
 
-In training mode BatchNorm needs more than one value per channel (a vector batch of one fails), and on text tokens
-(``spatial_dims=1`` over ``(B, C, L)``) its statistics include padding positions unless the caller removes them.
+In training mode BatchNorm needs more than one value per channel (a single vector fails), and over text tokens its
+statistics include padding positions unless the caller removes them (as G2D's release does).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 from torch import nn
 
 __all__ = ["NonLinearProjection"]
@@ -29,7 +31,7 @@ class NonLinearProjection(nn.Sequential):
         in_dim: input channels.
         out_dim: output channels (G2D: 128).
         hidden_dim: width between the two layers (default ``out_dim``, as in G2D).
-        spatial_dims: 0 for vectors ``(B, C)``; 1, 2 or 3 for maps ``(B, C, *grid)``.
+        spatial_dims: 0 for channel-last vectors ``(..., C)``; 1, 2 or 3 for maps ``(B, C, *grid)``.
     """
 
     def __init__(self, in_dim: int, out_dim: int = 128, hidden_dim: int | None = None, spatial_dims: int = 0) -> None:
@@ -52,3 +54,9 @@ class NonLinearProjection(nn.Sequential):
         )
         self.in_dim, self.out_dim, self.hidden_dim = int(in_dim), int(out_dim), hidden
         self.spatial_dims = int(spatial_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Project ``(..., C)`` vectors (``spatial_dims=0``) or ``(B, C, *grid)`` maps."""
+        if self.spatial_dims == 0 and x.ndim > 2:
+            return super().forward(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.out_dim)
+        return super().forward(x)

@@ -176,6 +176,8 @@ class TextTower(nn.Module):
             (:class:`~common.networks.pooling.FirstTokenPool` gives the ``[CLS]`` token).
         projector: replaces the linear projection (applied after pooling, or per token with ``pool=False``), e.g. a
             :class:`~common.networks.projection.NonLinearProjection`; it must output ``projection_dim`` channels.
+        project_tokens: project every token ``(B, L, W)`` before pooling (G2D's release: the projection's BatchNorm
+            then sees every token position of the batch) instead of the pooled vector.
     """
 
     def __init__(
@@ -185,6 +187,7 @@ class TextTower(nn.Module):
         projection_dim: int | None = None,
         pooler: nn.Module | None = None,
         projector: nn.Module | None = None,
+        project_tokens: bool = False,
     ) -> None:
         super().__init__()
         if not hasattr(backbone, "embeddings") and hasattr(backbone, "bert"):
@@ -201,6 +204,7 @@ class TextTower(nn.Module):
         if projector is None and projection_dim is not None and projection_dim != width:
             projector = nn.Linear(width, projection_dim)
         self.projector = projector
+        self.project_tokens = bool(project_tokens) and projector is not None
         self.projection_dim = width if self.projector is None else int(projection_dim)
 
     def token_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -216,9 +220,11 @@ class TextTower(nn.Module):
     ) -> torch.Tensor:
         """``(B, D)`` text embeddings; ``pool=False`` gives the ``(B, L, D)`` token states (projected if needed)."""
         tokens = self.token_embeddings(input_ids, attention_mask)
+        if self.project_tokens:
+            tokens = self.projector(tokens)
         if pool:
             tokens = self.pooler(tokens, attention_mask)
-        if self.projector is not None:
+        if self.projector is not None and not self.project_tokens:
             tokens = self.projector(tokens)
         return F.normalize(tokens, dim=-1) if normalize else tokens
 

@@ -29,7 +29,7 @@ def _objective(segmentation_weight: float = 1.0, warmup: int = 0, shuffle: bool 
     )
     bert = transformers.BertModel(transformers.BertConfig(
         vocab_size=100, hidden_size=48, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64))
-    text = TextTower(bert, projection_dim=WIDTH, pooler=FirstTokenPool(),
+    text = TextTower(bert, projection_dim=WIDTH, pooler=FirstTokenPool(), project_tokens=True,
                      projector=NonLinearProjection(48, WIDTH, spatial_dims=0))
     decoder = UNetDecoder(2, encoder.feature_channels, out_channels=1, decoder_channels=(32, 16, 16, 8, 8))
     return G2DPretraining(TwoTowerModel(tower, text), decoder, AttentionPseudoMask(shuffle=shuffle),
@@ -116,3 +116,10 @@ def test_dense_heads_add_the_decoders_pseudo_segmentation() -> None:
         for key in plain:  # the same heads, from one pass over the pyramid
             torch.testing.assert_close(out[key], plain[key])
         torch.testing.assert_close(out["segmentation"], torch.sigmoid(objective.decoder(tower.backbone.features(x))))
+
+
+def test_a_batch_of_one_trains_the_token_projection_batchnorm() -> None:
+    objective = _objective().train()
+    out = objective(_batch(2))  # BatchNorm statistics over every token position, not over [CLS] vectors alone
+    tokens = objective.model.encode_text(_batch(1)["input_ids"], _batch(1)["attention_mask"], pool=False)
+    assert tokens.shape == (1, 12, WIDTH) and torch.isfinite(out["loss"])
