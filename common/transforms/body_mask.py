@@ -140,7 +140,26 @@ def _clean(
     return mask
 
 
-class CTBodyMask(Transform):
+class _BodyMask(Transform):
+    """Shared clean-up of a thresholded body: largest component, holes filled, output dtype and metadata."""
+
+    def __init__(
+        self, largest_component: bool, fill_holes: bool, connectivity: int | None, dtype: torch.dtype,
+        slice_axis: int | None = None,
+    ) -> None:
+        self.largest_component = largest_component
+        self.fill_holes = fill_holes
+        self.connectivity = connectivity
+        self.dtype = dtype
+        self.slice_axis = slice_axis
+
+    def _finish(self, body: np.ndarray, img: torch.Tensor | np.ndarray) -> torch.Tensor:
+        slice_axis = self.slice_axis if body.ndim >= 3 else None
+        mask = _clean(body, self.largest_component, self.fill_holes, slice_axis, self.connectivity)
+        return _as_output(mask, img, self.dtype)
+
+
+class CTBodyMask(_BodyMask):
     """Body mask ``(1, *spatial)`` of a one-channel CT image: ``HU > hu_threshold`` -> largest component -> holes
     filled (see the module docstring).
 
@@ -175,21 +194,14 @@ class CTBodyMask(Transform):
             if not a_min < hu_threshold < a_max:
                 raise ValueError(f"hu_threshold {hu_threshold} must lie inside the window hu_range {tuple(hu_range)}")
             self.threshold = b_min + (hu_threshold - a_min) * (b_max - b_min) / (a_max - a_min)
-        self.largest_component = largest_component
-        self.fill_holes = fill_holes
-        self.slice_axis = slice_axis
-        self.connectivity = connectivity
-        self.dtype = dtype
+        super().__init__(largest_component, fill_holes, connectivity, dtype, slice_axis)
 
     def __call__(self, img: torch.Tensor | np.ndarray) -> torch.Tensor:
         """``img`` ``(1, *spatial)`` -> body mask ``(1, *spatial)`` with ``img``'s metadata."""
-        array = _image_array(img, type(self).__name__)
-        slice_axis = self.slice_axis if array.ndim >= 3 else None
-        mask = _clean(array > self.threshold, self.largest_component, self.fill_holes, slice_axis, self.connectivity)
-        return _as_output(mask, img, self.dtype)
+        return self._finish(_image_array(img, type(self).__name__) > self.threshold, img)
 
 
-class RadiographBodyMask(Transform):
+class RadiographBodyMask(_BodyMask):
     """Body mask ``(1, H, W)`` of a one-channel radiograph: ``image >`` the lowest multi-Otsu threshold -> largest
     component -> holes filled. A constant image has no threshold: its mask is all body (nothing is excluded).
 
@@ -213,12 +225,9 @@ class RadiographBodyMask(Transform):
     ) -> None:
         if classes not in (2, 3):
             raise ValueError(f"classes must be 2 or 3, got {classes}")
+        super().__init__(largest_component, fill_holes, connectivity, dtype)
         self.classes = classes
         self.bins = bins
-        self.largest_component = largest_component
-        self.fill_holes = fill_holes
-        self.connectivity = connectivity
-        self.dtype = dtype
 
     def __call__(self, img: torch.Tensor | np.ndarray) -> torch.Tensor:
         """``img`` ``(1, H, W)`` -> body mask ``(1, H, W)`` with ``img``'s metadata."""
@@ -226,9 +235,7 @@ class RadiographBodyMask(Transform):
         finite = array[np.isfinite(array)]
         if finite.size == 0 or finite.min() == finite.max():
             return _as_output(np.ones(array.shape, dtype=bool), img, self.dtype)
-        threshold = otsu_thresholds(finite, self.classes, self.bins)[0]
-        mask = _clean(array > threshold, self.largest_component, self.fill_holes, None, self.connectivity)
-        return _as_output(mask, img, self.dtype)
+        return self._finish(array > otsu_thresholds(finite, self.classes, self.bins)[0], img)
 
 
 class _BodyMaskd(MapTransform):
