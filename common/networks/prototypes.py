@@ -1,0 +1,80 @@
+"""Sentence prototype bank (SPB) of PRIOR (Cheng et al., ICCV 2023, https://arxiv.org/abs/2307.12577, §3.3).
+
+A learnable codebook ``E`` of ``n_embed`` prototypes quantises sentence embeddings *softly*: each vector ``x`` scores
+every prototype by a plain dot product (no normalisation), a Gumbel-softmax with temperature ``tau`` (``hard=False``)
+turns the scores into mixing weights, and the prototype is their mixture ``x_hat = y E``. The prototype loss is
+``mean |x_hat - x|`` over every element; its gradient reaches both the codebook and the sentence embeddings.
+
+Release notes (``codes/prior/modules/spb.py``, QtacierP/PRIOR 086bf2e): the constructor takes ``decay=0.99`` and
+``eps=1e-5`` but never uses them; there is no EMA / k-means codebook update, the codebook is trained by the gradient
+of the losses only. The codebook is an ``nn.Embedding`` (standard-normal init), kept here under the same state-dict key
+``embed.weight``. The release returns flattened ``(N, dim)`` prototypes; this module keeps the input's leading shape.
+The Gumbel noise is drawn by ``torch.nn.functional.gumbel_softmax``, as in the release, so equal RNG states give
+equal outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["PrototypeOutput", "SentencePrototypeBank", "prototype_temperature"]
+
+
+class PrototypeOutput(NamedTuple):
+    """``prototypes`` (same shape as the input), ``loss`` (scalar L1), ``logits`` ``(..., n_embed)`` = ``x E^T``
+    (before noise; the target of PRIOR's stage-3 KL term), ``index`` ``(...)`` = argmax of the noisy soft assignment."""
+
+    prototypes: torch.Tensor
+    loss: torch.Tensor
+    logits: torch.Tensor
+    index: torch.Tensor
+
+
+def prototype_temperature(base: float, epoch: int, max_epoch: int, strategy: str = "fixed") -> float:
+    """The release's temperature schedules (``SPB.set_temp``): ``fixed`` (PRIOR's configs), ``linear`` (down to
+    ``0.1 base`` at ``max_epoch``), ``exp`` (``base * 0.1 ** (epoch / max_epoch)``)."""
+    if strategy == "fixed":
+        return base
+    if strategy == "linear":
+        return base - 0.9 * base * epoch / max_epoch
+    if strategy == "exp":
+        return base * math.pow(0.1, epoch / max_epoch)
+    raise ValueError(f"unknown temperature strategy {strategy!r}; expected fixed, linear or exp")
+
+
+class SentencePrototypeBank(nn.Module):
+    """Soft vector quantisation of ``(..., dim)`` embeddings onto ``n_embed`` learnable prototypes.
+
+    Args:
+        dim: embedding width (PRIOR: 768).
+        n_embed: number of prototypes (PRIOR: ``spb_k`` = 512).
+        temperature: Gumbel-softmax temperature (PRIOR: 0.9, fixed); ``temperature`` attribute may be reassigned
+            (see :func:`prototype_temperature`).
+    """
+
+    def __init__(self, dim: int, n_embed: int, temperature: float = 0.9) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.dim = dim
+        self.n_embed = n_embed
+        self.temperature = temperature
+        self.embed = nn.Embedding(n_embed, dim)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Assignment scores ``x E^T``, ``(..., n_embed)``."""
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"expected embeddings with last dimension {self.dim}, got shape {tuple(x.shape)}")
+        return x @ self.embed.weight.T
+
+    def forward(self, x: torch.Tensor) -> PrototypeOutput:
+        logits = self.logits(x)
+        weights = F.gumbel_softmax(logits.reshape(-1, self.n_embed), tau=self.temperature, hard=False, dim=-1)
+        prototypes = (weights @ self.embed.weight).reshape(x.shape)
+        loss = (prototypes - x).abs().mean()
+        return PrototypeOutput(prototypes, loss, logits, weights.argmax(-1).reshape(x.shape[:-1]))
