@@ -102,26 +102,36 @@ class PositionalAttentionPool(nn.Module):
     embedding is (bi/tri)linearly interpolated (the mean token's entry is kept). Flattened tokens do not tell the
     grid, so it is never guessed.
 
+    **No positional embedding.** ``grid_size=None`` builds the pooling without ``positional_embedding`` (no such
+    parameter) and accepts any ``N``: PRIOR's ``SentenceAttentionPool(..., pos_embed=False)`` over a report's
+    sentences (``prior/modules/sentence_pool.py``; Cheng et al., ICCV 2023, https://arxiv.org/abs/2307.14975), with
+    padded sentences excluded through ``attention_mask``.
+
     Args:
         embed_dim: token width ``D``.
-        grid_size: token grid the embedding is learned on, e.g. ``(8, 8)`` (256 px at stride 32) or ``(5, 5, 5)``.
+        grid_size: token grid the embedding is learned on, e.g. ``(8, 8)`` (256 px at stride 32) or ``(5, 5, 5)``;
+            ``None``: no positional embedding, any number of tokens.
         num_heads: attention heads (must divide ``embed_dim``).
         output_dim: output width (default ``embed_dim``).
     """
 
     def __init__(
-        self, embed_dim: int, grid_size: Sequence[int], num_heads: int = 4, output_dim: int | None = None
+        self, embed_dim: int, grid_size: Sequence[int] | None, num_heads: int = 4, output_dim: int | None = None
     ) -> None:
         super().__init__()
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
-        self.grid_size = tuple(int(g) for g in grid_size)
-        if not 1 <= len(self.grid_size) <= 3 or min(self.grid_size) < 1:
+        self.grid_size = None if grid_size is None else tuple(int(g) for g in grid_size)
+        if self.grid_size is not None and (not 1 <= len(self.grid_size) <= 3 or min(self.grid_size) < 1):
             raise ValueError(f"grid_size must have 1 to 3 positive sides, got {tuple(grid_size)}")
         self.embed_dim, self.num_heads = int(embed_dim), int(num_heads)
         self.output_dim = int(output_dim) if output_dim is not None else self.embed_dim
-        self.num_tokens = math.prod(self.grid_size)
-        self.positional_embedding = nn.Parameter(torch.empty(self.num_tokens + 1, embed_dim))
+        if self.grid_size is None:
+            self.num_tokens = None
+            self.register_parameter("positional_embedding", None)
+        else:
+            self.num_tokens = math.prod(self.grid_size)
+            self.positional_embedding = nn.Parameter(torch.empty(self.num_tokens + 1, embed_dim))
         self.q_proj = nn.Linear(embed_dim, embed_dim)
         self.k_proj = nn.Linear(embed_dim, embed_dim)
         self.v_proj = nn.Linear(embed_dim, embed_dim)
@@ -131,13 +141,16 @@ class PositionalAttentionPool(nn.Module):
     def reset_parameters(self) -> None:
         """CLIP's initialisation (biases keep ``nn.Linear``'s)."""
         std = self.embed_dim**-0.5
-        with torch.no_grad():
-            self.positional_embedding.copy_(torch.randn_like(self.positional_embedding) * std)
+        if self.positional_embedding is not None:
+            with torch.no_grad():
+                self.positional_embedding.copy_(torch.randn_like(self.positional_embedding) * std)
         for proj in (self.q_proj, self.k_proj, self.v_proj, self.c_proj):
             nn.init.normal_(proj.weight, std=std)
 
     def position_embedding(self, grid_size: Sequence[int] | None = None) -> torch.Tensor:
         """The ``(1 + prod(grid), D)`` embedding for ``grid_size`` (interpolated when it is not the learned grid)."""
+        if self.grid_size is None:
+            raise ValueError("this pooling has no positional embedding (grid_size=None)")
         grid = self.grid_size if grid_size is None else tuple(int(g) for g in grid_size)
         if grid == self.grid_size:
             return self.positional_embedding
@@ -167,17 +180,24 @@ class PositionalAttentionPool(nn.Module):
             ValueError: ``N`` does not fit the grid, or a bad mask (see :class:`AttentionPool1D`).
         """
         b, n, d = x.shape
-        grid = self.grid_size if grid_size is None else tuple(int(g) for g in grid_size)
-        if not torch.jit.is_tracing() and n != math.prod(grid):
-            raise ValueError(f"{n} tokens do not fill the grid {grid}; pass grid_size= for another grid")
-        position = self.position_embedding(grid)
+        if self.grid_size is None:
+            if grid_size is not None:
+                raise ValueError("grid_size= needs a positional embedding; this pooling has none (grid_size=None)")
+            position = None
+        else:
+            grid = self.grid_size if grid_size is None else tuple(int(g) for g in grid_size)
+            if not torch.jit.is_tracing() and n != math.prod(grid):
+                raise ValueError(f"{n} tokens do not fill the grid {grid}; pass grid_size= for another grid")
+            position = self.position_embedding(grid)
         valid = AttentionPool1D._valid_mask(x, attention_mask)
         if valid is None:
             mean = x.mean(dim=1, keepdim=True)
         else:
             weights = valid.unsqueeze(-1).to(x.dtype)
             mean = ((x * weights).sum(dim=1) / weights.sum(dim=1)).unsqueeze(1)
-        tokens = torch.cat([mean, x], dim=1) + position.to(x.dtype)
+        tokens = torch.cat([mean, x], dim=1)
+        if position is not None:
+            tokens = tokens + position.to(x.dtype)
         h, hd = self.num_heads, d // self.num_heads
         q = self.q_proj(tokens[:, :1]).reshape(b, 1, h, hd).transpose(1, 2)
         k = self.k_proj(tokens).reshape(b, n + 1, h, hd).transpose(1, 2)
