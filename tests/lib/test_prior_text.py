@@ -7,12 +7,15 @@ Weight-name map, official ``SentenceAttentionPool(spacial_dim, D, heads, pos_emb
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from common.losses.local_alignment_loss import LocalImageSimSiamLoss, LocalSentenceContrastiveLoss
 from common.networks.pooling import PositionalAttentionPool
 from common.networks.sentence_pool import SentenceGather, gather_sentences
 
@@ -97,3 +100,55 @@ def test_sentence_attention_pool_matches_official() -> None:
         ours(x, grid_size=(7,))
     with pytest.raises(ValueError, match="positional embedding"):
         ours.position_embedding()
+
+
+def _release_local_losses(v, vt, s_list, st_list, predictor, logit_scale):
+    """The release's per-report loop (``Prior.local_alignment_loss``), written out plainly."""
+    image_total, text_total = 0.0, 0.0
+    for i in range(v.shape[0]):
+        p_x, p_y = predictor(v[i]), predictor(vt[i])
+        image_total = image_total - 0.5 * (
+            F.cosine_similarity(p_x, vt[i].detach(), dim=-1).mean()
+            + F.cosine_similarity(p_y, v[i].detach(), dim=-1).mean()
+        )
+        a, b = F.normalize(s_list[i], dim=-1), F.normalize(st_list[i], dim=-1)
+        labels = torch.arange(b.shape[0])
+        scale = logit_scale.exp()
+        text_total = text_total + 0.5 * (
+            F.cross_entropy(scale * b @ a.t(), labels) + F.cross_entropy(scale * a @ b.t(), labels)
+        )
+    return image_total / v.shape[0], text_total / v.shape[0]
+
+
+def test_local_alignment_losses_match_release_loop() -> None:
+    torch.manual_seed(0)
+    bsz, tokens, d, counts = 3, 6, 16, [4, 2, 5]
+    predictor = torch.nn.Sequential(torch.nn.Linear(d, 8), torch.nn.ReLU(), torch.nn.Linear(8, d)).double()
+    v = torch.randn(bsz, tokens, d, dtype=torch.float64, requires_grad=True)
+    vt = torch.randn(bsz, tokens, d, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(bsz, 5, d, dtype=torch.float64, requires_grad=True)
+    st = torch.randn(bsz, 5, d, dtype=torch.float64, requires_grad=True)
+    mask = torch.arange(5).unsqueeze(0) < torch.tensor(counts).unsqueeze(1)
+    text_loss_fn = LocalSentenceContrastiveLoss(math.log(1 / 0.07)).double()
+    image = LocalImageSimSiamLoss()(predictor(v), predictor(vt), v, vt)
+    text = text_loss_fn(s.masked_fill(~mask.unsqueeze(-1), 7.0), st.masked_fill(~mask.unsqueeze(-1), -3.0), mask)
+    s_list = [s[i, :n] for i, n in enumerate(counts)]
+    st_list = [st[i, :n] for i, n in enumerate(counts)]
+    ref_image, ref_text = _release_local_losses(v, vt, s_list, st_list, predictor, text_loss_fn.logit_scale)
+    assert image.dtype == torch.float64
+    torch.testing.assert_close(image, ref_image)
+    torch.testing.assert_close(text.double(), ref_text)
+    inputs = [v, vt, s, st, text_loss_fn.logit_scale, *predictor.parameters()]
+    ours = torch.autograd.grad(image + text, inputs, allow_unused=True)
+    ref = torch.autograd.grad(ref_image + ref_text, inputs, allow_unused=True)
+    for g, r in zip(ours, ref, strict=True):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, r)
+    # no mask == all sentences; errors
+    full = text_loss_fn(s, st)
+    torch.testing.assert_close(
+        full.double(), _release_local_losses(v, vt, list(s), list(st), predictor, text_loss_fn.logit_scale)[1]
+    )
+    with pytest.raises(ValueError, match="at least one sentence"):
+        text_loss_fn(s, st, torch.zeros(bsz, 5, dtype=torch.bool))
+    assert LocalSentenceContrastiveLoss().logit_scale.item() == pytest.approx(math.log(100.0))
