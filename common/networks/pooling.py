@@ -1,6 +1,5 @@
 """Pooling of a token sequence into one vector: attention pooling as in the COLIPRI release (``colipri`` 0.1.3),
-CLIP's attention pooling with a learned positional embedding over a 1D/2D/3D token grid (G2D), the first token, the
-masked mean.
+CLIP's attention pooling with a learned positional embedding over a 1D/2D/3D token grid (G2D), and the first token.
 
 The query is the (masked) mean of the tokens; keys and values are all tokens; padding positions are excluded
 from both the mean and the attention. The same module turns into a per-token ("dense") map by keeping only its
@@ -17,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AttentionPool1D", "FirstTokenPool", "MaskedMeanPool", "PositionalAttentionPool"]
+__all__ = ["AttentionPool1D", "FirstTokenPool", "PositionalAttentionPool"]
 
 
 class AttentionPool1D(nn.Module):
@@ -227,13 +226,3 @@ class FirstTokenPool(nn.Module):
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return x[:, 0]
-
-
-class MaskedMeanPool(nn.Module):
-    """Mean over the valid tokens: ``(B, N, D) -> (B, D)``; ``attention_mask`` ``(B, N)`` is nonzero at valid ones."""
-
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if attention_mask is None:
-            return x.mean(dim=1)
-        weights = attention_mask.to(device=x.device, dtype=x.dtype).unsqueeze(-1)
-        return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
