@@ -3,9 +3,9 @@
 G2D (Liu et al., NeurIPS 2024, https://arxiv.org/abs/2312.01522) trains a ResNet-50 encoder whose last stage feeds the
 image-text tower while a U-Net decoder predicts pseudo-masks at input resolution; downstream segmentation reuses both.
 :class:`UNetEncoder` is the feature-pyramid encoder (``forward`` gives the last map, so it is an
-:class:`~common.networks.two_tower.ImageTower` backbone), :class:`UNetDecoder` the decoder plus segmentation head, and
-:func:`unet_encoder_decoder` builds the pair; composed they are exactly ``monai.networks.nets.FlexibleUNet`` (same
-construction order, same state-dict keys, same output), for ``spatial_dims`` 2 and 3 alike.
+:class:`~common.networks.two_tower.ImageTower` backbone), :class:`UNetDecoder` the decoder plus segmentation head;
+built in that order and composed (``decoder(encoder.features(x))``) they are exactly ``monai.networks.nets.FlexibleUNet``
+(same state-dict keys, same weights for the same seed, same output), for ``spatial_dims`` 2 and 3 alike.
 
 **Keys.** The two parts keep FlexibleUNet's names: ``UNetEncoder`` holds ``encoder.*`` (for the ResNets:
 ``encoder.conv1``, ``encoder.bn1``, ``encoder.layer{1..4}.{i}.{conv,bn}{1,2,3}``, ``encoder.layer{k}.0.downsample.{0,1}``,
@@ -41,9 +41,7 @@ __all__ = [
     "DEFAULT_DECODER_NORM",
     "UNetDecoder",
     "UNetEncoder",
-    "UNetEncoderDecoder",
     "torchvision_resnet_state_dict",
-    "unet_encoder_decoder",
 ]
 
 #: FlexibleUNet's (and smp's) decoder widths, deepest stage first
@@ -210,34 +208,3 @@ class UNetDecoder(nn.Module):
         for i, block in enumerate(self.decoder.blocks):
             x = checkpoint(block, x, skips[i] if i < self.skip_connect else None, use_reentrant=False)
         return self.segmentation_head(x)
-
-
-def unet_encoder_decoder(
-    spatial_dims: int,
-    in_channels: int = 1,
-    out_channels: int = 1,
-    backbone: str = "resnet50",
-    decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
-    norm: str | tuple = DEFAULT_DECODER_NORM,
-    init_weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
-) -> tuple[UNetEncoder, UNetDecoder]:
-    """``(encoder, decoder)`` equal to ``FlexibleUNet(in_channels, out_channels, backbone, spatial_dims=...,
-    decoder_channels=..., norm=...)`` split in two (built in the same order: the same seed gives the same weights)."""
-    encoder = UNetEncoder(spatial_dims, in_channels, backbone, init_weights)
-    decoder = UNetDecoder(spatial_dims, encoder.feature_channels, out_channels, decoder_channels, norm)
-    return encoder, decoder
-
-
-class UNetEncoderDecoder(nn.Module):
-    """``decoder(encoder.features(x))``: the whole U-Net as one network (e.g. for segmentation fine-tuning).
-
-    Keys are ``encoder.encoder.*``, ``decoder.decoder.*`` and ``decoder.segmentation_head.*``.
-    """
-
-    def __init__(self, encoder: UNetEncoder, decoder: UNetDecoder) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder.features(x))
