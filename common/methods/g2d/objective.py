@@ -99,7 +99,10 @@ class G2DPretraining(nn.Module):
         tower = self.model.image_encoder
         pyramid = tower.backbone.features(image)
         patch_map = tower.project(pyramid[-1])
-        image_emb, attention = tower.pool(patch_map, return_attention=True)
+        if self.segmentation_loss is not None:  # the pseudo-masks need the pooling attention
+            image_emb, attention = tower.pool(patch_map, return_attention=True)
+        else:
+            image_emb, attention = tower.pool(patch_map), None
         terms: dict[str, torch.Tensor] = {}
         if self.clip_loss is not None:
             terms["contrastive"] = self.weights["contrastive"] * self._contrastive_term(batch, image_emb)
