@@ -483,6 +483,21 @@ def _summary_lines(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Another model's ``segmentation.json``; a missing, unreadable or foreign file is a named error."""
+    from common.data.contract import DataContractError
+
+    try:
+        results = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataContractError(path, f"cannot read a segmentation result ({type(err).__name__}: {err})") from err
+    keys = ("variants", "class_names", "test_fingerprint", "settings")
+    missing = [k for k in keys if k not in results] if isinstance(results, dict) else list(keys)
+    if missing:
+        raise DataContractError(path, f"not a segmentation.json of evaluate_decoder_probe (missing {missing})")
+    return results
+
+
 def evaluate_decoder_probe(
     encoder: nn.Module,
     train_records: Sequence[Mapping[str, Any]],
@@ -516,6 +531,7 @@ def evaluate_decoder_probe(
     train = [r for r in train_records if r.get("mask")]
     if not train:
         raise ValueError("no training record has a mask: the segmentation protocol needs labelled cases")
+    baseline_results = {name: _read_results(path) for name, path in (baselines or {}).items()}  # before the fits
     arrays = {
         name: _stack_records(records_loader(records, transform, batch_size, num_workers), ("image", "mask"))
         for name, records in (("train", train), ("test", list(test_records)))
@@ -525,11 +541,11 @@ def evaluate_decoder_probe(
         arrays["test"]["mask"], num_classes=len(class_names), class_names=class_names,
         pretrained_decoder=pretrained_decoder, **kwargs,
     )
-    if baselines:
+    if baseline_results:
         results["versus"] = {
-            name: compare_per_case(results, json.loads(Path(path).read_text()),
-                                   n_bootstrap=results["settings"]["n_bootstrap"], seed=results["settings"]["seed"])
-            for name, path in baselines.items()
+            name: compare_per_case(results, baseline, n_bootstrap=results["settings"]["n_bootstrap"],
+                                   seed=results["settings"]["seed"])
+            for name, baseline in baseline_results.items()
         }
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

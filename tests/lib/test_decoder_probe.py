@@ -244,3 +244,17 @@ def test_3d_smoke() -> None:
     assert [result["variants"]["enc+dec"][k]["n_train_cases"] for k in ("0.5", "1")] == [2, 3]
     assert len(result["variants"]["encoder"]["1"]["per_case"]) == 2
     json.dumps(result, allow_nan=False)
+
+
+def test_bad_baseline_files_are_named_before_any_fit(tmp_path) -> None:
+    from common.data.contract import DataContractError
+    from common.evaluation.decoder_probe import _read_results
+
+    with pytest.raises(DataContractError, match="missing.json"):
+        _read_results(tmp_path / "missing.json")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(DataContractError, match="broken.json"):
+        _read_results(tmp_path / "broken.json")
+    (tmp_path / "other.json").write_text('{"results": {}}')
+    with pytest.raises(DataContractError, match="not a segmentation.json"):
+        _read_results(tmp_path / "other.json")
