@@ -32,9 +32,9 @@ def _parser(bundle: str, overlays: Sequence[str], ckpt_dir: str | None):
     return parser
 
 
-def _slice(volume: torch.Tensor) -> torch.Tensor:
-    """A 2D view: the image itself, or the middle slice of the last axis of a volume."""
-    return volume if volume.ndim == 2 else volume[..., volume.shape[-1] // 2]
+def _view(panel: torch.Tensor) -> torch.Tensor:
+    """A 2D view of ``(H, W)`` (as stored) or of ``(X, Y, Z)`` RAS (the axial slice through the middle, rows = Y)."""
+    return panel if panel.ndim == 2 else panel[..., panel.shape[-1] // 2].T
 
 
 def run(bundle: str = "g2d_cxr", overlays: Sequence[str] = ("demo",), ckpt_dir: str | None = None,
@@ -70,8 +70,7 @@ def run(bundle: str = "g2d_cxr", overlays: Sequence[str] = ("demo",), ckpt_dir: 
         panels = (image, upsampled, mask, prediction)
         for col, (panel, title) in enumerate(zip(panels, titles)):
             ax = figure.add_subplot(len(records), 4, 4 * row + col + 1)
-            ax.imshow(_slice(panel[0, 0]).T.cpu().numpy() if image.ndim == 5 else panel[0, 0].cpu().numpy(),
-                      cmap="gray" if col in (0, 2) else "magma")
+            ax.imshow(_view(panel[0, 0]).cpu().numpy(), cmap="gray" if col in (0, 2) else "magma")
             ax.set_axis_off()
             if row == 0:
                 ax.set_title(title, fontsize=9)
