@@ -107,6 +107,15 @@ def _itk_message(err: Exception) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
+def _given_path(path: PathLike | None, what: str) -> Path:
+    """``path`` as a ``Path``; an empty or missing path is an error, never the working directory (``Path("")``)."""
+    if path is None or (isinstance(path, str) and not path.strip()):
+        raise DataContractError(
+            None, f"no {what} path given (got {path!r}); an empty path is not the working directory"
+        )
+    return Path(path)
+
+
 def _check_exists(path: Path) -> None:
     if not path.exists():
         raise DataContractError(path, "file or folder does not exist")
@@ -445,7 +454,7 @@ def read_volume(path: PathLike, series_uid: str | None = None) -> tuple[np.ndarr
             zero/negative/non-finite spacing, singular affine, NaN/inf voxels, several DICOM series without
             ``series_uid``, missing or duplicate DICOM slices, a single DICOM file, an unsupported file type.
     """
-    path = Path(path)
+    path = _given_path(path, "volume")
     _check_exists(path)
     if path.is_dir():
         array, affine = _read_dicom_series(path, series_uid)
@@ -565,7 +574,7 @@ def read_radiograph(path: PathLike, allow_constant: bool = False) -> tuple[np.nd
         DataContractError: missing or unreadable file, a folder, a 3D volume or multi-frame file, NaN/inf pixels,
             a constant image (unless ``allow_constant``), an unsupported file type.
     """
-    path = Path(path)
+    path = _given_path(path, "radiograph")
     _check_exists(path)
     if path.is_dir():
         raise DataContractError(path, "is a folder; a radiograph is a single file (DICOM, PNG or JPEG)")
@@ -605,7 +614,7 @@ def _single_path(data: Sequence[PathLike] | PathLike) -> Path:
     paths = ensure_tuple(data)
     if len(paths) != 1:
         raise DataContractError(paths[0] if paths else None, f"one image per item is expected, got {len(paths)} paths")
-    return Path(paths[0])
+    return _given_path(paths[0], "image")
 
 
 def _meta(loaded: _Loaded) -> dict[str, Any]:
@@ -692,6 +701,8 @@ class _LoadValidatedd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
+            if not isinstance(d[key], (list, tuple)):  # LoadImage would turn "" into "."
+                _given_path(d[key], str(key))
             d[key] = self.loader(d[key], reader=self.reader)
         return d
 
