@@ -9,7 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["META_SCHEMA_PATH", "BundleInfo", "component_arguments", "discover_bundles", "locate_bundle_root"]
+import numpy as np
+
+__all__ = [
+    "META_SCHEMA_PATH",
+    "BundleInfo",
+    "component_arguments",
+    "discover_bundles",
+    "flag",
+    "locate_bundle_root",
+]
 
 CONFIG_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".json")
 
@@ -34,6 +43,38 @@ def locate_bundle_root(name: str) -> str:
         if (candidate / "configs" / "metadata.json").is_file() and (candidate.name == name or candidate != cwd):
             return os.path.relpath(candidate) if candidate.is_relative_to(cwd) else str(candidate)
     return str(cwd)
+
+
+#: The spellings of a boolean knob on the command line (case-insensitive); fire passes ``true`` through as text.
+FLAG_WORDS: dict[str, bool] = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def flag(value: Any, name: str, path_allowed: bool = False) -> bool | str:
+    """A boolean knob as the command line gives it: ``True``/``False``, ``1``/``0`` or ``true``/``false``/``yes``/
+    ``no`` in any case (``python -m monai.bundle run --resume true`` arrives as the text ``'true'``).
+
+    Configs apply it where the knob is consumed: ``resume: "$common.bundle_support.flag(@resume, 'resume', True)"``.
+
+    Args:
+        value: the knob's value after fire's parsing and config evaluation.
+        name: the knob's config id, named in the error.
+        path_allowed: any other text is returned unchanged (a knob that also takes a path, such as ``resume``).
+
+    Raises:
+        ValueError: a value that is not one of the spellings above (naming the knob and the value).
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and int(value) in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in FLAG_WORDS:
+            return FLAG_WORDS[word]
+        if path_allowed and value.strip():
+            return value
+    choices = "true/false, True/False, 1/0" + (" or a path" if path_allowed else "")
+    raise ValueError(f"knob {name!r} (--{name}) must be {choices}, got {value!r}")
 
 
 class BundleInfo:

@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from common.bundle_support import flag
 from common.data.contract import RECORD_KEYS, SECTIONS, DataContractError, resolve_record
 from common.data.readers import read_radiograph, read_volume
 
-__all__ = ["MAX_REPORT_CHARS", "Problem", "validate_datalist", "main"]
+__all__ = ["MAX_REPORT_CHARS", "Problem", "main", "validate_datalist"]
 
 #: Reports longer than this are rejected: a whole study dump or a concatenation bug, not one report.
 MAX_REPORT_CHARS = 20_000
@@ -87,9 +88,7 @@ def _report_problems(report: Any) -> list[str]:
         report.encode("utf-8")
     except UnicodeEncodeError as err:
         out.append(f"report is not valid UTF-8 (unpaired surrogate at character {err.start})")
-    control = next(
-        (i for i, c in enumerate(report) if c not in "\n\r\t" and unicodedata.category(c) == "Cc"), None
-    )
+    control = next((i for i, c in enumerate(report) if c not in "\n\r\t" and unicodedata.category(c) == "Cc"), None)
     if control is not None:
         out.append(f"report contains control character {report[control]!r} at character {control}")
     return out
@@ -113,7 +112,7 @@ def _mask_problems(mask: str, shape: tuple[int, ...], affine: np.ndarray | None)
             mask_array, mask_affine = read_radiograph(mask, allow_constant=True)[0], None
     except DataContractError as err:
         return [(err.source or mask, err.problem)]
-    except Exception as err:  # the validator reports, it never stops at one record
+    except Exception as err:  # noqa: BLE001 - the validator reports, it never stops at one record
         return [(mask, f"unexpected error while reading: {type(err).__name__}: {err}")]
     if mask_array.shape != shape:
         return [(mask, f"mask shape {mask_array.shape} does not match image shape {shape}")]
@@ -162,7 +161,7 @@ def _check_record(record: Any, base: Path, datalist: str, dims: int, open_images
     except DataContractError as err:
         out.append((err.source or image, err.problem))
         return out
-    except Exception as err:  # the validator reports, it never stops at one record
+    except Exception as err:  # noqa: BLE001 - the validator reports, it never stops at one record
         out.append((image, f"unexpected error while reading: {type(err).__name__}: {err}"))
         return out
     if mask_ok:
@@ -275,11 +274,8 @@ def main(
         base_dir: folder that relative paths resolve against (default: the datalist's folder).
         num_workers: threads used to open images.
     """
-    if isinstance(open_images, str):  # fire passes "false"/"no" through as text
-        if open_images.lower() not in ("true", "false", "yes", "no", "1", "0"):
-            raise ValueError(f"open_images must be True or False, got {open_images!r}")
-        open_images = open_images.lower() in ("true", "yes", "1")
-    problems, counts = _validate(datalist, int(dims), bool(open_images), section, base_dir, int(num_workers))
+    open_images = flag(open_images, "open_images")  # fire passes "false" through as text
+    problems, counts = _validate(datalist, int(dims), open_images, section, base_dir, int(num_workers))
     for problem in problems:
         print(problem)
     checked = sum(counts.values())
