@@ -10,7 +10,8 @@ Release notes (``codes/prior/modules/spb.py``, QtacierP/PRIOR 086bf2e): the cons
 of the losses only. The codebook is an ``nn.Embedding`` (standard-normal init), kept here under the same state-dict key
 ``embed.weight``. The release returns flattened ``(N, dim)`` prototypes; this module keeps the input's leading shape.
 The Gumbel noise is drawn by ``torch.nn.functional.gumbel_softmax``, as in the release, so equal RNG states give
-equal outputs.
+equal outputs. **Deviation:** in ``eval()`` mode the noise is left out (weights ``softmax(x E^T / tau)``), so that
+inference and exported embeddings are deterministic; the release draws noise at zero-shot time too.
 """
 
 from __future__ import annotations
@@ -74,7 +75,11 @@ class SentencePrototypeBank(nn.Module):
 
     def forward(self, x: torch.Tensor) -> PrototypeOutput:
         logits = self.logits(x)
-        weights = F.gumbel_softmax(logits.reshape(-1, self.n_embed), tau=self.temperature, hard=False, dim=-1)
+        flat = logits.reshape(-1, self.n_embed)
+        if self.training:
+            weights = F.gumbel_softmax(flat, tau=self.temperature, hard=False, dim=-1)
+        else:  # deterministic at inference: the noise-free assignment softmax(x E^T / tau)
+            weights = (flat / self.temperature).softmax(dim=-1)
         prototypes = (weights @ self.embed.weight).reshape(x.shape)
         loss = (prototypes - x).abs().mean()
         return PrototypeOutput(prototypes, loss, logits, weights.argmax(-1).reshape(x.shape[:-1]))

@@ -15,10 +15,12 @@ sentences keep their order, packed to the left.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-__all__ = ["SentenceGather", "gather_sentences"]
+__all__ = ["SentenceGather", "SentencePooler", "gather_sentences", "single_sentence_index"]
 
 
 def gather_sentences(
@@ -82,3 +84,73 @@ class SentenceGather(nn.Module):
 
     def forward(self, tokens: torch.Tensor, sentence_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return gather_sentences(tokens, sentence_index, self.max_sentences)
+
+
+def single_sentence_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Sentence numbers treating each sequence as one sentence: every real token but the first and the last
+    (``[CLS]`` and ``[SEP]``) is sentence 1 (the release's prompt embedding, ``zero_classification_model.py``)."""
+    mask = attention_mask.bool()
+    position = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    last = mask.long().sum(dim=1, keepdim=True) - 1
+    inner = mask & (position > 0) & (position < last)
+    return torch.where(inner, torch.ones_like(position), torch.full_like(position, -1))
+
+
+class SentencePooler(nn.Module):
+    """A report's global embedding from its sentences: gather -> (prototypes) -> attention pooling.
+
+    PRIOR's global text feature: the projected tokens of each sentence are averaged (:func:`gather_sentences`),
+    from stage 2 on every sentence is replaced by its soft prototype from the sentence prototype bank, and a
+    mean-query attention pooling without positional embedding (``PositionalAttentionPool(grid_size=None)``, the
+    release's ``SentenceAttentionPool``) pools the set. Usable as a :class:`~common.networks.two_tower.TextTower`
+    pooler: ``forward(tokens, attention_mask, sentence_index=None)``; without ``sentence_index`` the whole text is one
+    sentence (prompts).
+
+    Args:
+        attention: the pooling over sentences, ``(B, S, D), mask -> (B, D)``.
+        prototypes: the sentence prototype bank (:class:`~common.networks.prototypes.SentencePrototypeBank`).
+        use_prototypes: quantise sentences before pooling (PRIOR stages 2 and 3).
+        max_sentences: keep the first ``max_sentences`` sentences of a report (``None``: all).
+    """
+
+    def __init__(
+        self,
+        attention: nn.Module,
+        prototypes: nn.Module | None = None,
+        use_prototypes: bool = False,
+        max_sentences: int | None = None,
+    ) -> None:
+        super().__init__()
+        if use_prototypes and prototypes is None:
+            raise ValueError("use_prototypes needs a prototype bank")
+        self.attention = attention
+        self.prototypes = prototypes
+        self.use_prototypes = bool(use_prototypes)
+        self.max_sentences = max_sentences
+
+    def sentences(
+        self, tokens: torch.Tensor, attention_mask: torch.Tensor | None, sentence_index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sentence embeddings ``(B, S, D)`` and their mask, before any prototype."""
+        if sentence_index is None:
+            if attention_mask is None:
+                attention_mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+            sentence_index = single_sentence_index(attention_mask)
+        return gather_sentences(tokens, sentence_index, self.max_sentences)
+
+    def quantise(self, sentences: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Prototypes of the real sentences (padding stays zero) and the bank's output on them (loss, logits)."""
+        out = self.prototypes(sentences[mask])
+        quantised = sentences.new_zeros(sentences.shape).index_put((*mask.nonzero(as_tuple=True),), out.prototypes)
+        return quantised, out
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        sentence_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        sentences, mask = self.sentences(tokens, attention_mask, sentence_index)
+        if self.use_prototypes:
+            sentences, _ = self.quantise(sentences, mask)
+        return self.attention(sentences, mask)

@@ -217,13 +217,19 @@ class TextTower(nn.Module):
         attention_mask: torch.Tensor | None = None,
         pool: bool = True,
         normalize: bool = True,
+        sentence_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``(B, D)`` text embeddings; ``pool=False`` gives the ``(B, L, D)`` token states (projected if needed)."""
+        """``(B, D)`` text embeddings; ``pool=False`` gives the ``(B, L, D)`` token states (projected if needed).
+
+        ``sentence_index`` ``(B, L)`` (each token's sentence number, see :mod:`common.transforms.sentences`) is
+        passed to poolers over sentences (:class:`~common.networks.sentence_pool.SentencePooler`).
+        """
         tokens = self.token_embeddings(input_ids, attention_mask)
         if self.project_tokens:
             tokens = self.projector(tokens)
         if pool:
-            tokens = self.pooler(tokens, attention_mask)
+            extra = {} if sentence_index is None else {"sentence_index": sentence_index}
+            tokens = self.pooler(tokens, attention_mask, **extra)
         if self.projector is not None and not self.project_tokens:
             tokens = self.projector(tokens)
         return F.normalize(tokens, dim=-1) if normalize else tokens
@@ -271,11 +277,13 @@ class TwoTowerModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         normalize: bool = True,
         pool: bool = True,
+        sentence_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``(B, D)`` text embeddings (``pool=False``: token states); raises ``RuntimeError`` if image-only."""
         if self.text_encoder is None:
             raise RuntimeError("this TwoTowerModel is image-only (text_encoder=None)")
-        return self.text_encoder(input_ids, attention_mask, pool=pool, normalize=normalize)
+        extra = {} if sentence_index is None else {"sentence_index": sentence_index}
+        return self.text_encoder(input_ids, attention_mask, pool=pool, normalize=normalize, **extra)
 
     def forward(
         self, images: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
