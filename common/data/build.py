@@ -1,0 +1,55 @@
+"""Write a datalist from a dataset as published: ``python -m common.data.build <source> --root DIR --out FILE``.
+
+Sources (one module each in :mod:`common.data.sources`; ``python -m common.data.build <source> --help`` lists the
+knobs):
+
+* ``ct_rate``: CT-RATE (``train_fixed/``, ``valid_fixed/``, reports, the 18 labels, metadata);
+* ``mimic_cxr``: MIMIC-CXR-JPG with the MIMIC-CXR report files (official split, frontal views by default);
+* ``chexpert_plus``: CheXpert Plus (its CSV of image paths and report sections);
+* ``iu_xray``: IU X-ray (R2Gen-style ``annotation.json``, or the Indiana reports / projections CSVs);
+* ``folder``: a folder of volumes or radiographs, an optional CSV of file -> report / labels / split, and an
+  optional folder of image-only scans.
+
+Each builder validates every record as it goes (with :mod:`common.data.validate`), shows a progress bar, and prints
+what it wrote (per split, with and without report), what it skipped with the reason (the first few with file and
+row), and the labels it found. ``--on_bad raise`` stops at the first problem instead. Example::
+
+    python -m common.data.build ct_rate --root /data/CT-RATE/dataset --out /data/ct_rate/datalist.json
+    python -m monai.bundle run --config_file bundles/colipri_ct/configs/train.yaml --dataset_dir /data/ct_rate
+"""
+
+from __future__ import annotations
+
+from common.data.sources.chexpert_plus import build_chexpert_plus
+from common.data.sources.ct_rate import build_ct_rate
+from common.data.sources.folder import build_folder
+from common.data.sources.iu_xray import build_iu_xray
+from common.data.sources.mimic_cxr import build_mimic_cxr
+
+__all__ = ["BUILDERS", "main"]
+
+BUILDERS = {
+    "ct_rate": build_ct_rate,
+    "mimic_cxr": build_mimic_cxr,
+    "chexpert_plus": build_chexpert_plus,
+    "iu_xray": build_iu_xray,
+    "folder": build_folder,
+}
+
+
+def main() -> None:
+    """The ``fire`` command line over :data:`BUILDERS` (the summary is printed, not returned to fire)."""
+    import fire
+
+    def quiet_result(builder):  # fire would print the returned summary object again
+        def run(*args, **kwargs) -> None:
+            builder(*args, **kwargs)
+
+        run.__doc__, run.__name__, run.__wrapped__ = builder.__doc__, builder.__name__, builder
+        return run
+
+    fire.Fire({name: quiet_result(builder) for name, builder in BUILDERS.items()})
+
+
+if __name__ == "__main__":
+    main()
