@@ -10,10 +10,10 @@ whether the run was resumed, and loading data never perturbs the training proces
 :class:`ResumableSampler` yields :class:`EpochIndex` integers, so persistent workers see the right epoch too; plain
 integer indices fall back to :meth:`PretrainingDataset.set_epoch` (the trainer calls it every epoch).
 
-**Bad records.** A :class:`~common.data.contract.DataContractError`, ``OSError``, ``EOFError`` or ``ValueError``
-raised while reading or transforming a record (MONAI wraps transform errors in ``RuntimeError``; the cause chain
-is searched) either re-raises as a ``DataContractError`` naming the image path and record index
-(``on_bad_sample="raise"``) or (``"skip"``) logs a warning naming the file and the problem and substitutes the next
+**Bad records.** A :class:`~common.data.contract.DataContractError`, ``OSError``, ``EOFError``, ``ValueError``,
+``MemoryError`` or ``OverflowError`` raised while reading or transforming a record (MONAI wraps transform errors in
+``RuntimeError``; the cause chain is searched) either re-raises as a ``DataContractError`` naming the image path and
+record index (``on_bad_sample="raise"``) or (``"skip"``) logs a warning naming the file and the problem and substitutes the next
 readable record (``i + 1``, ``i + 2``, ... with its own seed), which is deterministic. The substitution is recorded
 on the returned sample and :func:`pretraining_collate` moves it into the batch under :data:`SKIPPED_KEY`, which
 :class:`~common.engines.trainer.PretrainingTrainer` pops and counts; this works with any number of worker processes.
@@ -57,8 +57,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Exceptions that mark a record as unreadable (searched along the ``__cause__``/``__context__`` chain).
-BAD_SAMPLE_ERRORS: tuple[type[BaseException], ...] = (DataContractError, OSError, EOFError, ValueError)
+#: Exceptions that mark a record as unreadable (searched along the ``__cause__``/``__context__`` chain). The readers
+#: turn whatever their decoders raise into ``DataContractError``; ``MemoryError`` and ``OverflowError`` come from
+#: transforms of a record whose geometry lies (e.g. a spacing that resamples to a giant grid).
+BAD_SAMPLE_ERRORS: tuple[type[BaseException], ...] = (
+    DataContractError,
+    OSError,
+    EOFError,
+    ValueError,
+    MemoryError,
+    OverflowError,
+)
 #: Batch key under which :func:`pretraining_collate` lists the indices of records replaced in that batch.
 SKIPPED_KEY = "skipped_records"
 

@@ -26,6 +26,7 @@ and per-slice DICOM positions, which those readers do not expose; parity with th
 
 from __future__ import annotations
 
+import gzip
 import io
 import re
 import threading
@@ -48,16 +49,18 @@ from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 from common.data.contract import DataContractError
 
 __all__ = [
-    "VOLUME_SUFFIXES",
+    "MAX_RADIOGRAPH_PIXELS",
+    "MAX_VOLUME_VOXELS",
     "RADIOGRAPH_SUFFIXES",
-    "read_volume",
-    "read_radiograph",
-    "VolumeReader",
-    "RadiographReader",
-    "LoadVolumed",
-    "LoadRadiographd",
-    "RadiographMaskReader",
+    "VOLUME_SUFFIXES",
     "LoadRadiographMaskd",
+    "LoadRadiographd",
+    "LoadVolumed",
+    "RadiographMaskReader",
+    "RadiographReader",
+    "VolumeReader",
+    "read_radiograph",
+    "read_volume",
 ]
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
@@ -68,6 +71,11 @@ PIL_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 VOLUME_SUFFIXES: tuple[str, ...] = NIFTI_SUFFIXES + ITK_SUFFIXES
 #: File types :func:`read_radiograph` accepts (DICOM files without a suffix are recognised by their preamble).
 RADIOGRAPH_SUFFIXES: tuple[str, ...] = DICOM_SUFFIXES + PIL_SUFFIXES + VOLUME_SUFFIXES
+
+#: Largest volume the readers allocate: 2**30 voxels (4 GiB as float32); CT-RATE's largest is about 512 x 512 x 900.
+MAX_VOLUME_VOXELS: int = 2**30
+#: Largest radiograph the readers decode: 2**26 pixels (8192 x 8192), below Pillow's decompression-bomb warning.
+MAX_RADIOGRAPH_PIXELS: int = 2**26
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # A gap between consecutive DICOM slices this many times the usual step is reported as missing slices.
@@ -119,6 +127,71 @@ def _given_path(path: PathLike | None, what: str) -> Path:
 def _check_exists(path: Path) -> None:
     if not path.exists():
         raise DataContractError(path, "file or folder does not exist")
+
+
+def _check_pixel_count(path: Path, shape: Sequence[int], limit: int, what: str) -> None:
+    """Refuse, before anything is allocated, an image whose header claims more than ``limit`` voxels/pixels."""
+    count = int(np.prod([int(s) for s in shape], dtype=object))
+    if count > limit:
+        raise DataContractError(
+            path,
+            f"header claims {count:,} {what}s (shape {tuple(int(s) for s in shape)}), above the ceiling of "
+            f"{limit:,}; a header that lies or an image too large for these readers",
+        )
+
+
+def _check_stored_bytes(path: Path, stored: int, expected: int, what: str) -> None:
+    if stored < expected:
+        raise DataContractError(
+            path,
+            f"{what} holds {stored:,} bytes but the header implies {expected:,}; truncated file or a header "
+            "that lies (nothing was allocated)",
+        )
+
+
+def _gzip_size(path: Path, offset: int, expected: int) -> int:
+    """Uncompressed bytes of the gzip stream starting at ``offset``, counted up to ``expected`` in bounded memory.
+
+    The gzip trailer (ISIZE, the size modulo 2**32) answers at once when it agrees; otherwise the stream is inflated
+    chunk by chunk without keeping the data.
+    """
+    with open(path, "rb") as f:
+        f.seek(-4, io.SEEK_END)
+        trailer = int.from_bytes(f.read(4), "little")
+    if trailer == expected % 2**32 and path.stat().st_size - offset >= 18:
+        return expected
+    total = 0
+    try:
+        with open(path, "rb") as raw:
+            raw.seek(offset)
+            with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                while total < expected:
+                    chunk = f.read(min(1 << 16, expected - total))
+                    if not chunk:
+                        break
+                    total += len(chunk)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataContractError(
+            path,
+            f"truncated or corrupt image data: the compressed stream breaks off after about {total:,} of the "
+            f"{expected:,} bytes its header implies ({err}); nothing was allocated",
+        ) from err
+    return total
+
+
+@contextmanager
+def _named_read_errors(path: Path) -> Iterator[None]:
+    """Whatever nibabel, SimpleITK, pydicom or Pillow raise on a bad file (``HeaderDataError``,
+    ``DecompressionBombError``, ``OverflowError``, ``MemoryError``, ...) becomes a :class:`DataContractError` naming
+    the file, so that ``on_bad_sample="skip"`` can skip it."""
+    try:
+        yield
+    except DataContractError:
+        raise
+    except MemoryError as err:
+        raise DataContractError(path, f"not enough memory to decode the image (MemoryError: {err})") from err
+    except Exception as err:
+        raise DataContractError(path, f"cannot decode the file ({type(err).__name__}: {err})") from err
 
 
 def _check_spacing(path: Path, spacing: Sequence[float], what: str) -> None:
@@ -173,9 +246,7 @@ def _spatial_shape(path: Path, shape: Sequence[int], dims: int) -> tuple[int, ..
         if len(trimmed) < 2:
             raise DataContractError(path, f"image is 1D (shape {shape}); a 2D radiograph is expected")
         if len(trimmed) > 2:
-            raise DataContractError(
-                path, f"image is a 3D volume (shape {shape}); a single 2D radiograph is expected"
-            )
+            raise DataContractError(path, f"image is a 3D volume (shape {shape}); a single 2D radiograph is expected")
     return tuple(trimmed)
 
 
@@ -203,10 +274,27 @@ def _nifti_header(path: Path) -> nib.Nifti1Header:
     raise DataContractError(path, "cannot read the header: not a NIfTI-1/NIfTI-2 file (bad magic)")
 
 
+def _check_nifti_size(path: Path, header: nib.Nifti1Header, dims: int) -> None:
+    """The voxel data the header implies must fit the ceiling and be present in the (decompressed) file."""
+    shape = header.get_data_shape()
+    limit, what = (MAX_VOLUME_VOXELS, "voxel") if dims == 3 else (MAX_RADIOGRAPH_PIXELS, "pixel")
+    _check_pixel_count(path, shape, limit, what)
+    try:
+        itemsize = header.get_data_dtype().itemsize
+    except Exception as err:  # nibabel raises several types for an unknown datatype code
+        raise DataContractError(path, f"unknown voxel data type in the header ({err})") from err
+    expected = int(header["vox_offset"]) + int(np.prod(shape, dtype=object)) * itemsize
+    if _suffix(path) == ".nii.gz":
+        _check_stored_bytes(path, _gzip_size(path, 0, expected), expected, "decompressed file")
+    else:
+        _check_stored_bytes(path, path.stat().st_size, expected, "file")
+
+
 def _read_nifti(path: Path, dims: int) -> tuple[np.ndarray, np.ndarray]:
     header = _nifti_header(path)
     shape = _spatial_shape(path, header.get_data_shape(), dims)
     _check_spacing(path, header["pixdim"][1 : 1 + dims], "header pixdim")
+    _check_nifti_size(path, header, dims)
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     try:
         image = image_class.from_filename(path)  # the class is known: no content sniffing of a damaged file
@@ -228,7 +316,9 @@ def _sitk_affine(direction: Sequence[float], spacing: Sequence[float], origin: S
 
 def _check_detached_data(path: Path) -> None:
     """For a detached header (``.mhd``/``.nhdr``), the data file it names must exist (ITK only says it cannot read)."""
-    pattern = {".mhd": r"^\s*ElementDataFile\s*=\s*(.+?)\s*$", ".nhdr": r"^\s*data ?file\s*:\s*(.+?)\s*$"}[_suffix(path)]
+    pattern = {".mhd": r"^\s*ElementDataFile\s*=\s*(.+?)\s*$", ".nhdr": r"^\s*data ?file\s*:\s*(.+?)\s*$"}[
+        _suffix(path)
+    ]
     try:
         header = path.read_bytes()[:65536].decode("latin-1")
     except OSError as err:
@@ -241,6 +331,47 @@ def _check_detached_data(path: Path) -> None:
         return  # data inside the header file, or a file list/pattern: left to ITK
     if not (path.parent / name).is_file():
         raise DataContractError(path, f"data file {name!r} named in the header does not exist")
+
+
+_META_BYTES = {"CHAR": 1, "UCHAR": 1, "SHORT": 2, "USHORT": 2, "INT": 4, "UINT": 4, "FLOAT": 4, "DOUBLE": 8,
+               "LONG_LONG": 8, "ULONG_LONG": 8}  # fmt: skip
+_NRRD_BYTES = {"int8": 1, "uint8": 1, "uchar": 1, "signed char": 1, "int16": 2, "uint16": 2, "short": 2,
+               "ushort": 2, "unsigned short": 2, "int32": 4, "uint32": 4, "int": 4, "uint": 4, "unsigned int": 4,
+               "float": 4, "double": 8, "int64": 8, "uint64": 8, "longlong": 8, "ulonglong": 8}  # fmt: skip
+
+
+def _check_itk_size(path: Path, reader: sitk.ImageFileReader) -> None:
+    """MetaImage / NRRD: the raw (or gzip) data the header implies must be in the file before ITK allocates it."""
+    count = int(np.prod(reader.GetSize(), dtype=object)) * reader.GetNumberOfComponents()
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    suffix = _suffix(path)
+    if suffix in (".mha", ".mhd"):
+        fields = dict(re.findall(rb"^\s*(\w+)\s*=\s*(.*?)\s*$", head.split(b"ElementDataFile", 1)[0], re.MULTILINE))
+        itemsize = _META_BYTES.get(fields.get(b"ElementType", b"").decode("latin-1").upper().removeprefix("MET_"))
+        data = re.search(rb"^\s*ElementDataFile\s*=\s*(.+?)[ \t]*\r?$\n?", head, re.MULTILINE)
+        if itemsize is None or data is None or fields.get(b"CompressedData", b"False").lower() == b"true":
+            return  # compressed MetaImage: the dimension ceiling alone bounds the allocation
+        name = data.group(1).decode("latin-1")
+        if name.upper() == "LOCAL":
+            stored = path.stat().st_size - data.end()
+        elif (path.parent / name).is_file():
+            stored = (path.parent / name).stat().st_size
+        else:
+            return  # file lists/patterns: left to ITK
+        _check_stored_bytes(path, stored, count * itemsize, "data")
+    elif suffix == ".nrrd":
+        end = head.find(b"\n\n")
+        fields = dict(re.findall(rb"^([\w ]+):\s*(.*?)\s*$", head[: max(end, 0)], re.MULTILINE))
+        itemsize = _NRRD_BYTES.get(fields.get(b"type", b"").decode("latin-1").strip().lower())
+        encoding = fields.get(b"encoding", b"").decode("latin-1").strip().lower()
+        if end < 0 or itemsize is None or b"data file" in fields or b"datafile" in fields:
+            return
+        expected = count * itemsize
+        if encoding == "raw":
+            _check_stored_bytes(path, path.stat().st_size - end - 2, expected, "data")
+        elif encoding in ("gzip", "gz"):
+            _check_stored_bytes(path, _gzip_size(path, end + 2, expected), expected, "decompressed data")
 
 
 def _read_itk(path: Path, dims: int) -> tuple[np.ndarray, np.ndarray]:
@@ -258,6 +389,9 @@ def _read_itk(path: Path, dims: int) -> tuple[np.ndarray, np.ndarray]:
             f"has {reader.GetNumberOfComponents()} components per voxel (RGB/vector image); a scalar image is expected",
         )
     shape = _spatial_shape(path, reader.GetSize(), dims)
+    limit, what = (MAX_VOLUME_VOXELS, "voxel") if dims == 3 else (MAX_RADIOGRAPH_PIXELS, "pixel")
+    _check_pixel_count(path, reader.GetSize(), limit, what)
+    _check_itk_size(path, reader)
     spacing = reader.GetSpacing()
     _check_spacing(path, spacing[:dims], "header spacing")
     n = min(len(spacing), 3)
@@ -371,6 +505,18 @@ def _check_slice_positions(folder: Path, reader: sitk.ImageSeriesReader, files: 
         )
 
 
+def _check_series_size(folder: Path, names: Sequence[str]) -> None:
+    """Rows x Columns of the first slice times the number of slices must fit the ceiling (read before GDCM allocates)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(names[0], stop_before_pixels=True)
+    except Exception as err:
+        raise DataContractError(names[0], f"not a readable DICOM file ({err})") from err
+    shape = (int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), len(names))
+    _check_pixel_count(folder, shape, MAX_VOLUME_VOXELS, "voxel")
+
+
 def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray, np.ndarray]:
     files = _dicom_files(folder)
     with _quiet_itk():
@@ -394,6 +540,7 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray
         raise DataContractError(
             folder, f"contains a single DICOM slice ({Path(names[0]).name}); a 3D series needs several"
         )
+    _check_series_size(folder, names)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(names)
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -437,6 +584,23 @@ def _reject_single_dicom(path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def _read_any_volume(path: Path, series_uid: str | None) -> tuple[np.ndarray, np.ndarray]:
+    if path.is_dir():
+        return _read_dicom_series(path, series_uid)
+    suffix = _suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        return _read_nifti(path, dims=3)
+    if suffix in ITK_SUFFIXES:
+        return _read_itk(path, dims=3)
+    if suffix in DICOM_SUFFIXES or _is_dicom_file(path):
+        _reject_single_dicom(path)
+    raise DataContractError(
+        path,
+        f"unsupported file type {suffix or '(none)'!r} for a volume; expected {list(VOLUME_SUFFIXES)} "
+        "or a DICOM series folder",
+    )
+
+
 def read_volume(path: PathLike, series_uid: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read and validate one 3D volume.
 
@@ -456,21 +620,8 @@ def read_volume(path: PathLike, series_uid: str | None = None) -> tuple[np.ndarr
     """
     path = _given_path(path, "volume")
     _check_exists(path)
-    if path.is_dir():
-        array, affine = _read_dicom_series(path, series_uid)
-    else:
-        suffix = _suffix(path)
-        if suffix in NIFTI_SUFFIXES:
-            array, affine = _read_nifti(path, dims=3)
-        elif suffix in ITK_SUFFIXES:
-            array, affine = _read_itk(path, dims=3)
-        elif suffix in DICOM_SUFFIXES or _is_dicom_file(path):
-            _reject_single_dicom(path)
-        else:
-            raise DataContractError(
-                path, f"unsupported file type {suffix or '(none)'!r} for a volume; expected {list(VOLUME_SUFFIXES)} "
-                "or a DICOM series folder"
-            )
+    with _named_read_errors(path):
+        array, affine = _read_any_volume(path, series_uid)
     _check_affine(path, affine)
     _check_finite(path, array, "voxel")
     return array, affine
@@ -493,6 +644,8 @@ def _read_dicom_radiograph(path: Path) -> tuple[np.ndarray, np.ndarray]:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise DataContractError(path, f"image is a 3D volume ({frames} frames); a single 2D radiograph is expected")
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    _check_pixel_count(path, (rows, columns, int(ds.get("SamplesPerPixel", 1) or 1)), MAX_RADIOGRAPH_PIXELS, "pixel")
     try:
         pixels = ds.pixel_array
     except Exception as err:  # decoder plugins raise many types
@@ -540,6 +693,7 @@ def _read_pil(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 raise DataContractError(
                     path, f"image is a 3D volume ({frames} frames); a single 2D radiograph is expected"
                 )
+            _check_pixel_count(path, image.size, MAX_RADIOGRAPH_PIXELS, "pixel")
             image.load()
             mode = image.mode
             if mode in ("L", "I", "F", "1") or mode.startswith("I;16"):
@@ -550,9 +704,25 @@ def _read_pil(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 array = _grey(np.asarray(image.convert("RGB"), dtype=np.float32))
     except DataContractError:
         raise
+    except Image.DecompressionBombError as err:
+        raise DataContractError(path, f"decompression bomb refused before decoding ({err})") from err
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise DataContractError(path, f"unreadable image file ({err})") from err
     return array, np.full(2, np.nan)
+
+
+def _read_any_radiograph(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    suffix = _suffix(path)
+    if suffix in NIFTI_SUFFIXES or suffix in ITK_SUFFIXES:
+        array, affine = (_read_nifti if suffix in NIFTI_SUFFIXES else _read_itk)(path, dims=2)
+        return np.ascontiguousarray(array.T), np.linalg.norm(affine[:3, :2], axis=0)[::-1]
+    if suffix in DICOM_SUFFIXES or _is_dicom_file(path):
+        return _read_dicom_radiograph(path)
+    if suffix in PIL_SUFFIXES:
+        return _read_pil(path)
+    raise DataContractError(
+        path, f"unsupported file type {suffix or '(none)'!r} for a radiograph; expected {list(RADIOGRAPH_SUFFIXES)}"
+    )
 
 
 def read_radiograph(path: PathLike, allow_constant: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -578,19 +748,8 @@ def read_radiograph(path: PathLike, allow_constant: bool = False) -> tuple[np.nd
     _check_exists(path)
     if path.is_dir():
         raise DataContractError(path, "is a folder; a radiograph is a single file (DICOM, PNG or JPEG)")
-    suffix = _suffix(path)
-    if suffix in NIFTI_SUFFIXES or suffix in ITK_SUFFIXES:
-        array, affine = (_read_nifti if suffix in NIFTI_SUFFIXES else _read_itk)(path, dims=2)
-        array = np.ascontiguousarray(array.T)
-        spacing = np.linalg.norm(affine[:3, :2], axis=0)[::-1]
-    elif suffix in DICOM_SUFFIXES or _is_dicom_file(path):
-        array, spacing = _read_dicom_radiograph(path)
-    elif suffix in PIL_SUFFIXES:
-        array, spacing = _read_pil(path)
-    else:
-        raise DataContractError(
-            path, f"unsupported file type {suffix or '(none)'!r} for a radiograph; expected {list(RADIOGRAPH_SUFFIXES)}"
-        )
+    with _named_read_errors(path):
+        array, spacing = _read_any_radiograph(path)
     _check_finite(path, array, "pixel")
     if not allow_constant and array.min() == array.max():
         raise DataContractError(path, f"image is constant (every pixel = {array.flat[0]:g})")
@@ -668,7 +827,6 @@ class RadiographReader(ImageReader):
         array, spacing = read_radiograph(_single_path(data), allow_constant=self.allow_constant)
         affine = np.diag([*np.nan_to_num(spacing, nan=1.0), 1.0, 1.0])
         return _Loaded(array, affine, spacing)
-
 
     def get_data(self, img: _Loaded) -> tuple[np.ndarray, dict]:
         return img.array, _meta(img)
