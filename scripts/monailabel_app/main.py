@@ -6,26 +6,36 @@ Start it from the label environment (``bash scripts/setup_label_env.sh``)::
         --conf bundles colipri_ct,raddino_cxr --conf overlays demo
 
 Tasks per bundle (names are ``<bundle>_<task>``): ``findings`` (zero-shot per-finding probabilities; paired bundles),
-``embedding`` (global image embedding; every bundle) and the train task ``<bundle>``. See README.md for the options.
+``embedding`` (global image embedding; every bundle) and the train task ``<bundle>``. The app serves its datastore
+and nothing else (``lib/datastore.py``, ``lib/request_images.py``) and answers a refused request with a status and a
+reason (``lib/errors.py``). See README.md for the options and the security model.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import monailabel
+from lib.configs import BundleSpec, bundle_specs
+from lib.datastore import ConfinedDatastore
+from lib.errors import Refused, client_errors, shown_id
+from lib.infers import BundleEmbeddingInfer, BundleFindingsInfer
+from lib.request_images import RequestImages
+from lib.trainers import BundlePretrainTask
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.generic import strtobool
-
-from lib.configs import BundleSpec, bundle_specs
-from lib.infers import BundleEmbeddingInfer, BundleFindingsInfer
-from lib.trainers import BundlePretrainTask
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +52,13 @@ class MedVlpApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         self.specs = bundle_specs(conf)
         logger.info(f"Bundles: {', '.join(f'{n} ({s.root})' for n, s in self.specs.items())}")
+        self.max_upload_bytes = int(float(conf.get("max_upload_mb", "1024")) * 2**20)
+        # MONAI Label stores a file uploaded with /infer or /datastore under tempfile's folder for the request: a
+        # private one, so that a path under it names an upload and not any file in /tmp.
+        self.upload_dir = Path(tempfile.mkdtemp(prefix="medvlp-label-uploads-"))
+        tempfile.tempdir = str(self.upload_dir)
+        atexit.register(shutil.rmtree, self.upload_dir, ignore_errors=True)
+        logger.info(f"Request upload folder: {self.upload_dir}")
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -49,6 +66,17 @@ class MedVlpApp(MONAILabelApp):
             name="medvlp-bundles: vision(-language) pre-training",
             description="Zero-shot findings, image embeddings and pre-training from COLIPRI / RAD-DINO bundles",
             version=monailabel.__version__,
+        )
+
+    def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()  # remote (DICOMweb, XNAT, DSA): the remote server's own access rules
+        return ConfinedDatastore(
+            self.studies,
+            dims={spec.dims for spec in self.specs.values()},
+            max_upload_bytes=self.max_upload_bytes,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
 
     def init_infers(self) -> dict[str, InferTask]:
@@ -74,8 +102,36 @@ class MedVlpApp(MONAILabelApp):
     def init_strategies(self) -> dict[str, Strategy]:
         return {"random": Random(), "first": First()}
 
+    def request_images(self) -> RequestImages:
+        sessions = self.sessions()
+        return RequestImages(
+            upload_dir=self.upload_dir,
+            session_dir=Path(sessions.store_path) if sessions is not None else None,
+            allow_absolute_paths=strtobool(self.conf.get("allow_absolute_paths", "false")),
+        )
+
+    def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        """MONAI Label's infer on a checked image: unknown model 404, unknown image 404, server path 403, unreadable
+        or wrong-kind image 422 with the reader's message; a refused upload is removed."""
+        model = request.get("model")
+        images = self.request_images()
+        image = request.get("image")
+        with client_errors(f"infer {shown_id(model)}") as shown:
+            try:
+                if model not in self._infers:
+                    raise Refused(404, f"unknown model {shown_id(model)}; this server serves {sorted(self._infers)}")
+                path, name = images.resolve(image, datastore or self.datastore())
+                shown[str(path)] = name
+                return super().infer({**request, "image": str(path)}, datastore)
+            except Exception:
+                if isinstance(image, str) and image and images.is_upload(image):
+                    Path(image).unlink(missing_ok=True)  # a refused request's background clean-up does not run
+                raise
+
     def info(self) -> dict[str, Any]:
         info = super().info()
-        info["bundles"] = {n: {"root": str(s.root), "overlays": [str(p) for p in s.overlays],
-                               "overrides": dict(s.overrides)} for n, s in self.specs.items()}
+        info["bundles"] = {
+            n: {"root": str(s.root), "overlays": [str(p) for p in s.overlays], "overrides": dict(s.overrides)}
+            for n, s in self.specs.items()
+        }
         return info

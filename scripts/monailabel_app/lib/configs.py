@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from monai.bundle import ConfigParser
 
@@ -65,6 +66,12 @@ class BundleSpec:
     def metadata(self) -> dict[str, Any]:
         return json.loads(self.metadata_path.read_text())
 
+    @property
+    def dims(self) -> int:
+        """Spatial dimensions of the network input (metadata ``network_data_format.inputs``): 3 for CT, 2 for X-ray."""
+        image_format = next(iter(self.metadata()["network_data_format"]["inputs"].values()))
+        return len(image_format.get("spatial_shape") or (0, 0, 0))
+
     def config_files(self, base: str) -> list[Path]:
         """``configs/<base>.yaml`` (or ``.json``) followed by the overlays."""
         for suffix in (".yaml", ".json"):
@@ -111,7 +118,7 @@ def _overrides_for(name: str, overrides: Mapping[str, Any], bundles: list[str]) 
     shared = {k: v for k, v in overrides.items() if k not in bundles}
     own = overrides.get(name, {})
     if not isinstance(own, Mapping):
-        raise ValueError(f"conf 'overrides': the value for bundle {name!r} must be a mapping, got {own!r}")
+        raise ValueError(f"conf 'overrides': the value for bundle {name!r} must be a mapping, got {own!r}")  # noqa: TRY004 (a bad conf value)
     return {**shared, **own}
 
 
@@ -140,7 +147,7 @@ def bundle_specs(conf: Mapping[str, str]) -> dict[str, BundleSpec]:
     except json.JSONDecodeError as err:
         raise ValueError(f"conf 'overrides' is not valid JSON: {err}") from err
     if not isinstance(overrides, dict):
-        raise ValueError(f"conf 'overrides' must be a JSON object, got {overrides!r}")
+        raise ValueError(f"conf 'overrides' must be a JSON object, got {overrides!r}")  # noqa: TRY004 (a bad conf value)
     specs = {}
     for name in names:
         root = bundles_dir / name

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from monai.inferers import Inferer
 from monai.transforms import Compose
-
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
@@ -41,18 +41,18 @@ def load_network(spec: BundleSpec, device: str | torch.device = "cpu") -> torch.
 class BundleNetworkInfer(BasicInferTask):
     """Base task: bundle preprocessing -> bundle inferer -> ``self.head(network)`` -> JSON written by subclasses."""
 
-    def __init__(self, spec: BundleSpec, type: InferType, labels: Sequence[str] | None, description: str,
-                 preload: bool = False) -> None:
+    def __init__(
+        self, spec: BundleSpec, type: InferType, labels: Sequence[str] | None, description: str, preload: bool = False
+    ) -> None:
         self.spec = spec
         self.parser = spec.parser("inference")
         metadata = spec.metadata()
-        image_format = next(iter(metadata["network_data_format"]["inputs"].values()))
         super().__init__(
             path=str(spec.model_path),
             network=None,
             type=type,
             labels=list(labels) if labels is not None else None,
-            dimension=len(image_format.get("spatial_shape") or (0, 0, 0)),
+            dimension=spec.dims,
             description=description,
             load_strict=True,
             preload=preload,
@@ -106,8 +106,13 @@ class BundleFindingsInfer(BundleNetworkInfer):
         names = [channel_def[k] for k in sorted(channel_def, key=int)]
         if not names:
             raise ValueError(f"{spec.metadata_path}: outputs.pred.channel_def names no findings")
-        super().__init__(spec, InferType.CLASSIFICATION, names,
-                         f"{spec.name}: zero-shot finding probabilities (prompt pairs; no labels used)", preload)
+        super().__init__(
+            spec,
+            InferType.CLASSIFICATION,
+            names,
+            f"{spec.name}: zero-shot finding probabilities (prompt pairs; no labels used)",
+            preload,
+        )
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[None, dict[str, Any]]:
         probs = torch.as_tensor(data[self.output_label_key]).detach().float().cpu().reshape(-1)

@@ -24,9 +24,30 @@ from lib.configs import BundleSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BundlePretrainTask", "datastore_records"]
+__all__ = ["BundlePretrainTask", "datastore_records", "training_fields"]
 
 _ITERATION = re.compile(r"Epoch: (\d+)/(\d+), Iter: (\d+)/(\d+) -- (.*)")
+
+
+def training_fields(image_id: str, info: dict[str, Any]) -> dict[str, Any]:
+    """The datalist fields an image's info carries: ``report`` (non-blank text) and ``labels`` (finding -> 0|1).
+
+    Raises:
+        ValueError: ``report`` is not text or ``labels`` is not a mapping (named with the image id).
+    """
+    fields: dict[str, Any] = {}
+    report = info.get("report")
+    if report is not None:
+        if not isinstance(report, str):
+            raise ValueError(f"datastore image {image_id!r}: 'report' must be text, got {type(report).__name__}")
+        if report.strip():
+            fields["report"] = report
+    labels = info.get("labels")
+    if labels is not None:
+        if not isinstance(labels, dict):
+            raise ValueError(f"datastore image {image_id!r}: 'labels' must map finding -> 0|1, got {labels!r}")
+        fields["labels"] = labels
+    return fields
 
 
 def datastore_records(datastore: Datastore) -> list[dict[str, Any]]:
@@ -35,23 +56,10 @@ def datastore_records(datastore: Datastore) -> list[dict[str, Any]]:
     Attach a report when uploading (``PUT /datastore/image?image=<id>`` with ``params={"report": "..."}``) or later
     (``PUT /datastore/image/info?image=<id>`` with ``info={"report": "..."}``); images without one are image-only records.
     """
-    records = []
-    for image_id in sorted(datastore.list_images()):
-        info = datastore.get_image_info(image_id)
-        record: dict[str, Any] = {"image": datastore.get_image_uri(image_id)}
-        report = info.get("report")
-        if report is not None:
-            if not isinstance(report, str):
-                raise ValueError(f"datastore image {image_id!r}: 'report' must be text, got {type(report).__name__}")
-            if report.strip():
-                record["report"] = report
-        labels = info.get("labels")
-        if labels is not None:
-            if not isinstance(labels, dict):
-                raise ValueError(f"datastore image {image_id!r}: 'labels' must map finding -> 0|1, got {labels!r}")
-            record["labels"] = labels
-        records.append(record)
-    return records
+    return [
+        {"image": datastore.get_image_uri(image_id), **training_fields(image_id, datastore.get_image_info(image_id))}
+        for image_id in sorted(datastore.list_images())
+    ]
 
 
 class BundlePretrainTask(TrainTask):
@@ -118,8 +126,13 @@ class BundlePretrainTask(TrainTask):
 
         cmd, _ = self.command(request, datalist)
         logger.info(f"{self.spec.name}: running {' '.join(cmd)}")
-        stats: dict[str, Any] = {"bundle": self.spec.name, "status": "RUNNING", "records": len(records),
-                                 "paired": paired, "start_ts": time.time()}
+        stats: dict[str, Any] = {
+            "bundle": self.spec.name,
+            "status": "RUNNING",
+            "records": len(records),
+            "paired": paired,
+            "start_ts": time.time(),
+        }
         self._write_stats(stats)
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
             assert proc.stdout is not None
@@ -128,11 +141,20 @@ class BundlePretrainTask(TrainTask):
                 match = _ITERATION.search(line)
                 if match:
                     epoch, epochs, iteration, iterations, metrics = match.groups()
-                    stats.update(epoch=int(epoch), total_epochs=int(epochs), iteration=int(iteration),
-                                 iterations_per_epoch=int(iterations), last=metrics.strip())
+                    stats.update(
+                        epoch=int(epoch),
+                        total_epochs=int(epochs),
+                        iteration=int(iteration),
+                        iterations_per_epoch=int(iterations),
+                        last=metrics.strip(),
+                    )
                     self._write_stats(stats)
-        stats.update(status="DONE" if proc.returncode == 0 else "FAILED", returncode=proc.returncode,
-                     end_ts=time.time(), model=str(self.spec.model_path))
+        stats.update(
+            status="DONE" if proc.returncode == 0 else "FAILED",
+            returncode=proc.returncode,
+            end_ts=time.time(),
+            model=str(self.spec.model_path),
+        )
         self._write_stats(stats)
         if proc.returncode != 0:
             raise RuntimeError(f"{self.spec.name}: training failed (exit {proc.returncode}); see the log above")
