@@ -75,7 +75,8 @@ def _labels_by_image(path: Path, uncertain: str, blank: str, log: BuildLog) -> d
         key = _study_key(row["Path"])
         values, problems = parse_labels(row, label_columns, uncertain, blank)
         if key is None:
-            log.problem(at(path, line), "label row whose Path is not <split>/patientN/studyN/viewN_*", row["Path"])
+            what = "label row(s) whose Path is not <split>/patientN/studyN/viewN_* (row unused)"
+            log.note(what, example=f"{at(path, line)}: {row['Path']}")
         elif problems:
             log.problem(at(path, line), "label row with a value other than 1/0/-1/blank", "; ".join(problems))
             out[key] = None
