@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from typing import Any
 from tqdm import tqdm
 
 from common.data.contract import SECTIONS, DataContractError
-from common.data.validate import _check_record
+from common.data.validate import validate_datalist
 
 __all__ = [
     "LABEL_POLICIES",
@@ -362,6 +363,24 @@ def _label_counts(records: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, 
     return counts
 
 
+_CHECK_CHUNK = 512  # records validated per call (the progress bar's step)
+
+
+def _validation_problems(
+    records: list[dict[str, Any]], folder: Path, dims: int, open_images: bool
+) -> dict[int, list[str]]:
+    """``{index: problems}`` of ``records`` by :func:`common.data.validate.validate_datalist` (a temporary file)."""
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".build-check-") as tmp:
+        path = Path(tmp) / "candidates.json"
+        path.write_text(json.dumps({"training": records}), encoding="utf-8")
+        found = validate_datalist(path, dims=dims, open_images=open_images, section="training", base_dir=folder)
+    out: dict[int, list[str]] = {}
+    for problem in found:
+        if problem.index is not None:
+            out.setdefault(problem.index, []).append(f"{problem.source}: {problem.problem}")
+    return out
+
+
 def write_datalist(
     candidates: Sequence[Candidate],
     out: str | os.PathLike,
@@ -378,9 +397,10 @@ def write_datalist(
 ) -> BuildSummary:
     """Check the candidates, assign splits, write the datalist JSON and print the summary.
 
-    Every record goes through the datalist validator (:mod:`common.data.validate`: report, labels, meta, the image
-    exists, and with ``open_images`` is read by the validating readers); a record with problems is a named problem
-    of ``log`` (counted skip or error). Paths are written relative to the datalist's folder.
+    Every record goes through the datalist validator (:func:`common.data.validate.validate_datalist`: report, labels,
+    meta, the image exists and is not listed twice, and with ``open_images`` is read by the validating readers); a
+    record with problems is a named problem of ``log`` (counted skip or error). Paths are written relative to the
+    datalist's folder.
 
     Args:
         candidates: the builder's records.
@@ -402,14 +422,17 @@ def write_datalist(
         DataContractError: with ``on_bad="raise"``, for the first record with a problem; or when no record is left.
     """
     out = Path(out).expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
     kept = []
-    for candidate in tqdm(candidates, desc=f"{log.source}: checking records", unit="record", disable=quiet):
-        problems = _check_record(candidate.record, out.parent, str(out), dims, open_images)
-        if problems:
-            detail = "; ".join(f"{source}: {problem}" for source, problem in problems)
-            log.problem(candidate.where, "record failed validation", detail)
-            continue
-        kept.append(candidate)
+    chunks = range(0, len(candidates), _CHECK_CHUNK)
+    for start in tqdm(chunks, desc=f"{log.source}: checking records", unit="chunk", disable=quiet or not chunks):
+        chunk = candidates[start : start + _CHECK_CHUNK]
+        problems = _validation_problems([c.record for c in chunk], out.parent, dims, open_images)
+        for index, candidate in enumerate(chunk):
+            if index in problems:
+                log.problem(candidate.where, "record failed validation", "; ".join(problems[index]))
+            else:
+                kept.append(candidate)
     if not kept:
         raise DataContractError(out, f"{log.source}: no record left to write ({sum(log.skipped.values())} skipped)")
     assign_sections(kept, val_fraction, test_fraction, seed, log)
@@ -418,7 +441,6 @@ def write_datalist(
     if description:
         content["description"] = description
     content.update(sections)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
     paired = sum("report" in c.record for c in kept)
     summary = BuildSummary(
