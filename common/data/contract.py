@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DataContractError", "RECORD_KEYS", "SECTIONS", "load_datalist", "resolve_record"]
+__all__ = ["RECORD_KEYS", "SECTIONS", "DataContractError", "load_datalist", "record_source", "resolve_record"]
 
 RECORD_KEYS: frozenset[str] = frozenset({"image", "report", "labels", "mask", "meta"})
 SECTIONS: tuple[str, ...] = ("training", "validation", "test")
@@ -43,6 +43,23 @@ class DataContractError(ValueError):
         self.source = None if source is None else str(source)
         self.problem = problem
         super().__init__(f"{self.source}: {problem}" if self.source else problem)
+
+
+def record_source(data: Mapping[Hashable, Any], image_key: str | None = "image") -> str:
+    """A name for a record in error messages: its image path (also after loading, from a ``MetaTensor``'s
+    ``filename_or_obj``), else an id from its ``meta``; never a tensor dump."""
+    image = data.get(image_key) if image_key is not None else None
+    if isinstance(image, (str, os.PathLike)):
+        return str(image)
+    meta = getattr(image, "meta", None)
+    if isinstance(meta, Mapping) and meta.get("filename_or_obj"):
+        return str(meta["filename_or_obj"])
+    record_meta = data.get("meta")
+    if isinstance(record_meta, Mapping):
+        for key in ("id", "case_id", "study_id", "patient_id", "accession"):
+            if key in record_meta:
+                return f"record {key}={record_meta[key]}"
+    return "record without an image path"
 
 
 def resolve_record(record: Mapping[str, Any], base_dir: str | os.PathLike) -> dict[str, Any]:
@@ -70,12 +87,17 @@ def load_datalist(
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataContractError(path, f"not a valid UTF-8 JSON datalist ({err})") from err
     if not isinstance(content, dict):
-        raise DataContractError(path, f"top level must be an object with {list(SECTIONS)} lists, got {type(content).__name__}")
+        raise DataContractError(
+            path, f"top level must be an object with {list(SECTIONS)} lists, got {type(content).__name__}"
+        )
     if section not in SECTIONS:
         raise DataContractError(path, f"unknown section {section!r}; expected one of {list(SECTIONS)}")
     records = content.get(section, [])
     if not isinstance(records, list):
         raise DataContractError(path, f"section {section!r} must be a list, got {type(records).__name__}")
+    if section == "training" and not records:
+        state = "empty" if section in content else "missing"
+        raise DataContractError(path, f"the 'training' section is {state}: there is nothing to train on")
     base = Path(base_dir) if base_dir is not None else path.parent
     out = []
     for index, record in enumerate(records):

@@ -26,8 +26,10 @@ and per-slice DICOM positions, which those readers do not expose; parity with th
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
+import os
 import re
 import threading
 import zlib
@@ -125,8 +127,18 @@ def _given_path(path: PathLike | None, what: str) -> Path:
 
 
 def _check_exists(path: Path) -> None:
-    if not path.exists():
-        raise DataContractError(path, "file or folder does not exist")
+    if path.exists():
+        return
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError as err:  # Python < 3.13 reports a loop as RuntimeError, later versions as OSError
+            raise DataContractError(path, f"is a symbolic link loop ({err})") from err
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise DataContractError(path, "is a symbolic link loop") from err
+        raise DataContractError(path, f"is a symbolic link to a missing target ({os.readlink(path)})")
+    raise DataContractError(path, "file or folder does not exist")
 
 
 def _check_pixel_count(path: Path, shape: Sequence[int], limit: int, what: str) -> None:

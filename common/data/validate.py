@@ -2,8 +2,10 @@
 
 Checks the schema of :mod:`common.data.contract` (top-level object, sections are lists, records are objects with an
 ``image``, no unknown keys, ``report`` a non-empty UTF-8 string of at most 20,000 characters, ``labels`` a mapping of
-finding to 0/1, ``mask`` an existing file matching the image geometry, ``meta`` an object), flags an image used in two
-splits, and opens every image with :mod:`common.data.readers`. Every problem is reported, one line each, as
+finding to 0/1, ``mask`` an existing file matching the image geometry, ``meta`` an object), a report with no words
+once cleaned, label keys outside a finding vocabulary (``--findings colipri_ct`` or a list of keys), an empty
+``training`` section, an image used twice in one split or in two splits (through any relative / absolute path or
+symlink), and opens every image with :mod:`common.data.readers`. Every problem is reported, one line each, as
 ``<section>[<index>] <file>: <problem>``, followed by a summary; the exit status is 1 when there are problems.
 
 Example::
@@ -17,6 +19,7 @@ import json
 import os
 import sys
 import unicodedata
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +30,10 @@ import numpy as np
 from common.bundle_support import flag
 from common.data.contract import RECORD_KEYS, SECTIONS, DataContractError, resolve_record
 from common.data.readers import read_radiograph, read_volume
+from common.transforms.labels import unknown_label_problem
+from common.transforms.text import clean_report, report_has_words
 
-__all__ = ["MAX_REPORT_CHARS", "Problem", "main", "validate_datalist"]
+__all__ = ["MAX_REPORT_CHARS", "Problem", "finding_vocabulary", "main", "validate_datalist"]
 
 #: Reports longer than this are rejected: a whole study dump or a concatenation bug, not one report.
 MAX_REPORT_CHARS = 20_000
@@ -82,6 +87,9 @@ def _report_problems(report: Any) -> list[str]:
     if not report.strip():
         return ["report is only whitespace"]
     out = []
+    if not report_has_words(clean_report(report)):
+        shown = report if len(report) <= 60 else report[:57] + "..."
+        out.append(f"report has no words once cleaned ({shown!r}); omit it for an image-only record")
     if len(report) > MAX_REPORT_CHARS:
         out.append(f"report is absurdly long ({len(report):,} characters > {MAX_REPORT_CHARS:,})")
     try:
@@ -94,13 +102,36 @@ def _report_problems(report: Any) -> list[str]:
     return out
 
 
-def _label_problems(labels: Any) -> list[str]:
+def _label_problems(labels: Any, vocabulary: Sequence[str] | None) -> list[str]:
     if not isinstance(labels, dict):
         return [f"labels must be an object of finding -> 0/1, got {type(labels).__name__}"]
+    out = []
     bad = {key: value for key, value in labels.items() if type(value) is not int or value not in (0, 1)}
     if bad:
-        return [f"labels must be 0 or 1 (omit a finding whose label is unknown), got {bad}"]
-    return []
+        out.append(f"labels must be 0 or 1 (omit a finding whose label is unknown), got {bad}")
+    unknown = unknown_label_problem(list(labels), vocabulary) if vocabulary is not None else None
+    if unknown is not None:
+        out.append(unknown)
+    return out
+
+
+def finding_vocabulary(findings: str | Sequence[str] | None) -> list[str] | None:
+    """Label keys to check against: a bundle name (its config's ``findings``), a list of keys, a comma-separated
+    string of keys, or None (no vocabulary check)."""
+    if findings is None:
+        return None
+    if isinstance(findings, str):
+        from common.bundle_support import discover_bundles
+
+        bundle = next((b for b in discover_bundles() if b.name == findings), None)
+        if bundle is None:
+            return [key.strip() for key in findings.split(",") if key.strip()]
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config([str(bundle.config(name)) for name in ("train", "evaluate") if bundle.config(name)])
+        findings = parser.get_parsed_content("findings")
+    return [getattr(f, "key", f) for f in findings]
 
 
 def _mask_problems(mask: str, shape: tuple[int, ...], affine: np.ndarray | None) -> list[tuple[str, str]]:
@@ -121,7 +152,9 @@ def _mask_problems(mask: str, shape: tuple[int, ...], affine: np.ndarray | None)
     return []
 
 
-def _check_record(record: Any, base: Path, datalist: str, dims: int, open_images: bool) -> list[tuple[str, str]]:
+def _check_record(
+    record: Any, base: Path, datalist: str, dims: int, open_images: bool, vocabulary: Sequence[str] | None
+) -> list[tuple[str, str]]:
     """All (source, problem) pairs of one record."""
     if not isinstance(record, dict):
         return [(datalist, f"record must be an object, got {type(record).__name__}")]
@@ -138,7 +171,7 @@ def _check_record(record: Any, base: Path, datalist: str, dims: int, open_images
     if "report" in record:
         out += [(source, p) for p in _report_problems(record["report"])]
     if "labels" in record:
-        out += [(source, p) for p in _label_problems(record["labels"])]
+        out += [(source, p) for p in _label_problems(record["labels"], vocabulary)]
     if "meta" in record and not isinstance(record["meta"], dict):
         out.append((source, f"meta must be an object, got {type(record['meta']).__name__}"))
     mask = resolved.get("mask")
@@ -176,6 +209,7 @@ def _validate(
     section: str | None,
     base_dir: str | os.PathLike | None,
     num_workers: int,
+    vocabulary: Sequence[str] | None = None,
 ) -> tuple[list[Problem], dict[str, int]]:
     if dims not in (2, 3):
         raise ValueError(f"dims must be 2 or 3, got {dims}")
@@ -208,10 +242,12 @@ def _validate(
             problems.append(Problem(name, None, datalist, problem))
             continue
         counts[name] = len(records)
+        if name == "training" and not records:
+            problems.append(Problem(name, None, datalist, "the 'training' section is empty: nothing to train on"))
         jobs += [(name, index, record) for index, record in enumerate(records)]
 
     def check(job: tuple[str, int, Any]) -> list[tuple[str, str]]:
-        return _check_record(job[2], base, datalist, dims, open_images)
+        return _check_record(job[2], base, datalist, dims, open_images, vocabulary)
 
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         found = list(pool.map(check, jobs)) if num_workers > 1 else [check(job) for job in jobs]
@@ -226,6 +262,10 @@ def _validate(
                 problems.append(
                     Problem(name, index, resolved, f"same image as {other[0]}[{other[1]}]: it leaks between splits")
                 )
+            elif other[1] != index:
+                problems.append(
+                    Problem(name, index, resolved, f"same image as {other[0]}[{other[1]}]: a duplicate in one split")
+                )
     return problems, counts
 
 
@@ -236,6 +276,7 @@ def validate_datalist(
     section: str | None = None,
     base_dir: str | os.PathLike | None = None,
     num_workers: int = 1,
+    findings: str | Sequence[str] | None = None,
 ) -> list[Problem]:
     """Every problem of a datalist; an empty list means it is ready for training.
 
@@ -246,6 +287,7 @@ def validate_datalist(
         section: check only this section (default: every section present).
         base_dir: folder that relative paths resolve against (default: the datalist's folder).
         num_workers: threads used to open images.
+        findings: the label vocabulary (a bundle name, a list of finding keys); label keys outside it are named.
 
     Returns:
         The problems, in datalist order; a problem with the file as a whole (not UTF-8, not JSON) comes alone.
@@ -253,7 +295,7 @@ def validate_datalist(
     Raises:
         ValueError: ``dims`` is not 2 or 3.
     """
-    return _validate(path, dims, open_images, section, base_dir, num_workers)[0]
+    return _validate(path, dims, open_images, section, base_dir, num_workers, finding_vocabulary(findings))[0]
 
 
 def main(
@@ -263,6 +305,7 @@ def main(
     open_images: bool = True,
     base_dir: str | None = None,
     num_workers: int = 1,
+    findings: str | Sequence[str] | None = None,
 ) -> None:
     """Print every problem of ``datalist`` and a summary; exit with status 1 when there are problems.
 
@@ -273,9 +316,11 @@ def main(
         open_images: read every image with the validating readers (slow on large datasets); False only checks paths.
         base_dir: folder that relative paths resolve against (default: the datalist's folder).
         num_workers: threads used to open images.
+        findings: label vocabulary: a bundle name (``colipri_ct``) or finding keys; unknown label keys are named.
     """
     open_images = flag(open_images, "open_images")  # fire passes "false" through as text
-    problems, counts = _validate(datalist, int(dims), open_images, section, base_dir, int(num_workers))
+    vocabulary = finding_vocabulary(findings)
+    problems, counts = _validate(datalist, int(dims), open_images, section, base_dir, int(num_workers), vocabulary)
     for problem in problems:
         print(problem)
     checked = sum(counts.values())

@@ -38,7 +38,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, RandomizableTransform
 
-from common.data.contract import DataContractError
+from common.data.contract import DataContractError, record_source
 from common.data.findings import FINDINGS, Finding
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "PromptSet",
     "build_prompts",
     "clean_report",
+    "report_has_words",
     "extract_sections",
     "split_sentences",
     "join_sentences",
@@ -169,6 +170,11 @@ _OSSEOUS = re.compile(
     r"degenerative|lytic|sclerotic|ribs?)\b",
     re.IGNORECASE,
 )
+
+
+# A known section header (with its colon, or alone on its line) and what a report must hold besides headers.
+_BARE_HEADERS = re.compile(rf"\b(?:{_HEADER_ALTERNATION})\b[ \t]*(?::|$)", re.IGNORECASE | re.MULTILINE)
+_WORD_CHARACTER = re.compile(r"[^\W_]")
 
 
 def _header_section(match: re.Match[str]) -> str | None:
@@ -394,20 +400,7 @@ def join_sentences(sentences: Iterable[str]) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _record_source(data: Mapping[Hashable, Any], image_key: str | None) -> str:
-    """A name for a record in error messages: its image path when known."""
-    image = data.get(image_key) if image_key is not None else None
-    if isinstance(image, (str, os.PathLike)):
-        return str(image)
-    meta = getattr(image, "meta", None)
-    if isinstance(meta, Mapping) and meta.get("filename_or_obj"):
-        return str(meta["filename_or_obj"])
-    record_meta = data.get("meta")
-    if isinstance(record_meta, Mapping):
-        for key in ("id", "case_id", "study_id", "patient_id", "accession"):
-            if key in record_meta:
-                return f"record {key}={record_meta[key]}"
-    return "record without an image path"
+_record_source = record_source  # the name the text transforms (and transforms/sentences.py) use
 
 
 def _require_text(data: Mapping[Hashable, Any], key: Hashable, image_key: str | None) -> str:
@@ -418,8 +411,15 @@ def _require_text(data: Mapping[Hashable, Any], key: Hashable, image_key: str | 
     return value
 
 
+def report_has_words(cleaned: str) -> bool:
+    """True when a cleaned report holds a letter or digit outside its section headers (``"..."``, ``"FINDINGS:"``
+    or ``"Impression: -"`` hold none: they are not reports)."""
+    return _WORD_CHARACTER.search(_BARE_HEADERS.sub(" ", cleaned)) is not None
+
+
 class CleanReportd(MapTransform):
-    """Dictionary wrapper of :func:`clean_report`.
+    """Dictionary wrapper of :func:`clean_report`; a report with no words once cleaned (:func:`report_has_words`)
+    is never kept as an empty "pair".
 
     Args:
         keys: keys holding report strings.
@@ -427,6 +427,12 @@ class CleanReportd(MapTransform):
         strip_deid: remove de-identification tokens.
         image_key: key used to name the record in errors.
         allow_missing_keys: skip absent keys instead of raising.
+        empty: what a report without words becomes: ``"raise"`` (a :class:`DataContractError` naming the record,
+            which ``on_bad_sample="skip"`` skips) or ``"image_only"`` (``""`` and ``has_report_key`` False).
+        has_report_key: the flag :class:`EnsureReportd` set, cleared for ``empty="image_only"``.
+
+    Raises:
+        ValueError: for an unknown ``empty``.
     """
 
     def __init__(
@@ -436,16 +442,33 @@ class CleanReportd(MapTransform):
         strip_deid: bool = True,
         image_key: str | None = "image",
         allow_missing_keys: bool = False,
+        empty: str = "raise",
+        has_report_key: str = "has_report",
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if empty not in ("raise", "image_only"):
+            raise ValueError(f"empty must be 'raise' or 'image_only', got {empty!r}")
         self.lower = lower
         self.strip_deid = strip_deid
         self.image_key = image_key
+        self.empty = empty
+        self.has_report_key = has_report_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = clean_report(_require_text(d, key, self.image_key), lower=self.lower, strip_deid=self.strip_deid)
+            raw = _require_text(d, key, self.image_key)
+            d[key] = clean_report(raw, lower=self.lower, strip_deid=self.strip_deid)
+            if not raw or report_has_words(d[key]):  # "" is EnsureReportd's image-only marker
+                continue
+            if self.empty == "raise":
+                shown = raw if len(raw) <= 60 else raw[:57] + "..."
+                raise DataContractError(
+                    _record_source(d, self.image_key),
+                    f"{key!r} has no words once cleaned ({shown!r}); omit it for an image-only record",
+                )
+            d[key] = ""
+            d[self.has_report_key] = False
         return d
 
 

@@ -39,8 +39,13 @@ def clean(tmp_path: Path, write_nifti) -> Path:
     content = {
         "name": "tiny",
         "training": [
-            {"image": "a.nii.gz", "report": "No pleural effusion.", "labels": {"pleural_effusion": 0},
-             "mask": "a_mask.nii.gz", "meta": {"patient": "p1"}},
+            {
+                "image": "a.nii.gz",
+                "report": "No pleural effusion.",
+                "labels": {"pleural_effusion": 0},
+                "mask": "a_mask.nii.gz",
+                "meta": {"patient": "p1"},
+            },
             {"image": "b.nii.gz"},
         ],
         "validation": [{"image": "c.nii.gz", "report": "Cardiomegaly is noted.", "labels": {"cardiomegaly": 1}}],
@@ -61,12 +66,13 @@ def test_clean_datalist_has_no_problems(clean: Path, capsys: pytest.CaptureFixtu
 
 def test_every_problem_is_reported_in_order(tmp_path: Path, write_nifti) -> None:
     good = _volume(tmp_path, write_nifti, "good.nii.gz")
+    other = _volume(tmp_path, write_nifti, "other.nii.gz")
     flat = _volume(tmp_path, write_nifti, "flat.nii.gz", shape=(6, 7))
     records = [
         {"image": good, "report": ""},  # 0: empty report
         {"image": "missing.nii.gz"},  # 1: missing file
         {"image": flat, "labels": {"x": 2}, "foo": 1},  # 2: bad label, unknown key, 2D image: three problems
-        {"image": good},  # 3: fine
+        {"image": other},  # 3: fine (the same file as record 0 would be a duplicate)
         {"report": "orphan"},  # 4: no image
     ]
     problems = validate_datalist(_datalist(tmp_path, {"training": records, "validation": "oops"}))
@@ -114,16 +120,17 @@ def test_cli_prints_lines_and_exits_1(tmp_path: Path, write_nifti, capsys: pytes
 
 def test_radiograph_datalist(tmp_path: Path, write_nifti) -> None:
     pixels = np.random.default_rng(0).integers(0, 255, size=(10, 12)).astype(np.uint8)
-    Image.fromarray(pixels).save(tmp_path / "cxr.png")
+    for name in ("cxr.png", "cxr_b.png", "cxr_c.png"):  # one image per record (a repeat is a duplicate)
+        Image.fromarray(pixels).save(tmp_path / name)
     Image.fromarray((pixels > 100).astype(np.uint8)).save(tmp_path / "cxr_mask.png")
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "empty_mask.png")
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "small_mask.png")
     ct = _volume(tmp_path, write_nifti, "ct.nii.gz")
     records = [
         {"image": "cxr.png", "report": "Heart size normal.", "mask": "cxr_mask.png"},
-        {"image": "cxr.png", "mask": "empty_mask.png"},  # an empty mask is a valid mask
+        {"image": "cxr_b.png", "mask": "empty_mask.png"},  # an empty mask is a valid mask
         {"image": ct},
-        {"image": "cxr.png", "mask": "small_mask.png"},
+        {"image": "cxr_c.png", "mask": "small_mask.png"},
     ]
     path = _datalist(tmp_path, {"training": records})
     problems = validate_datalist(path, dims=2)
@@ -145,8 +152,8 @@ def test_section_selection(tmp_path: Path, write_nifti) -> None:
 def test_base_dir_and_threads(tmp_path: Path, write_nifti) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    names = [_volume(data, write_nifti, f"v{i}.nii.gz") for i in range(4)]
-    records = [{"image": n} for n in names] + [{"image": "gone.nii.gz"}, {"image": names[0], "report": ""}]
+    names = [_volume(data, write_nifti, f"v{i}.nii.gz") for i in range(5)]
+    records = [{"image": n} for n in names[:4]] + [{"image": "gone.nii.gz"}, {"image": names[4], "report": ""}]
     path = _datalist(tmp_path, {"training": records})
     # relative to the datalist's folder every image is missing (6), plus the empty report
     assert len(validate_datalist(path)) == 7
