@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -31,18 +31,22 @@ def export_two_tower(
     model_path: str | os.PathLike,
     classifier_path: str | os.PathLike,
     findings: Sequence[Finding | str] = FINDINGS,
-) -> ZeroShotClassifier:
+    build_classifier: Callable[..., torch.nn.Module] | None = None,
+) -> torch.nn.Module:
     """Write the trained two-tower model and the zero-shot inference network (flat state dicts).
 
     The contrastive loss' (learned or fixed) logit scale becomes the model's ``softmax_temperature`` (``T = 1 / s``).
-    ``classifier_path`` (``models/model.pt``) is what ``inference.yaml``, MONAI Label and the Model Zoo load.
+    ``classifier_path`` (``models/model.pt``) is what ``inference.yaml``, MONAI Label and the Model Zoo load;
+    ``build_classifier(model, tokenizer, prompt_set)`` builds it (default :meth:`ZeroShotClassifier.from_model`).
     """
     objective = unwrap_module(objective)
     model: TwoTowerModel = objective.model
-    if getattr(objective, "clip_loss", None) is not None:
-        model.set_logit_scale(objective.clip_loss.logit_scale.detach())
+    clip_loss = getattr(objective, "clip_loss", None)
+    if clip_loss is not None:
+        model.set_logit_scale(clip_loss.logit_scale.detach(), clip_loss.max_logit_scale)
     export_inference_weights(model, model_path)
-    classifier = ZeroShotClassifier.from_model(model, tokenizer, prompt_pairs(findings))
+    build = build_classifier if build_classifier is not None else ZeroShotClassifier.from_model
+    classifier = build(model, tokenizer, prompt_pairs(findings))
     export_inference_weights(classifier, classifier_path)
     logger.info("exported %s and %s", model_path, classifier_path)
     return classifier

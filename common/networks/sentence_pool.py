@@ -113,6 +113,8 @@ class SentencePooler(nn.Module):
         max_sentences: keep the first ``max_sentences`` sentences of a report (``None``: all).
     """
 
+    pools_sentences = True  # tells common.networks.two_tower.encode_texts to pass sentence numbers
+
     def __init__(
         self,
         attention: nn.Module,

@@ -313,7 +313,14 @@ def encode_texts(
     batch_size: int = 32,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """``(N, D)`` L2-normalised embeddings of ``texts`` from ``model.encode_text``, in batches."""
+    """``(N, D)`` L2-normalised embeddings of ``texts`` from ``model.encode_text``, in batches.
+
+    A text tower pooling over sentences (``pooler.pools_sentences``, PRIOR) gets each text's sentence numbers
+    (:class:`common.transforms.sentences.TokenizeSentencesd`), as in training.
+    """
+    pooler = getattr(getattr(model, "text_encoder", None), "pooler", None)
+    if getattr(pooler, "pools_sentences", False):
+        return _encode_sentences(texts, model, tokenizer, max_length, batch_size, device)
     out = []
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(
@@ -321,5 +328,22 @@ def encode_texts(
             return_tensors="pt",
         )
         emb = model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        out.append(emb.float().cpu().numpy())
+    return np.concatenate(out, axis=0)
+
+
+@torch.no_grad()
+def _encode_sentences(
+    texts: Sequence[str], model: TwoTowerModel, tokenizer: Any, max_length: int, batch_size: int,
+    device: torch.device | str,
+) -> np.ndarray:
+    from common.transforms.sentences import TokenizeSentencesd  # transforms build on networks, not the reverse
+
+    tokenize = TokenizeSentencesd("report", tokenizer=tokenizer, max_length=max_length)
+    out = []
+    for start in range(0, len(texts), batch_size):
+        items = [tokenize({"report": text}) for text in texts[start : start + batch_size]]
+        batch = {key: torch.stack([item[key] for item in items]).to(device) for key in items[0] if key != "report"}
+        emb = model.encode_text(batch["input_ids"], batch["attention_mask"], sentence_index=batch["sentence_index"])
         out.append(emb.float().cpu().numpy())
     return np.concatenate(out, axis=0)

@@ -17,7 +17,7 @@ from torch import nn
 
 from common.networks.two_tower import TwoTowerModel
 
-__all__ = ["ZeroShotClassifier", "DenseZeroShotHeads"]
+__all__ = ["DenseZeroShotHeads", "LocalZeroShotClassifier", "ZeroShotClassifier"]
 
 
 def _prompt_pairs(prompt_set: Any) -> tuple[list[str], list[list[str]], list[list[str]]]:
@@ -171,7 +171,11 @@ class DenseZeroShotHeads(nn.Module):
 
     @classmethod
     def from_model(
-        cls, model: TwoTowerModel, tokenizer: Any, prompt_set: Any, max_length: int = 64,
+        cls,
+        model: TwoTowerModel,
+        tokenizer: Any,
+        prompt_set: Any,
+        max_length: int = 64,
         decoder: nn.Module | None = None,
     ) -> DenseZeroShotHeads:
         """Encode the prompts once with ``model``'s text tower (see :meth:`ZeroShotClassifier.from_model`)."""
@@ -204,3 +208,129 @@ class DenseZeroShotHeads(nn.Module):
         out = self.heads(self.image_encoder.project(pyramid[-1]))
         out["segmentation"] = torch.sigmoid(self.decoder(pyramid))
         return out
+
+
+class LocalZeroShotClassifier(ZeroShotClassifier):
+    """Zero-shot findings from the global embedding **and** a local image-prompt attention score (PRIOR's rule).
+
+    PRIOR's zero-shot inference (Cheng et al., ICCV 2023; release ``downstream/zero_classification_model.py``) adds to
+    the softmax of the global prompt logits ``0.5 x`` the softmax of a local score: the mean sigmoid cross-attention
+    (:class:`~common.networks.local_attention.LocalCrossAttention`) between the image's local tokens and the prompt's
+    sentence (prototype) embedding, averaged over both directions. For a finding with (negative, positive) prompt
+    pairs the two-way version is ``p = (p_global + w p_local) / (1 + w)`` with ``p_global`` as
+    :class:`ZeroShotClassifier` and ``p_local`` the two-way softmax of (negative, positive) local scores, each
+    averaged over the prompt pairs; dividing by ``1 + w`` keeps ``p`` a probability (the release ranks classes by
+    the unnormalised sum). The local scores are means of sigmoids in ``[0, 1]``, so ``p_local`` stays close to 0.5
+    by construction, as in the release; ``local_weight=0`` gives the global rule.
+
+    Args:
+        image_encoder, prompt_embeddings_pos, prompt_embeddings_neg, temperature, finding_keys: as
+            :class:`ZeroShotClassifier`.
+        local_projection: backbone width -> joint width, applied to each local token (PRIOR's
+            ``local_image_projection``).
+        cross_attention: the trained local cross-attention.
+        prompt_sentences_pos, prompt_sentences_neg: ``(K, P, D)`` sentence (prototype) embeddings of the prompts.
+        local_weight: ``w`` (the release: 0.5).
+    """
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_embeddings_pos: torch.Tensor,
+        prompt_embeddings_neg: torch.Tensor,
+        local_projection: nn.Module,
+        cross_attention: nn.Module,
+        prompt_sentences_pos: torch.Tensor,
+        prompt_sentences_neg: torch.Tensor,
+        temperature: float | torch.Tensor = 1.0,
+        finding_keys: Sequence[str] | None = None,
+        local_weight: float = 0.5,
+    ) -> None:
+        super().__init__(image_encoder, prompt_embeddings_pos, prompt_embeddings_neg, temperature, finding_keys)
+        if (
+            prompt_sentences_pos.ndim != 3
+            or prompt_sentences_pos.shape[:2] != prompt_embeddings_pos.shape[:2]
+            or prompt_sentences_pos.shape != prompt_sentences_neg.shape
+        ):
+            raise ValueError(
+                f"prompt sentences must both be (K, P, D) for {tuple(prompt_embeddings_pos.shape[:2])} prompts, got "
+                f"{tuple(prompt_sentences_pos.shape)} and {tuple(prompt_sentences_neg.shape)}"
+            )
+        if local_weight < 0:
+            raise ValueError(f"local_weight must be >= 0, got {local_weight}")
+        self.local_projection = local_projection
+        self.cross_attention = cross_attention
+        self.register_buffer("prompt_sentences_pos", prompt_sentences_pos.detach().float().clone())
+        self.register_buffer("prompt_sentences_neg", prompt_sentences_neg.detach().float().clone())
+        self.local_weight = float(local_weight)
+
+    @classmethod
+    @torch.no_grad()
+    def from_model(  # type: ignore[override]
+        cls,
+        model: TwoTowerModel,
+        tokenizer: Any,
+        prompt_set: Any,
+        local_projection: nn.Module,
+        cross_attention: nn.Module,
+        local_weight: float = 0.5,
+        max_length: int = 64,
+    ) -> LocalZeroShotClassifier:
+        """Encode every prompt once: its global embedding and its sentence (prototype) embedding.
+
+        ``model``'s text pooler must pool over sentences (:class:`~common.networks.sentence_pool.SentencePooler`);
+        each prompt is one sentence, quantised when the pooler uses prototypes, as the release does.
+        """
+        glob = ZeroShotClassifier.from_model(model, tokenizer, prompt_set, max_length=max_length)
+        keys, positives, negatives = _prompt_pairs(prompt_set)
+        k, p = len(keys), len(positives[0])
+        text = model.text_encoder
+        device = model.softmax_temperature.device
+        was_training = model.training
+        model.eval()
+
+        def sentences(texts: list[str]) -> torch.Tensor:
+            batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            mask = batch["attention_mask"].to(device)
+            tokens = text.projector(text.token_embeddings(batch["input_ids"].to(device), mask))
+            embedded, valid = text.pooler.sentences(tokens, mask)
+            if text.pooler.use_prototypes:
+                embedded, _ = text.pooler.quantise(embedded, valid)
+            return embedded[:, 0]
+
+        pos = sentences([t for group in positives for t in group]).reshape(k, p, -1)
+        neg = sentences([t for group in negatives for t in group]).reshape(k, p, -1)
+        model.train(was_training)
+        return cls(
+            glob.image_encoder,
+            glob.prompt_embeddings_pos,
+            glob.prompt_embeddings_neg,
+            local_projection,
+            cross_attention,
+            pos,
+            neg,
+            glob.softmax_temperature,
+            keys,
+            local_weight,
+        )
+
+    def local_scores(self, feature_map: torch.Tensor, sentences: torch.Tensor) -> torch.Tensor:
+        """Mean sigmoid attention ``(B, M)`` between each image's local tokens and ``M`` sentences ``(M, D)``."""
+        tokens = self.local_projection(feature_map.flatten(2).transpose(1, 2))  # (B, N, D)
+        out = self.cross_attention(tokens.unsqueeze(1), sentences.to(tokens.dtype)[None, :, None])
+        return 0.5 * (out.image_attention.mean(dim=(-2, -1)) + out.text_attention.mean(dim=(-2, -1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-finding probabilities ``(B, K)`` for images ``(B, C, *spatial)``."""
+        encoder = self.image_encoder
+        feature_map = encoder.backbone(x)
+        probabilities = self.probabilities(encoder.pool(feature_map))
+        if self.local_weight == 0:
+            return probabilities
+        k, p, d = self.prompt_sentences_pos.shape
+        scores = self.local_scores(
+            feature_map, torch.cat([self.prompt_sentences_pos, self.prompt_sentences_neg]).reshape(-1, d)
+        )
+        pos, neg = scores.reshape(-1, 2, k, p).unbind(dim=1)
+        local = torch.sigmoid(pos - neg).mean(dim=2)
+        return (probabilities + self.local_weight * local) / (1.0 + self.local_weight)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.data.batch import trim_padding
 from common.losses.clip_loss import ClipLoss
 from common.losses.local_alignment_loss import LocalImageSimSiamLoss, LocalSentenceContrastiveLoss
 from common.networks.local_attention import LocalCrossAttention
@@ -159,8 +160,10 @@ class PRIORPretraining(nn.Module):
         local_image = self.local_tokens(feature_map)
 
         text = self.model.text_encoder
-        tokens = text.projector(text.token_embeddings(batch["input_ids"], batch["attention_mask"]))
-        sentences, mask = self.pooler.sentences(tokens, batch["attention_mask"], batch["sentence_index"])
+        input_ids, attention_mask = trim_padding(batch["input_ids"], batch["attention_mask"])
+        sentence_index = batch["sentence_index"][..., : input_ids.shape[-1]]
+        tokens = text.projector(text.token_embeddings(input_ids, attention_mask))
+        sentences, mask = self.pooler.sentences(tokens, attention_mask, sentence_index)
         if self.stage == 3:  # the decoder predicts at most num_queries sentences
             keep = self.sentence_decoder.num_queries
             sentences, mask = sentences[:, :keep], mask[:, :keep]
