@@ -30,19 +30,54 @@ from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RECORD_KEYS", "SECTIONS", "DataContractError", "load_datalist", "record_source", "resolve_record"]
+__all__ = [
+    "RECORD_KEYS",
+    "SECTIONS",
+    "DataContractError",
+    "error_cause",
+    "load_datalist",
+    "record_source",
+    "resolve_record",
+]
 
 RECORD_KEYS: frozenset[str] = frozenset({"image", "report", "labels", "mask", "meta"})
 SECTIONS: tuple[str, ...] = ("training", "validation", "test")
 
 
 class DataContractError(ValueError):
-    """Bad input: names the offending file or record and what is wrong with it."""
+    """Bad input: names the offending file or record and what is wrong with it.
 
-    def __init__(self, source: str | os.PathLike | None, problem: str):
+    ``DataContractError(message)`` (one argument, no source) is what PyTorch's DataLoader rebuilds from a worker's
+    error text, whose message still names the file; pickling keeps ``source`` and ``problem``.
+    """
+
+    def __init__(self, source: str | os.PathLike | None, problem: str | None = None):
+        if problem is None:
+            source, problem = None, "" if source is None else str(source)
         self.source = None if source is None else str(source)
         self.problem = problem
         super().__init__(f"{self.source}: {problem}" if self.source else problem)
+
+    def __reduce__(self) -> tuple[type[DataContractError], tuple[str | None, str]]:
+        return type(self), (self.source, self.problem)
+
+
+def error_cause(
+    err: BaseException, types: type[BaseException] | tuple[type[BaseException], ...]
+) -> BaseException | None:
+    """The first exception of ``types`` in ``err``'s cause / context chain (``err`` itself first), or None.
+
+    MONAI's ``Compose`` re-raises a transform's error as the cause of a ``RuntimeError``; this finds the reader's
+    :class:`DataContractError` (or any other type) behind it.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, types):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def record_source(data: Mapping[Hashable, Any], image_key: str | None = "image") -> str:

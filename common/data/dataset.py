@@ -27,8 +27,10 @@ every epoch, whereas MONAI's trainers derive from the plain ``Engine``, and it d
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
+import os
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
@@ -39,15 +41,16 @@ import numpy as np
 import torch
 from monai.data import Dataset, list_data_collate
 from monai.transforms import Compose, Randomizable, RandomizableTrait, Transform
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, get_worker_info
 
 from common import distributed
-from common.data.contract import DataContractError
+from common.data.contract import DataContractError, error_cause
 
 __all__ = [
     "BAD_SAMPLE_ERRORS",
     "SKIPPED_KEY",
     "EpochIndex",
+    "InferenceDataset",
     "PretrainingDataset",
     "ResumableSampler",
     "pretraining_collate",
@@ -111,14 +114,7 @@ def _seeded_global_rng(seed: int) -> Iterator[None]:
 
 def _bad_sample_cause(err: BaseException) -> BaseException | None:
     """The first exception in ``err``'s cause chain that marks a bad record, or ``None`` (a bug: let it raise)."""
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        if isinstance(current, BAD_SAMPLE_ERRORS):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+    return error_cause(err, BAD_SAMPLE_ERRORS)
 
 
 def _describe(record: Any) -> str:
@@ -312,6 +308,85 @@ def pretraining_collate(batch: Sequence[Any]) -> Any:
     if skipped and isinstance(collated, dict):
         collated[SKIPPED_KEY] = skipped
     return collated
+
+
+class InferenceDataset(IterableDataset):
+    """Inference records in datalist order through ``transform``, one sample per readable record.
+
+    With ``on_bad_sample="raise"`` an unreadable record stops the run with a
+    :class:`~common.data.contract.DataContractError` naming its file and the problem; with ``"skip"`` it is left
+    out (no substitute: inference writes one row per readable input), a warning names it, and it is appended to
+    ``skipped_file`` (CSV ``image,problem``) beside the predictions. Errors are classified as in
+    :class:`PretrainingDataset`. Only ``keys`` of each record are kept, so ``null`` reports or labels of test
+    records never reach the collate function. With DataLoader workers, worker ``w`` of ``n`` takes records
+    ``w, w + n, ...``.
+
+    Args:
+        data: the records.
+        transform: the (deterministic) preprocessing.
+        on_bad_sample: ``"raise"`` or ``"skip"``.
+        skipped_file: CSV listing skipped records (written fresh at construction); None: only warnings.
+        keys: record keys passed to ``transform``.
+
+    Raises:
+        ValueError: on an unknown ``on_bad_sample``.
+        DataContractError: (while iterating) with ``"raise"``, or when no record at all is readable.
+    """
+
+    def __init__(
+        self,
+        data: Sequence[Mapping[str, Any]],
+        transform: Callable,
+        on_bad_sample: str = "raise",
+        skipped_file: str | os.PathLike | None = None,
+        keys: Sequence[str] = ("image",),
+    ) -> None:
+        if on_bad_sample not in ("raise", "skip"):
+            raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}")
+        self.data = list(data)
+        self.transform = transform
+        self.on_bad_sample = on_bad_sample
+        self.skipped_file = None if skipped_file is None else str(skipped_file)
+        self.keys = tuple(keys)
+        self.skipped: list[tuple[str, str]] = []  # (file, problem) seen by this process
+        if self.skipped_file is not None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.skipped_file)), exist_ok=True)
+            with open(self.skipped_file, "w", newline="", encoding="utf-8") as f:
+                csv.writer(f).writerow(["image", "problem"])
+
+    def _record_skipped(self, source: str, problem: str) -> None:
+        logger.warning("skipping %s: %s", source, problem)
+        self.skipped.append((source, problem))
+        if self.skipped_file is not None:
+            with open(self.skipped_file, "a", newline="", encoding="utf-8") as f:
+                csv.writer(f).writerow([source, problem])
+
+    def __iter__(self) -> Iterator[Any]:
+        worker = get_worker_info()
+        start, step = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        produced = 0
+        for index in range(start, len(self.data), step):
+            record = self.data[index]
+            item = {key: record[key] for key in self.keys if key in record}
+            try:
+                sample = self.transform(item)
+            except Exception as err:  # classified below
+                cause = _bad_sample_cause(err)
+                if cause is None:
+                    raise
+                problem = PretrainingDataset._problem(cause, record)
+                if self.on_bad_sample == "raise":
+                    raise DataContractError(_describe(record), f"record {index}: {problem}") from err
+                self._record_skipped(_describe(record), problem)
+                continue
+            produced += 1
+            yield sample
+        if produced == 0 and self.skipped and worker is None:  # an empty run would look like success
+            raise DataContractError(
+                self.skipped[0][0],
+                f"all {len(self.skipped)} record(s) are unreadable (first problem: "
+                f"{self.skipped[0][1]}); see {self.skipped_file or 'the warnings'}",
+            )
 
 
 def records_loader(

@@ -4,7 +4,7 @@ MONAI Label 0.8.5 answers any exception from an app with a bare ``500 Internal S
 the server log), but passes an ``HTTPException`` raised by the app through to the client as its status and
 ``{"detail": reason}``. The app therefore raises :class:`Refused` for what it refuses, and runs every request step
 inside :func:`client_errors`, which turns a reader's :class:`~common.data.contract.DataContractError` about the
-request's own image into a 422 with the reader's message, and anything else into a 500 that says what failed.
+request's own image (also behind MONAI's ``Compose`` error) into a 422 with the reader's message, and anything else into a 500 that says what failed.
 No traceback goes to the client; the server log has the full detail.
 """
 
@@ -17,11 +17,11 @@ from contextlib import contextmanager
 
 from fastapi import HTTPException
 
-from common.data.contract import DataContractError
+from common.data.contract import DataContractError, error_cause
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Refused", "client_errors", "contract_error", "shown_id"]
+__all__ = ["Refused", "client_errors", "shown_id"]
 
 
 def shown_id(value: object, limit: int = 80) -> str:
@@ -35,19 +35,6 @@ class Refused(HTTPException):
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(status_code=status, detail=reason)
-
-
-def contract_error(err: BaseException) -> DataContractError | None:
-    """The :class:`DataContractError` behind ``err`` (MONAI's ``Compose`` re-raises a transform's error as the cause
-    of a ``RuntimeError``), or None."""
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        if isinstance(current, DataContractError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
 
 
 @contextmanager
@@ -74,7 +61,7 @@ def client_errors(action: str, shown: dict[str, str] | None = None) -> Iterator[
         logger.warning(f"{action}: timed out")
         raise Refused(504, f"{action} did not finish in the server's time limit (MONAI_LABEL_INFER_TIMEOUT)") from err
     except Exception as err:
-        cause = contract_error(err)
+        cause = error_cause(err, DataContractError)
         source = cause.source if cause is not None else None
         match = next((p for p in shown if source is not None and (source == p or source.startswith(p + "/"))), None)
         if cause is not None and match is not None:
