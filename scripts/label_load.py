@@ -2,7 +2,7 @@
 
 ``clients`` threads each send ``POST /infer/<task>?image=<id>&output=json`` back to back for ``duration`` seconds,
 cycling through every infer task the server lists (``GET /info/``) and the given datastore images (default: all of
-them). It prints (and with ``--out`` writes) one JSON object: clients, duration, requests, failures (any status
+them; ``bundle:id`` gives an image to the tasks of one bundle only, e.g. a radiograph to the 2D bundles). It prints (and with ``--out`` writes) one JSON object: clients, duration, requests, failures (any status
 other than 200, or no answer) and, per task, requests, failures and p50 / p95 latency in ms; with ``--server_pid``
 also the server's resident memory at the start and the end (from ``/proc``, Linux).
 
@@ -82,6 +82,15 @@ class TaskStats:
         }
 
 
+def task_images(tasks: list[str], images: list[str]) -> list[tuple[str, str]]:
+    """Every (task, image) pair to request: ``id`` goes to every task, ``bundle:id`` to the tasks ``bundle_*``."""
+    pairs = []
+    for entry in images:
+        bundle, _, image = entry.rpartition(":")
+        pairs += [(task, image) for task in tasks if not bundle or task.startswith(f"{bundle}_")]
+    return pairs
+
+
 def run_load(url: str, clients: int, duration: float, images: list[str] | None = None,
              server_pid: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Load the server at ``url`` (loopback) and return the figures described in the module docstring."""
@@ -92,14 +101,14 @@ def run_load(url: str, clients: int, duration: float, images: list[str] | None =
     url = loopback_url(url)
     tasks = sorted(_get_json(f"{url}/info/")["models"])
     images = images or sorted(_get_json(f"{url}/datastore/?output=all")["objects"])
-    if not tasks or not images:
-        raise ValueError(f"{url}: the server has {len(tasks)} infer task(s) and {len(images)} image(s); need both")
+    every_pair = task_images(tasks, images)
+    if not every_pair:
+        raise ValueError(f"{url}: no (infer task, image) pair among tasks {tasks} and images {images}")
     stats = {task: TaskStats() for task in tasks}
     lock = threading.Lock()
     deadline = time.monotonic() + duration
 
     def client(index: int) -> None:
-        every_pair = [(task, image) for image in images for task in tasks]
         for task, image in itertools.islice(itertools.cycle(every_pair), index, None):  # clients start apart
             if time.monotonic() >= deadline:
                 return
@@ -148,7 +157,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server on this machine")
     parser.add_argument("--clients", type=int, default=4, help=f"concurrent clients (at most {MAX_CLIENTS})")
     parser.add_argument("--duration", type=float, default=120.0, help=f"seconds (at most {MAX_DURATION_S:g})")
-    parser.add_argument("--images", default="", help="comma-separated datastore ids (default: every image)")
+    parser.add_argument(
+        "--images", default="", help="comma-separated datastore ids or bundle:id (default: every image, every task)"
+    )
     parser.add_argument("--server_pid", type=int, default=None, help="sample the server's resident memory")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)

@@ -4,6 +4,7 @@ script refuses hosts that are not loopback and runs beyond its bounds."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import pytest
 
@@ -15,6 +16,7 @@ from label_app import BUNDLE, REPO, Server
 def _load_module():
     spec = importlib.util.spec_from_file_location("label_load", REPO / "scripts" / "label_load.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["label_load"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
