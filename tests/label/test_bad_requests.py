@@ -10,6 +10,7 @@ import gzip
 import http.client
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +206,35 @@ def test_absolute_paths_only_with_the_knob(tmp_path: Path, ct_image: Path):
     with pytest.raises(HTTPException) as err:
         trusted.resolve(str(tmp_path / "missing.nii.gz"), datastore=None)
     assert err.value.status_code == 404
+
+
+def test_train_overrides_from_a_client_are_plain_values(server: Server, tmp_path: Path):
+    """A ``$`` expression in a train request's overrides would run as Python in the training process: refused, and
+    the task fails before training starts (MONAI Label runs train requests in a subprocess, so the refusal is in the
+    task's status and log rather than in the POST answer)."""
+    sys.path.insert(0, str(APP))
+    try:
+        from lib.trainers.bundle_pretraining import client_overrides
+    finally:
+        sys.path.remove(str(APP))
+    assert client_overrides('{"max_epochs": 2, "lr": 1e-4, "amp": false, "pixdim": [8, 8, 8]}')["pixdim"] == [8, 8, 8]
+    for bad in ({"max_epochs": "$1"}, {"bundle_root": "/tmp/elsewhere"}, {"network_def": {"_target_": "x"}}):
+        with pytest.raises(ValueError, match="numbers and booleans only"):
+            client_overrides(bad)
+    with pytest.raises(ValueError, match="not valid JSON"):
+        client_overrides("{max_epochs")
+
+    marker = tmp_path / "code_ran"
+    expression = f"$__import__('pathlib').Path({str(marker)!r}).touch() or 1"
+    posted = httpx.post(f"{server.url}/train/{BUNDLE}", json={"overrides": {"max_epochs": expression}}, timeout=60)
+    assert posted.status_code == 200, posted.text
+    deadline = time.monotonic() + 300
+    status = {}
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{server.url}/train/", timeout=30).json()
+        if status.get("status") not in ("SUBMITTED", "RUNNING", "QUEUED"):
+            break
+        time.sleep(2)
+    assert status.get("status") == "ERROR", status
+    assert "numbers and booleans only" in "\n".join(status.get("details", [])), status
+    assert not marker.exists()

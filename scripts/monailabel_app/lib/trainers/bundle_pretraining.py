@@ -24,7 +24,7 @@ from lib.configs import BundleSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BundlePretrainTask", "datastore_records", "training_fields"]
+__all__ = ["BundlePretrainTask", "client_overrides", "datastore_records", "training_fields"]
 
 _ITERATION = re.compile(r"Epoch: (\d+)/(\d+), Iter: (\d+)/(\d+) -- (.*)")
 
@@ -50,6 +50,40 @@ def training_fields(image_id: str, info: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def client_overrides(overrides: Any) -> dict[str, Any]:
+    """A train request's ``overrides`` (a JSON object or its text), checked: every value a number, a boolean or a
+    list of them.
+
+    A config value can be a ``$`` expression (Python), an ``@`` / ``%`` reference or a path where the run writes, so
+    a client's override could run code or write anywhere; values of that kind belong in the app's ``--conf
+    overrides``, which the server's operator sets.
+
+    Raises:
+        ValueError: not a JSON object, or a value that is not plain (named with its config id).
+    """
+    if isinstance(overrides, str):
+        try:
+            overrides = json.loads(overrides)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"train request 'overrides' is not valid JSON: {err}") from err
+    overrides = overrides or {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"train request 'overrides' must be an object of config id -> value, got {overrides!r}")  # noqa: TRY004 (a bad request value)
+
+    def plain(value: Any) -> bool:
+        if isinstance(value, list):
+            return all(plain(v) for v in value)
+        return isinstance(value, (bool, int, float))
+
+    for key, value in overrides.items():
+        if not plain(value):
+            raise ValueError(
+                f"train request override {key!r} = {value!r}: a client may set numbers and booleans only (no text, "
+                "paths, $ expressions or objects); put other values in the app's --conf overrides"
+            )
+    return overrides
+
+
 def datastore_records(datastore: Datastore) -> list[dict[str, Any]]:
     """One datalist record per datastore image: ``image`` plus ``report`` / ``labels`` from the image info.
 
@@ -65,7 +99,8 @@ def datastore_records(datastore: Datastore) -> list[dict[str, Any]]:
 class BundlePretrainTask(TrainTask):
     """Pre-train a bundle on the datastore (``python -m monai.bundle run`` in a subprocess, progress in ``stats()``).
 
-    Request options: ``max_epochs`` (default: the config's), ``overrides`` (config id -> value, on top of the app's).
+    Request options: ``max_epochs`` (default: the config's), ``overrides`` (config id -> number or boolean, on top of
+    the app's; see :func:`client_overrides`).
     """
 
     def __init__(self, spec: BundleSpec) -> None:
@@ -90,9 +125,7 @@ class BundlePretrainTask(TrainTask):
 
     def command(self, request: dict[str, Any], datalist: Path) -> tuple[list[str], Path]:
         """The ``monai.bundle run`` command line and the ``--args_file`` it reads (written here)."""
-        overrides = request.get("overrides") or {}
-        if isinstance(overrides, str):
-            overrides = json.loads(overrides)
+        overrides = client_overrides(request.get("overrides"))
         args = {
             "config_file": [str(p) for p in self.spec.config_files("train")],
             "meta_file": str(self.spec.metadata_path),
