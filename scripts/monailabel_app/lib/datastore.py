@@ -115,14 +115,14 @@ class ConfinedDatastore(LocalDatastore):
         return super().get_image_info(image_id)
 
     def list_images(self) -> list[str]:
-        """Ids that resolve inside the studies folder (a link out of it is logged and left out, e.g. of training)."""
+        """Ids that resolve inside the studies folder: a link out of it is logged and left out of training and sampling."""
         inside = []
         for image_id in super().list_images():
             uri = super().get_image_uri(image_id)
             if self._inside(uri):
                 inside.append(image_id)
             else:
-                logger.warning(f"datastore: {shown_id(image_id)} resolves to {uri}, outside {self.root}; not listed")
+                logger.warning(f"datastore: {shown_id(image_id)} resolves to {uri}, outside {self.root}; left out")
         return inside
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
