@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import gzip
 import io
+import logging
 import os
 import re
 import threading
@@ -50,9 +51,16 @@ from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from common.data.contract import DataContractError
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
+    "AIR_HU",
+    "MAX_AXIS_COSINE",
     "MAX_RADIOGRAPH_PIXELS",
     "MAX_VOLUME_VOXELS",
+    "MIN_CT_SLICES",
+    "NORMALISED_RANGE",
+    "QFORM_SFORM_TOLERANCE_MM",
     "RADIOGRAPH_SUFFIXES",
     "VOLUME_SUFFIXES",
     "LoadRadiographMaskd",
@@ -61,6 +69,7 @@ __all__ = [
     "RadiographMaskReader",
     "RadiographReader",
     "VolumeReader",
+    "ct_problems",
     "read_radiograph",
     "read_volume",
 ]
@@ -78,6 +87,17 @@ RADIOGRAPH_SUFFIXES: tuple[str, ...] = DICOM_SUFFIXES + PIL_SUFFIXES + VOLUME_SU
 MAX_VOLUME_VOXELS: int = 2**30
 #: Largest radiograph the readers decode: 2**26 pixels (8192 x 8192), below Pillow's decompression-bomb warning.
 MAX_RADIOGRAPH_PIXELS: int = 2**26
+
+#: "Is this really a CT in HU?" (:func:`ct_problems`): fewest voxels along any axis of a CT volume (a localiser or a
+#: few slices is not a volume), the value a chest CT in HU must go below (air), and the widest intensity range of
+#: data normalised to [0, 1] (or [-1, 1]).
+MIN_CT_SLICES: int = 16
+AIR_HU: float = -500.0
+NORMALISED_RANGE: float = 2.0
+#: Voxel axes more than this far from perpendicular (|cos| of the angle; 1e-3 is 0.06 degrees) are a sheared grid.
+MAX_AXIS_COSINE: float = 1e-3
+#: qform and sform of a NIfTI file disagree when their affines differ by more than this (mm, per element).
+QFORM_SFORM_TOLERANCE_MM: float = 0.01
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # A gap between consecutive DICOM slices this many times the usual step is reported as missing slices.
@@ -227,6 +247,56 @@ def _check_affine(path: Path, affine: np.ndarray) -> None:
         raise DataContractError(path, f"singular affine (voxel axes are degenerate; column norms {zooms.round(4)})")
 
 
+def _check_orthogonal(path: Path, affine: np.ndarray) -> None:
+    """A sheared voxel grid is refused as the DICOM path refuses a gantry tilt: resampling it first is the user's call."""
+    axes = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    cosines = np.abs(axes.T @ axes - np.eye(3))
+    i, j = np.unravel_index(int(np.argmax(cosines)), cosines.shape)
+    if cosines[i, j] > MAX_AXIS_COSINE:
+        angle = float(np.degrees(np.arccos(np.clip(axes[:, i] @ axes[:, j], -1, 1))))
+        raise DataContractError(
+            path,
+            f"non-orthogonal (sheared) voxel grid: axes {i} and {j} meet at {angle:.2f} degrees (gantry tilt?); "
+            "resample the volume onto an orthogonal grid first",
+        )
+
+
+def ct_problems(path: PathLike, array: np.ndarray) -> list[str]:
+    """Why a volume read as CT is probably not a CT in Hounsfield units (empty: nothing suspicious).
+
+    Rules (thresholds are module constants): a constant volume; fewer than :data:`MIN_CT_SLICES` voxels along an
+    axis; intensities spanning at most :data:`NORMALISED_RANGE` (normalised data); whole numbers within [0, 255]
+    (an 8-bit export); no voxel below :data:`AIR_HU` (no air); and for NIfTI files, qform and sform that disagree by
+    more than :data:`QFORM_SFORM_TOLERANCE_MM`.
+    """
+    out = []
+    low, high = float(array.min()), float(array.max())
+    if low == high:
+        return [f"constant volume (every voxel = {low:g}): not a CT"]
+    if min(array.shape[-3:]) < MIN_CT_SLICES:
+        out.append(
+            f"only {min(array.shape[-3:])} voxels along an axis (shape {tuple(array.shape[-3:])}; fewer than "
+            f"{MIN_CT_SLICES}): a localiser or a partial series, not a CT volume"
+        )
+    if high - low <= NORMALISED_RANGE:
+        out.append(f"intensities span [{low:g}, {high:g}]: normalised data, not Hounsfield units")
+    elif low >= 0 and high <= 255 and np.array_equal(array, np.round(array)):
+        out.append(f"whole-number intensities in [{low:g}, {high:g}]: an 8-bit export, not Hounsfield units")
+    elif low > AIR_HU:
+        out.append(f"no voxel below {AIR_HU:g} (minimum {low:g}): no air, so not a chest CT in Hounsfield units")
+    path = Path(path)
+    if _suffix(path) in NIFTI_SUFFIXES:
+        header = _nifti_header(path)
+        if int(header["qform_code"]) > 0 and int(header["sform_code"]) > 0:
+            difference = float(np.abs(header.get_qform() - header.get_sform()).max())
+            if difference > QFORM_SFORM_TOLERANCE_MM:
+                out.append(
+                    f"qform and sform disagree (by up to {difference:.3g} mm); nibabel and MONAI use the sform, "
+                    "other tools the qform"
+                )
+    return out
+
+
 def _check_finite(path: Path, array: np.ndarray, unit: str) -> None:
     finite = np.isfinite(array)
     if finite.all():
@@ -306,6 +376,10 @@ def _read_nifti(path: Path, dims: int) -> tuple[np.ndarray, np.ndarray]:
     header = _nifti_header(path)
     shape = _spatial_shape(path, header.get_data_shape(), dims)
     _check_spacing(path, header["pixdim"][1 : 1 + dims], "header pixdim")
+    if header.get_data_dtype().kind == "c":
+        raise DataContractError(
+            path, f"complex voxel data ({header.get_data_dtype()}); a real-valued image is expected"
+        )
     _check_nifti_size(path, header, dims)
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     try:
@@ -395,6 +469,8 @@ def _read_itk(path: Path, dims: int) -> tuple[np.ndarray, np.ndarray]:
         reader.ReadImageInformation()
     except RuntimeError as err:
         raise DataContractError(path, f"cannot read the header ({_itk_message(err)})") from err
+    if "complex" in sitk.GetPixelIDValueAsString(reader.GetPixelID()).lower():
+        raise DataContractError(path, "complex voxel data; a real-valued image is expected")
     if reader.GetNumberOfComponents() != 1:
         raise DataContractError(
             path,
@@ -635,6 +711,7 @@ def read_volume(path: PathLike, series_uid: str | None = None) -> tuple[np.ndarr
     with _named_read_errors(path):
         array, affine = _read_any_volume(path, series_uid)
     _check_affine(path, affine)
+    _check_orthogonal(path, affine)
     _check_finite(path, array, "voxel")
     return array, affine
 
@@ -880,14 +957,54 @@ class _LoadValidatedd(MapTransform):
 class LoadVolumed(_LoadValidatedd):
     """Load 3D volumes with :class:`VolumeReader` into ``MetaTensor`` ``(1, X, Y, Z)`` (RAS affine, HU for CT).
 
+    The volumes under ``ct_keys`` are checked with :func:`ct_problems` ("is this really a CT in HU?").
+
     Args:
         keys: keys of the items holding a volume path (file or DICOM folder).
         ensure_channel_first: add the channel dimension.
         dtype: output data type.
         allow_missing_keys: do not raise if a key is absent.
+        ct_checks: ``"warn"`` (log a warning naming the file), ``"error"`` (a :class:`DataContractError`, which
+            ``on_bad_sample="skip"`` skips) or ``"off"``.
+        ct_keys: the keys holding CT images (not label maps).
+
+    Raises:
+        ValueError: for an unknown ``ct_checks``.
     """
 
     reader_class = VolumeReader
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        ensure_channel_first: bool = True,
+        dtype: DtypeLike | torch.dtype = np.float32,
+        allow_missing_keys: bool = False,
+        ct_checks: str = "warn",
+        ct_keys: KeysCollection = ("image",),
+    ) -> None:
+        super().__init__(keys, ensure_channel_first, dtype, allow_missing_keys)
+        if ct_checks not in ("warn", "error", "off"):
+            raise ValueError(f"ct_checks must be 'warn', 'error' or 'off', got {ct_checks!r}")
+        self.ct_checks = ct_checks
+        self.ct_keys = set(ensure_tuple(ct_keys))
+        self._warned: set[str] = set()  # warn once per file, not once per epoch
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        paths = {key: data.get(key) for key in self.ct_keys}
+        d = super().__call__(data)
+        if self.ct_checks == "off":
+            return d
+        for key in self.key_iterator(d):
+            if key not in self.ct_keys or not isinstance(paths[key], (str, Path)):
+                continue
+            problems = ct_problems(paths[key], np.asarray(d[key]))
+            if problems and self.ct_checks == "error":
+                raise DataContractError(paths[key], "; ".join(problems))
+            if problems and str(paths[key]) not in self._warned:
+                self._warned.add(str(paths[key]))
+                logger.warning("%s: %s", paths[key], "; ".join(problems))
+        return d
 
 
 class LoadRadiographd(_LoadValidatedd):

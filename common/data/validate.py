@@ -7,6 +7,8 @@ once cleaned, label keys outside a finding vocabulary (``--findings colipri_ct``
 ``training`` section, an image used twice in one split or in two splits (through any relative / absolute path or
 symlink), and opens every image with :mod:`common.data.readers`. Every problem is reported, one line each, as
 ``<section>[<index>] <file>: <problem>``, followed by a summary; the exit status is 1 when there are problems.
+Volumes that are probably not CTs in Hounsfield units (:func:`common.data.readers.ct_problems`) are printed as
+``warning:`` lines, or counted as problems with ``--strict True``.
 
 Example::
 
@@ -29,11 +31,14 @@ import numpy as np
 
 from common.bundle_support import flag
 from common.data.contract import RECORD_KEYS, SECTIONS, DataContractError, resolve_record
-from common.data.readers import read_radiograph, read_volume
+from common.data.readers import ct_problems, read_radiograph, read_volume
 from common.transforms.labels import unknown_label_problem
 from common.transforms.text import clean_report, report_has_words
 
 __all__ = ["MAX_REPORT_CHARS", "Problem", "finding_vocabulary", "main", "validate_datalist"]
+
+# Marks a finding of readers.ct_problems ("is this really a CT in HU?"): a warning unless the check is strict.
+CT_WARNING = "\0ct: "
 
 #: Reports longer than this are rejected: a whole study dump or a concatenation bug, not one report.
 MAX_REPORT_CHARS = 20_000
@@ -199,6 +204,8 @@ def _check_record(
         return out
     if mask_ok:
         out += _mask_problems(mask, array.shape, affine)
+    if dims == 3:
+        out += [(image, CT_WARNING + problem) for problem in ct_problems(image, array)]
     return out
 
 
@@ -210,7 +217,10 @@ def _validate(
     base_dir: str | os.PathLike | None,
     num_workers: int,
     vocabulary: Sequence[str] | None = None,
+    strict: bool = False,
+    warnings: list[Problem] | None = None,
 ) -> tuple[list[Problem], dict[str, int]]:
+    warnings = [] if warnings is None else warnings
     if dims not in (2, 3):
         raise ValueError(f"dims must be 2 or 3, got {dims}")
     path = Path(path)
@@ -253,7 +263,12 @@ def _validate(
         found = list(pool.map(check, jobs)) if num_workers > 1 else [check(job) for job in jobs]
     first_use: dict[str, tuple[str, int]] = {}
     for (name, index, record), record_problems in zip(jobs, found):
-        problems += [Problem(name, index, source, problem) for source, problem in record_problems]
+        for source, problem in record_problems:
+            if problem.startswith(CT_WARNING):
+                problem = problem.removeprefix(CT_WARNING)
+                (problems if strict else warnings).append(Problem(name, index, source, problem))
+            else:
+                problems.append(Problem(name, index, source, problem))
         image = record.get("image") if isinstance(record, dict) else None
         if isinstance(image, str) and image:
             resolved = resolve_record({"image": image}, base)["image"]
@@ -277,6 +292,8 @@ def validate_datalist(
     base_dir: str | os.PathLike | None = None,
     num_workers: int = 1,
     findings: str | Sequence[str] | None = None,
+    strict: bool = False,
+    warnings: list[Problem] | None = None,
 ) -> list[Problem]:
     """Every problem of a datalist; an empty list means it is ready for training.
 
@@ -288,6 +305,9 @@ def validate_datalist(
         base_dir: folder that relative paths resolve against (default: the datalist's folder).
         num_workers: threads used to open images.
         findings: the label vocabulary (a bundle name, a list of finding keys); label keys outside it are named.
+        strict: volumes that are probably not CTs in HU (:func:`~common.data.readers.ct_problems`) are problems;
+            otherwise they are appended to ``warnings`` (when given).
+        warnings: a list that receives those findings when not ``strict``.
 
     Returns:
         The problems, in datalist order; a problem with the file as a whole (not UTF-8, not JSON) comes alone.
@@ -295,7 +315,8 @@ def validate_datalist(
     Raises:
         ValueError: ``dims`` is not 2 or 3.
     """
-    return _validate(path, dims, open_images, section, base_dir, num_workers, finding_vocabulary(findings))[0]
+    vocabulary = finding_vocabulary(findings)
+    return _validate(path, dims, open_images, section, base_dir, num_workers, vocabulary, strict, warnings)[0]
 
 
 def main(
@@ -306,6 +327,7 @@ def main(
     base_dir: str | None = None,
     num_workers: int = 1,
     findings: str | Sequence[str] | None = None,
+    strict: bool = False,
 ) -> None:
     """Print every problem of ``datalist`` and a summary; exit with status 1 when there are problems.
 
@@ -317,16 +339,25 @@ def main(
         base_dir: folder that relative paths resolve against (default: the datalist's folder).
         num_workers: threads used to open images.
         findings: label vocabulary: a bundle name (``colipri_ct``) or finding keys; unknown label keys are named.
+        strict: volumes that are probably not CTs in HU count as problems, not warnings.
     """
     open_images = flag(open_images, "open_images")  # fire passes "false" through as text
     vocabulary = finding_vocabulary(findings)
-    problems, counts = _validate(datalist, int(dims), open_images, section, base_dir, int(num_workers), vocabulary)
+    strict = flag(strict, "strict")
+    warnings: list[Problem] = []
+    problems, counts = _validate(
+        datalist, int(dims), open_images, section, base_dir, int(num_workers), vocabulary, strict, warnings
+    )
+    for warning in warnings:
+        print(f"warning: {warning}")
     for problem in problems:
         print(problem)
     checked = sum(counts.values())
     per_section = ", ".join(f"{name}: {n}" for name, n in counts.items())
     records = len({(p.section, p.index) for p in problems if p.index is not None})
     summary = f"{datalist}: checked {checked} record(s)" + (f" ({per_section})" if per_section else "")
+    if warnings:
+        summary += f"; {len(warnings)} warning(s) (--strict True makes them problems)"
     if problems:
         print(f"{summary}; {len(problems)} problem(s) in {records} record(s)")
         sys.exit(1)

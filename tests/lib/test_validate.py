@@ -19,8 +19,10 @@ from common.data.validate import Problem, main, validate_datalist
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _volume(tmp_path: Path, write_nifti, name: str, shape: tuple[int, ...] = (6, 7, 8)) -> str:
-    write_nifti(tmp_path / name, np.random.default_rng(len(name)).normal(size=shape).astype(np.float32))
+def _volume(tmp_path: Path, write_nifti, name: str, shape: tuple[int, ...] = (16, 17, 18)) -> str:
+    """A small CT-like volume in HU (air and soft tissue), which readers.ct_problems has nothing to say about."""
+    hu = np.random.default_rng(len(name)).normal(size=shape) * 250 - 300
+    write_nifti(tmp_path / name, hu.astype(np.float32))
     return name
 
 
@@ -35,7 +37,7 @@ def clean(tmp_path: Path, write_nifti) -> Path:
     """Paired and image-only records mixed, a mask, labels, meta, and all three sections."""
     for name in ("a.nii.gz", "b.nii.gz", "c.nii.gz", "d.nii.gz"):
         _volume(tmp_path, write_nifti, name)
-    write_nifti(tmp_path / "a_mask.nii.gz", np.zeros((6, 7, 8), np.uint8))
+    write_nifti(tmp_path / "a_mask.nii.gz", np.zeros((16, 17, 18), np.uint8))
     content = {
         "name": "tiny",
         "training": [
