@@ -193,6 +193,7 @@ def test_absolute_paths_only_with_the_knob(tmp_path: Path, ct_image: Path):
     (uploads / "tmpab.nii.gz").write_bytes(b"x")
     (sessions / "s1" / "image.nii.gz").write_bytes(b"x")
     images = RequestImages(upload_dir=uploads, session_dir=sessions)
+    assert images.is_upload(uploads / "tmpab.nii.gz") and not images.is_upload("tmpab.nii.gz")
     assert images.resolve(str(uploads / "tmpab.nii.gz"), datastore=None)[1] == "uploaded file (.nii.gz)"
     assert images.resolve(str(sessions / "s1" / "image.nii.gz"), datastore=None)[1] == "session image (.nii.gz)"
     with pytest.raises(HTTPException) as err:

@@ -40,8 +40,8 @@ class RequestImages:
     allow_absolute_paths: bool = False
 
     def is_upload(self, path: str | Path) -> bool:
-        """True for a file the app stored for a request (``POST /infer`` with a file)."""
-        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(self.upload_dir))
+        """True for a file the app stored for a request (``POST /infer`` with a file): an absolute path in the folder."""
+        return os.path.isabs(path) and Path(os.path.realpath(path)).is_relative_to(os.path.realpath(self.upload_dir))
 
     def resolve(self, image: object, datastore: Datastore) -> tuple[Path, str]:
         """``(absolute path, the name the client knows it by)`` for an infer request's ``image``.
