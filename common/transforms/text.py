@@ -172,8 +172,9 @@ _OSSEOUS = re.compile(
 )
 
 
-# A known section header (with its colon, or alone on its line) and what a report must hold besides headers.
-_BARE_HEADERS = re.compile(rf"\b(?:{_HEADER_ALTERNATION})\b[ \t]*(?::|$)", re.IGNORECASE | re.MULTILINE)
+# A known section header (with its colon or other punctuation, or alone on its line) and what a report must hold
+# besides headers.
+_BARE_HEADERS = re.compile(rf"\b(?:{_HEADER_ALTERNATION})\b[ \t]*(?:[:.;,-]+|$)", re.IGNORECASE | re.MULTILINE)
 _WORD_CHARACTER = re.compile(r"[^\W_]")
 
 
