@@ -218,3 +218,16 @@ def test_cli(ct_rate: Path, tmp_path: Path) -> None:
     assert "ct_rate: wrote 7 record(s)" in done.stdout and "skipped 4 record(s)" in done.stdout
     assert "ct_rate: volumes" in done.stderr  # the progress bar
     assert _names(out)["training"] == ["train_1_a_1", "train_2_a_1", "train_3_a_1"]
+
+
+def test_two_rows_for_one_volume_skip_it_once(ct_rate: Path, tmp_path: Path) -> None:
+    path = ct_rate / "radiology_text_reports" / "validation_reports.csv"
+    with open(path, "a", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerow(["valid_1_a_1.nii.gz", "", "", "Other findings.", "Other impression."])
+    summary = build_ct_rate(ct_rate, tmp_path / "d.json", val_fraction=0.0, quiet=True)
+    assert summary.skipped["two report rows for the volume"] == 1
+    assert summary.notes["unusable row(s): second report row for one volume"] == 1
+    assert "valid_1_a_1" not in _names(tmp_path / "d.json")["test"]
+    (ct_rate / "train_fixed" / "notes.nii.gz").unlink()
+    with pytest.raises(DataContractError, match=r"validation_reports\.csv, line 4: second report row"):
+        build_ct_rate(ct_rate, tmp_path / "d.json", check_headers=False, on_bad="raise", quiet=True)

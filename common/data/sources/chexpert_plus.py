@@ -78,7 +78,7 @@ def _labels_by_image(path: Path, uncertain: str, blank: str, log: BuildLog) -> d
             what = "label row(s) whose Path is not <split>/patientN/studyN/viewN_* (row unused)"
             log.note(what, example=f"{at(path, line)}: {row['Path']}")
         elif problems:
-            log.problem(at(path, line), "label row with a value other than 1/0/-1/blank", "; ".join(problems))
+            log.row_problem(at(path, line), "label row with a value other than 1/0/-1/blank", "; ".join(problems))
             out[key] = None
         else:
             out[key] = values

@@ -115,11 +115,11 @@ def _rows_by_volume(
             where = at(path, line)
             name = row["VolumeName"].split(".nii")[0]
             if not name:
-                log.problem(where, f"{what} row without a VolumeName")
+                log.row_problem(where, f"{what} row without a VolumeName")
             elif name not in volumes:
                 log.note(f"{what} row(s) without a volume on disk (row unused)", example=f"{where}: {name}")
             elif name in rows:
-                log.problem(where, f"second {what} row for one volume", f"{name} (first at {rows[name][0]})")
+                log.row_problem(where, f"second {what} row for one volume", f"{name} (first at {rows[name][0]})")
                 rows[name] = (rows[name][0], {})  # neither row is trusted: the volume is skipped below
             else:
                 rows[name] = (where, row)

@@ -92,10 +92,10 @@ def _study_labels(
         values, problems = parse_labels(row, label_columns, uncertain, blank)
         study = row["study_id"]
         if study in out:
-            log.problem(where, "second label row for one study", f"study {study} (first at {out[study][0]})")
+            log.row_problem(where, "second label row for one study", f"study {study} (first at {out[study][0]})")
             out[study] = (out[study][0], None)
         elif problems:
-            log.problem(where, "label row with a value other than 1/0/-1/blank", "; ".join(problems))
+            log.row_problem(where, "label row with a value other than 1/0/-1/blank", "; ".join(problems))
             out[study] = (where, None)
         else:
             out[study] = (where, values)

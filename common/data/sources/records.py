@@ -98,6 +98,13 @@ class BuildLog:
         if len(examples) < _EXAMPLES:
             examples.append(f"{where}: {detail}" if detail else where)
 
+    def row_problem(self, where: str, reason: str, detail: str = "") -> None:
+        """A bad row that is not itself a record (the records it concerns are skipped as their own problem): raise,
+        or count it as an unusable row."""
+        if self.on_bad == "raise":
+            raise DataContractError(where, f"{reason}: {detail}" if detail else reason)
+        self.note(f"unusable row(s): {reason}", example=f"{where}: {detail}" if detail else where)
+
     def note(self, what: str, count: int = 1, example: str | None = None) -> None:
         """Count something that changed records without dropping them (e.g. "no report: image-only record")."""
         if count:
