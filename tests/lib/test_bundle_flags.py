@@ -134,6 +134,13 @@ def _error_chain(err: BaseException) -> str:
     return " | ".join(messages)
 
 
+def _merged(files: list[Path]) -> dict[str, Any]:
+    """The raw config of a stack, merged as ``monai.bundle run --config_file "[...]"`` merges it."""
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    return parser.get()
+
+
 STACK_CASES = _stacks()
 
 
@@ -145,9 +152,7 @@ def test_every_bundle_has_boolean_knobs() -> None:
 @pytest.mark.parametrize(("stack", "files"), STACK_CASES, ids=[s for s, _ in STACK_CASES])
 def test_boolean_knobs_are_consumed_through_flag(stack: str, files: list[Path]) -> None:
     """Every place a config reads a boolean knob reads it as ``common.bundle_support.flag(@knob, 'knob'...)``."""
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
-    config = parser.get()
+    config = _merged(files)
     for knob, site, text in _sites(config):
         bare = re.sub(rf"{re.escape(FLAG_CALL)}\(@{knob}, '{knob}'(, True)?\)", "", text)
         assert not _uses(bare, knob), f"{stack} {site}: @{knob} used without {FLAG_CALL}: {text}"
@@ -156,9 +161,7 @@ def test_boolean_knobs_are_consumed_through_flag(stack: str, files: list[Path]) 
 @pytest.mark.parametrize(("stack", "files"), STACK_CASES, ids=[s for s, _ in STACK_CASES])
 def test_command_line_spellings_mean_the_same_as_bools(stack: str, files: list[Path]) -> None:
     """Each consuming item gives the same result for ``--knob true`` (fire: ``'true'``) as for a real ``True``."""
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
-    config = parser.get()
+    config = _merged(files)
     for knob, site, text in _sites(config):
         stubs = _stubs(config, knob, text)
         for spelling, meaning in SPELLINGS:
@@ -177,9 +180,7 @@ def test_command_line_spellings_mean_the_same_as_bools(stack: str, files: list[P
 
 @pytest.mark.parametrize(("stack", "files"), STACK_CASES, ids=[s for s, _ in STACK_CASES])
 def test_unparseable_knob_value_is_refused_with_its_name(stack: str, files: list[Path]) -> None:
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
-    config = parser.get()
+    config = _merged(files)
     for knob, site, text in _sites(config):
         stubs = _stubs(config, knob, text)
         for bad in ("2", "maybe", "tru") if knob not in PATH_KNOBS else ("2", "''"):
