@@ -184,6 +184,8 @@ def test_patient_level_validation_split(ct_rate: Path, tmp_path: Path, write_nif
             sections.setdefault(name.rsplit("_", 2)[0], set()).add(section)
     assert all(len(s) == 1 for s in sections.values())  # every patient in one split
     assert 3 <= sum(s == {"validation"} for s in sections.values()) <= 18
+    order = [r["meta"]["volume_name"] for r in json.loads(out.read_text())["training"]]
+    assert order.index("train_2_a_1") < order.index("train_10_a_1")  # CT-RATE's numeric order, not the string's
     assert _names(out) == (build_ct_rate(ct_rate, out, val_fraction=0.3, seed=1, quiet=True) and _names(out))
 
 

@@ -126,6 +126,12 @@ def _rows_by_volume(
     return rows, columns
 
 
+def _natural_order(name: str) -> tuple[str, int, str, int]:
+    """CT-RATE order: split, patient number, scan, reconstruction number (``train_2`` before ``train_10``)."""
+    split, patient, scan, reconstruction = name.split("_")
+    return split, int(patient), scan, int(reconstruction)
+
+
 def _float(text: str) -> float:
     return float(text.strip().strip("[]()"))
 
@@ -228,7 +234,7 @@ def build_ct_rate(
         log.note("volume(s) and no report CSV: every record is image-only")
 
     candidates: dict[tuple[str, str], list[Candidate]] = {}
-    for name in tqdm(sorted(volumes), desc="ct_rate: volumes", unit="volume", disable=quiet):
+    for name in tqdm(sorted(volumes, key=_natural_order), desc="ct_rate: volumes", unit="volume", disable=quiet):
         path, section = volumes[name]
         match = VOLUME_NAME.match(path.name)
         assert match is not None  # indexed names match
