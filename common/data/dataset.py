@@ -325,7 +325,8 @@ class InferenceDataset(IterableDataset):
         data: the records.
         transform: the (deterministic) preprocessing.
         on_bad_sample: ``"raise"`` or ``"skip"``.
-        skipped_file: CSV listing skipped records (written fresh at construction); None: only warnings.
+        skipped_file: CSV listing skipped records, written at the first skip (an earlier run's is removed at
+            construction, so the file exists only when records were skipped); None: only warnings.
         keys: record keys passed to ``transform``.
 
     Raises:
@@ -349,16 +350,17 @@ class InferenceDataset(IterableDataset):
         self.skipped_file = None if skipped_file is None else str(skipped_file)
         self.keys = tuple(keys)
         self.skipped: list[tuple[str, str]] = []  # (file, problem) seen by this process
-        if self.skipped_file is not None:
-            os.makedirs(os.path.dirname(os.path.abspath(self.skipped_file)), exist_ok=True)
-            with open(self.skipped_file, "w", newline="", encoding="utf-8") as f:
-                csv.writer(f).writerow(["image", "problem"])
+        if self.skipped_file is not None and os.path.isfile(self.skipped_file):
+            os.remove(self.skipped_file)  # a list from an earlier run would describe other inputs
 
     def _record_skipped(self, source: str, problem: str) -> None:
         logger.warning("skipping %s: %s", source, problem)
         self.skipped.append((source, problem))
         if self.skipped_file is not None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.skipped_file)), exist_ok=True)
             with open(self.skipped_file, "a", newline="", encoding="utf-8") as f:
+                if f.tell() == 0:
+                    csv.writer(f).writerow(["image", "problem"])
                 csv.writer(f).writerow([source, problem])
 
     def __iter__(self) -> Iterator[Any]:

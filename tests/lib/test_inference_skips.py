@@ -66,6 +66,15 @@ def test_workers_share_the_records_and_the_skip_list(tmp_path: Path, thousand) -
     assert [row[0] for row in _rows(skipped)[1:]] == [str(bad)]
 
 
+def test_skipped_file_exists_only_when_records_were_skipped(tmp_path: Path, thousand) -> None:
+    records, _ = thousand
+    skipped = tmp_path / "skipped.csv"
+    skipped.write_text("image,problem\nfrom,an earlier run\n")
+    dataset = InferenceDataset(records[:3], LoadVolumed("image"), on_bad_sample="skip", skipped_file=skipped)
+    assert not skipped.exists()  # a stale list is removed at construction
+    assert len(list(dataset)) == 3 and not skipped.exists()
+
+
 def test_nothing_readable_is_an_error_not_an_empty_success(tmp_path: Path) -> None:
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"x" * 100)
