@@ -1,0 +1,50 @@
+"""The embedded phantoms written as a miniature CT-RATE and read back through ``python -m common.data.build
+ct_rate``: the same volumes, report sections and labels as the phantom datalist (masks and the validation split are
+what the CT-RATE layout cannot hold)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from common.data.contract import DataContractError, load_datalist
+from common.data.phantom import generate_dataset
+from common.data.sources.ct_rate import build_ct_rate
+from common.data.sources.ct_rate_layout import write_ct_rate_layout
+from common.transforms.text import extract_sections
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("phantoms")
+    generate_dataset(out, num_train=3, num_image_only=1, num_val=1, num_test=2, seed=3, dims=3, image_size_2d=32)
+    return out / "datalist_3d.json"
+
+
+def test_round_trip(phantoms: Path, tmp_path: Path) -> None:
+    layout = write_ct_rate_layout(phantoms, tmp_path / "mini_ct_rate")
+    out = tmp_path / "datalist.json"
+    summary = build_ct_rate(layout, out, val_fraction=0.0, quiet=True)
+    assert summary.skipped == {} and summary.sections == {"training": 5, "validation": 0, "test": 2}
+    assert summary.image_only == 1
+    sources = json.loads((layout / "sources.json").read_text())
+    original = {
+        Path(r["image"]).resolve(): (s, r)
+        for s in ("training", "validation", "test")
+        for r in load_datalist(phantoms, s)
+    }
+    for section in ("training", "test"):
+        for record in load_datalist(out, section):
+            source_section, source = original[Path(sources[record["meta"]["volume_name"]])]
+            assert (section == "test") == (source_section == "test")
+            assert Path(record["image"]).resolve() == Path(source["image"]).resolve()
+            if "report" in source:
+                assert extract_sections(record["report"]) == extract_sections(source["report"])
+                assert record["labels"] == source["labels"]
+            else:  # image-only: labels kept out of sight in meta on both sides
+                assert "report" not in record and record["meta"]["labels"] == source["meta"]["labels"]
+            assert record["meta"]["spacing"] == pytest.approx(source["meta"]["spacing"], abs=1e-3)
+    with pytest.raises(DataContractError, match="already holds a CT-RATE layout"):
+        write_ct_rate_layout(phantoms, layout)
