@@ -13,6 +13,11 @@ Three sections, each optional (``--sections``):
   (adding a bundle folder is enough): objective, optimizer and trainer come from the bundle's own ``train.yaml``
   (+ ``demo.yaml``), the batch from its own training transforms on a few embedded phantoms; the demo configuration
   on any device and, on CUDA only, the paper configuration with and without activation checkpointing.
+* ``matching``: PRIOR's Hungarian matching of predicted to target sentence prototypes
+  (:func:`common.networks.set_matching.match_predictions`: L1 costs on the device, one host transfer, SciPy per
+  report) at the paper shapes (2D: 98 reports x 16 x 16; 3D: 16 x 48 x 48), and its share of the same bundle's
+  training step when the ``train_step`` section measured it (a stage-1 step, which has no decoders: an upper bound
+  of the share in stage 3).
 
 Usage::
 
@@ -55,6 +60,7 @@ __all__ = [
     "SECTIONS",
     "bench_encoder",
     "bench_preprocessing",
+    "bench_matching",
     "bench_train_step",
     "machine_info",
     "run",
@@ -63,7 +69,7 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VOLUME = "/work/shared/data/ct/lung_pet_ct_dx_A0001_5mm.nii.gz"
-SECTIONS = ("preprocessing", "encoder", "train_step")
+SECTIONS = ("preprocessing", "encoder", "train_step", "matching")
 _MIB = 2**20
 
 
@@ -615,6 +621,31 @@ def bench_train_step(
     return result
 
 
+#: PRIOR's matching shapes at the paper settings: (bundle, reports per GPU, queries = padded targets, width)
+MATCHING_SHAPES = (("prior_cxr", 98, 16, 768), ("prior_ct", 16, 48, 768))
+
+
+def bench_matching(device: torch.device, repeats: int, warmup: int, train_step: dict[str, Any] | None = None) -> dict:
+    """Time of PRIOR's batched Hungarian matching at the paper shapes, and its share of the bundle's measured step."""
+    from common.networks.set_matching import match_predictions
+
+    result: dict[str, Any] = {"cases": {}}
+    steps = (train_step or {}).get("cases", {})
+    for bundle, reports, queries, width in MATCHING_SHAPES:
+        generator = torch.Generator(device=device).manual_seed(0)
+        predictions = torch.randn(reports, queries, width, device=device, generator=generator)
+        targets = torch.randn(reports, queries, width, device=device, generator=generator)
+        stats, _ = _measure(lambda _: match_predictions(predictions, targets), device, repeats, warmup)
+        case = {**stats, "shape": f"{reports} x {queries} x {queries}"}
+        step = next((c for name, c in steps.items() if name.startswith(f"{bundle} paper") and "median_s" in c), None)
+        step = step or next((c for name, c in steps.items() if name.startswith(bundle) and "median_s" in c), None)
+        if step is not None:
+            case["step_s"] = step["median_s"]
+            case["share_of_step"] = stats["median_s"] / step["median_s"]
+        result["cases"][f"{bundle} ({case['shape']})"] = case
+    return result
+
+
 # ------------------------------------------------------------------------------------------------ report
 
 
@@ -695,6 +726,16 @@ def to_markdown(report: dict[str, Any]) -> str:
             lines += [""] + _case_table(sec["cases"], [*columns, ("parameters_m", "params (M)")])
             notes = {f"{name}: {case['note']}" for name, case in sec["cases"].items() if case.get("note")}
             lines += [f"\n{note}." for note in sorted(notes)]
+    if "matching" in sections:
+        sec = sections["matching"]
+        lines += ["", "## PRIOR set matching (Hungarian, L1, paper shapes)", ""]
+        if "skipped" in sec or "error" in sec:
+            lines.append(sec.get("skipped") or sec.get("error"))
+        else:
+            lines.append("Share: of the bundle's training step in the train_step section (a stage-1 step; stage 3 "
+                         "steps are longer, so this is an upper bound).")
+            columns = [("median_s", "s/batch"), ("step_s", "step s"), ("share_of_step", "share of step")]
+            lines += [""] + _case_table(sec["cases"], columns)
     return "\n".join(lines) + "\n"
 
 
@@ -726,7 +767,7 @@ def run(
     Args:
         out_dir: output folder (created).
         device: ``cpu`` or ``cuda`` (``cuda:1`` etc.).
-        sections: comma-separated subset of ``preprocessing,encoder,train_step``.
+        sections: comma-separated subset of ``preprocessing,encoder,train_step,matching``.
         repeats: timed runs per case (the median is reported).
         warmup: untimed runs before them.
         volume: CT volume for the preprocessing section (default: the shared Lung-PET-CT-Dx case, else a phantom).
@@ -775,6 +816,8 @@ def run(
                     result["volume_source"] = source
                 elif name == "encoder":
                     result = bench_encoder(dev, repeats, warmup, encoder_input, encoder)
+                elif name == "matching":
+                    result = bench_matching(dev, repeats, warmup, report["sections"].get("train_step"))
                 else:
                     result = bench_train_step(dev, repeats, warmup, train_batch)
             except FileNotFoundError:
