@@ -59,8 +59,8 @@ __all__ = [
     "DEFAULT_VOLUME",
     "SECTIONS",
     "bench_encoder",
-    "bench_preprocessing",
     "bench_matching",
+    "bench_preprocessing",
     "bench_train_step",
     "machine_info",
     "run",
@@ -635,7 +635,8 @@ def bench_matching(device: torch.device, repeats: int, warmup: int, train_step: 
         generator = torch.Generator(device=device).manual_seed(0)
         predictions = torch.randn(reports, queries, width, device=device, generator=generator)
         targets = torch.randn(reports, queries, width, device=device, generator=generator)
-        stats, _ = _measure(lambda _: match_predictions(predictions, targets), device, repeats, warmup)
+        stats, _ = _measure(lambda pair: match_predictions(*pair), device, repeats, warmup,
+                            setup=lambda p=predictions, t=targets: (p, t))  # fmt: skip
         case = {**stats, "shape": f"{reports} x {queries} x {queries}"}
         step = next((c for name, c in steps.items() if name.startswith(f"{bundle} paper") and "median_s" in c), None)
         step = step or next((c for name, c in steps.items() if name.startswith(bundle) and "median_s" in c), None)
