@@ -32,6 +32,18 @@ ALLOWED_DIFFERENCES: dict[str, set[str]] = {
         "image_backbone#spatial_dims", "model#image_encoder#projector#spatial_dims", "decoder#spatial_dims",
         "pool_grid", "mask_upsampling",
     },
+    "prior": {
+        # 3D: no left-right flips (reports name sides), longer reports: more tokens, prototypes and queries;
+        # a half-resolution reconstruction target (bundles/prior_ct/docs/README.md)
+        "bundle_root", "datalist", "imports", "findings", "batch_size", "max_text_length",
+        "orientation", "pixdim", "spatial_size", "hu_range", "resize_size", "image_mean", "image_std",
+        "image_preprocessing#_target_", "image_preprocessing#hu_range", "image_preprocessing#orientation",
+        "image_preprocessing#pixdim", "image_preprocessing#resize_size", "image_preprocessing#mean",
+        "image_preprocessing#std",
+        "flip_prob", "augmentation#flip_axes", "augmentation#spatial_dims",
+        "image_backbone#spatial_dims", "objective_def#image_decoder#spatial_dims", "image_decoder_blocks",
+        "pool_grid", "num_prototypes", "num_queries",
+    },
     "raddino": {
         # 2D: Hugging Face Dinov2Model (fine-tuned from dinov2-base, as RAD-DINO); 3D: EVA ViT from scratch
         "bundle_root", "datalist", "imports", "findings", "batch_size", "num_workers", "activation_checkpointing",
