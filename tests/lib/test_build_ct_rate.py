@@ -233,3 +233,16 @@ def test_two_rows_for_one_volume_skip_it_once(ct_rate: Path, tmp_path: Path) -> 
     (ct_rate / "train_fixed" / "notes.nii.gz").unlink()
     with pytest.raises(DataContractError, match=r"validation_reports\.csv, line 4: second report row"):
         build_ct_rate(ct_rate, tmp_path / "d.json", check_headers=False, on_bad="raise", quiet=True)
+
+
+def test_fixed_splits_csv(ct_rate: Path, tmp_path: Path) -> None:
+    _csv(tmp_path / "splits.csv", ["VolumeName", "split"], [
+        {"VolumeName": "train_1_a_1.nii.gz", "split": "val"},
+        {"VolumeName": "train_2_a_1.nii.gz", "split": "holdout"},  # unknown: the row is unusable, the default rule
+        {"VolumeName": "train_3_a_1.nii.gz", "split": "train"},  # pinned to training whatever val_fraction says
+    ])  # fmt: skip
+    out = tmp_path / "d.json"
+    summary = build_ct_rate(ct_rate, out, splits=str(tmp_path / "splits.csv"), val_fraction=0.99, quiet=True)
+    names = _names(out)
+    assert names["validation"] == ["train_1_a_1", "train_2_a_1"] and names["training"] == ["train_3_a_1"]
+    assert summary.notes["unusable row(s): unknown split"] == 1

@@ -39,6 +39,7 @@ from common.data.contract import DataContractError
 from common.data.findings import FINDINGS
 from common.data.readers import _nifti_header
 from common.data.sources.records import (
+    SPLIT_NAMES,
     BuildLog,
     BuildSummary,
     Candidate,
@@ -126,6 +127,19 @@ def _rows_by_volume(
     return rows, columns
 
 
+def _fixed_splits(path: Path, volumes: dict[str, Any], log: BuildLog) -> dict[str, str]:
+    """``{volume name: section}`` of a split CSV (``VolumeName``, ``split``)."""
+    rows, _ = _rows_by_volume([path], ("VolumeName", "split"), volumes, "split", log)
+    out = {}
+    for name, (where, row) in rows.items():
+        section = SPLIT_NAMES.get(row.get("split", "").lower()) if row else None
+        if section is None:
+            log.row_problem(where, "unknown split", f"{row.get('split')!r}; expected one of {sorted(SPLIT_NAMES)}")
+        else:
+            out[name] = section
+    return out
+
+
 def _natural_order(name: str) -> tuple[str, int, str, int]:
     """CT-RATE order: split, patient number, scan, reconstruction number (``train_2`` before ``train_10``)."""
     split, patient, scan, reconstruction = name.split("_")
@@ -179,6 +193,7 @@ def build_ct_rate(
     root: str | os.PathLike,
     out: str | os.PathLike,
     reconstructions: str = "first",
+    splits: str | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
     image_only: bool = True,
@@ -194,6 +209,9 @@ def build_ct_rate(
             ``multi_abnormality_labels/``, ``metadata/``; the last three optional).
         out: the datalist JSON to write.
         reconstructions: ``first`` (one per scan) or ``all``.
+        splits: optional CSV of ``VolumeName`` -> ``split`` (train / val / test; Merlin-style fixed splits): listed
+            volumes keep that split (a patient listed in two goes whole to the more held-out one), the others
+            follow the default rule.
         val_fraction: fraction of ``train_fixed`` patients put in ``validation``.
         seed: seed of the patient-level split.
         image_only: keep volumes without a report (or with empty findings and impression) as image-only records;
@@ -232,6 +250,7 @@ def build_ct_rate(
     )
     if not reports:
         log.note("volume(s) and no report CSV: every record is image-only")
+    fixed_split = _fixed_splits(Path(splits).expanduser(), volumes, log) if splits else {}
 
     candidates: dict[tuple[str, str], list[Candidate]] = {}
     for name in tqdm(sorted(volumes, key=_natural_order), desc="ct_rate: volumes", unit="volume", disable=quiet):
@@ -290,7 +309,9 @@ def build_ct_rate(
             else:  # an image-only record carries no labels (contract); kept for evaluation, as the phantoms do
                 meta["labels"] = values
         record["meta"] = meta
-        candidates.setdefault((patient, match["scan"]), []).append(Candidate(record, patient, section, str(path)))
+        section = fixed_split.get(name, section)
+        candidate = Candidate(record, patient, section, str(path), movable=name not in fixed_split)
+        candidates.setdefault((patient, match["scan"]), []).append(candidate)
 
     kept = []
     for scan in candidates.values():

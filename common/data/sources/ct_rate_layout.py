@@ -7,11 +7,13 @@
     OUT_DIR/radiology_text_reports/{train,validation}_reports.csv      the reports' sections (Findings_EN, ...)
     OUT_DIR/multi_abnormality_labels/{train,valid}_predicted_labels.csv  the 18 labels, where a record has all 18
     OUT_DIR/metadata/{train,validation}_metadata.csv                    spacing from the NIfTI header
+    OUT_DIR/splits.csv                                                   volume name -> the datalist's section
     OUT_DIR/sources.json                                                 volume name -> the datalist's image
 
 It is how the embedded phantoms (or any datalist of NIfTI volumes) go through the path a CT-RATE user takes. What
-the CT-RATE layout cannot hold is left out: lesion masks, ``meta``, and the validation split (CT-RATE has none:
-the builder draws validation patients from ``train_fixed``). Labels of image-only records (in ``meta["labels"]``,
+the CT-RATE layout cannot hold is left out: lesion masks and ``meta``. The sections are kept by ``splits.csv``
+(``python -m common.data.build ct_rate --splits OUT_DIR/splits.csv``; without it the builder draws validation
+patients from ``train_fixed``). Labels of image-only records (in ``meta["labels"]``,
 as the phantoms keep them) are written to the label CSV; the builder puts them back into ``meta``.
 """
 
@@ -73,6 +75,7 @@ def write_ct_rate_layout(datalist: str | os.PathLike, out_dir: str | os.PathLike
         raise DataContractError(out, "already holds a CT-RATE layout; write into an empty folder")
     rows: dict[str, dict[str, list[dict[str, Any]]]] = {s: {"report": [], "label": [], "meta": []} for s in _FILES}
     sources: dict[str, str] = {}
+    split_rows: list[dict[str, Any]] = []
     counters = {"train": 0, "valid": 0}
     for section in SECTIONS:
         split = "valid" if section == "test" else "train"
@@ -90,6 +93,7 @@ def write_ct_rate_layout(datalist: str | os.PathLike, out_dir: str | os.PathLike
             else:
                 target.write_bytes(image.read_bytes())
             sources[name] = str(image.resolve())
+            split_rows.append({"VolumeName": f"{name}.nii.gz", "split": section})
             volume = f"{name}.nii.gz"
             if isinstance(record.get("report"), str):
                 parts = extract_sections(record["report"])
@@ -108,6 +112,7 @@ def write_ct_rate_layout(datalist: str | os.PathLike, out_dir: str | os.PathLike
             out / "multi_abnormality_labels" / labels, ("VolumeName", *(f.name for f in FINDINGS)), rows[split]["label"]
         )
         _write_csv(out / "metadata" / metadata, _META_COLUMNS, rows[split]["meta"])
+    _write_csv(out / "splits.csv", ("VolumeName", "split"), split_rows)
     (out / "sources.json").write_text(json.dumps(sources, indent=1) + "\n", encoding="utf-8")
     return out
 

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from common.data.contract import DataContractError
 from common.data.readers import DICOM_SUFFIXES, RADIOGRAPH_SUFFIXES, VOLUME_SUFFIXES
 from common.data.sources.records import (
+    SPLIT_NAMES,
     BuildLog,
     BuildSummary,
     Candidate,
@@ -44,13 +45,9 @@ from common.data.sources.records import (
     write_datalist,
 )
 
-__all__ = ["IMAGE_COLUMNS", "SPLIT_NAMES", "build_folder", "find_images"]
+__all__ = ["IMAGE_COLUMNS", "build_folder", "find_images"]
 
 IMAGE_COLUMNS: tuple[str, ...] = ("image", "file", "filename", "path")
-SPLIT_NAMES: dict[str, str] = {
-    "train": "training", "training": "training", "val": "validation", "valid": "validation",
-    "validation": "validation", "test": "test",
-}  # fmt: skip
 _RESERVED = (*IMAGE_COLUMNS, "report", "findings", "impression", "split", "patient_id", "patient")
 
 

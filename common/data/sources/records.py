@@ -38,6 +38,7 @@ from common.data.validate import validate_datalist
 __all__ = [
     "LABEL_POLICIES",
     "ON_BAD",
+    "SPLIT_NAMES",
     "BuildLog",
     "BuildSummary",
     "Candidate",
@@ -60,6 +61,11 @@ ON_BAD: tuple[str, ...] = ("skip", "raise")
 LABEL_POLICIES: tuple[str, ...] = ("ignore", "zeros", "ones", "error")
 _POLICY_VALUE: dict[str, int | None] = {"ignore": None, "zeros": 0, "ones": 1}
 _EXAMPLES = 3
+#: split names in user CSVs -> datalist sections
+SPLIT_NAMES: dict[str, str] = {
+    "train": "training", "training": "training", "val": "validation", "valid": "validation",
+    "validation": "validation", "test": "test",
+}  # fmt: skip
 
 
 def at(path: str | os.PathLike, line: int | None = None) -> str:
