@@ -15,6 +15,8 @@ from common.data.sources.ct_rate import build_ct_rate
 from common.data.sources.ct_rate_layout import write_ct_rate_layout
 from common.transforms.text import extract_sections
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory) -> Path:
@@ -54,3 +56,43 @@ def test_round_trip(phantoms: Path, tmp_path: Path) -> None:
         ]
     with pytest.raises(DataContractError, match="already holds a CT-RATE layout"):
         write_ct_rate_layout(phantoms, layout)
+
+
+@pytest.mark.slow
+def test_training_scalars_unchanged_through_the_layout(phantoms: Path, tmp_path: Path, monkeypatch) -> None:
+    """colipri_ct's demo trained one epoch on the phantom datalist and on the same phantoms read back from the
+    CT-RATE layout (with its splits.csv): every logged training scalar is equal."""
+    import torch
+    from monai.bundle import ConfigWorkflow
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    layout = write_ct_rate_layout(phantoms, tmp_path / "mini_ct_rate")
+    rebuilt = tmp_path / "rebuilt.json"
+    build_ct_rate(layout, rebuilt, splits=str(layout / "splits.csv"), quiet=True)
+    configs = [str(REPO / "bundles" / "colipri_ct" / "configs" / c) for c in ("train.yaml", "demo.yaml")]
+    outputs = []
+    for name, datalist in (("phantom", phantoms), ("ct_rate", rebuilt)):
+        root = tmp_path / name
+        (root / "configs").mkdir(parents=True)
+        (root / "configs" / "metadata.json").write_text(
+            (REPO / "bundles" / "colipri_ct" / "configs" / "metadata.json").read_text()
+        )
+        workflow = ConfigWorkflow(
+            config_file=configs, workflow_type="train", bundle_root=str(root), dataset_dir=str(datalist),
+            max_epochs=1, batch_size=2, max_text_length=32, spatial_size=32, pixdim=12.0, num_workers=0,
+        )  # fmt: skip
+        workflow.initialize()
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        steps: list[dict[str, float]] = []
+
+        def record(engine, steps=steps) -> None:  # the step's scalars, as the trainer logs them
+            out = engine.state.output
+            steps.append(
+                {k: float(v) for k, v in out.items() if isinstance(v, float) or (torch.is_tensor(v) and v.numel() == 1)}
+            )
+
+        trainer.add_event_handler("ITERATION_COMPLETED", record)
+        workflow.run()
+        outputs.append(steps)
+    assert len(outputs[0]) == 2 and outputs[0][0]  # 4 training records, batch 2
+    assert outputs[0] == outputs[1]
