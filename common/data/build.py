@@ -20,6 +20,12 @@ row), and the labels it found. ``--on_bad raise`` stops at the first problem ins
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from common.bundle_support import flag
 from common.data.sources.chexpert_plus import build_chexpert_plus
 from common.data.sources.ct_rate import build_ct_rate
 from common.data.sources.folder import build_folder
@@ -37,18 +43,24 @@ BUILDERS = {
 }
 
 
+def _command(builder: Callable[..., Any]) -> Callable[..., None]:
+    """``builder`` for fire: boolean knobs read with :func:`common.bundle_support.flag` (fire passes
+    ``--image_only false`` as the text ``'false'``), the printed summary not returned (fire would print it again)."""
+    parameters = inspect.signature(builder).parameters
+    booleans = {name for name, p in parameters.items() if p.annotation in (bool, "bool")}
+
+    @functools.wraps(builder)
+    def run(*args: Any, **kwargs: Any) -> None:
+        builder(*args, **{k: flag(v, k) if k in booleans else v for k, v in kwargs.items()})
+
+    return run
+
+
 def main() -> None:
-    """The ``fire`` command line over :data:`BUILDERS` (the summary is printed, not returned to fire)."""
+    """The ``fire`` command line over :data:`BUILDERS`."""
     import fire
 
-    def quiet_result(builder):  # fire would print the returned summary object again
-        def run(*args, **kwargs) -> None:
-            builder(*args, **kwargs)
-
-        run.__doc__, run.__name__, run.__wrapped__ = builder.__doc__, builder.__name__, builder
-        return run
-
-    fire.Fire({name: quiet_result(builder) for name, builder in BUILDERS.items()})
+    fire.Fire({name: _command(builder) for name, builder in BUILDERS.items()})
 
 
 if __name__ == "__main__":

@@ -124,3 +124,17 @@ def test_split_column_and_cli(tmp_path: Path) -> None:
     assert "1 unknown split" in done.stdout and "m.csv, line 4: 'unseen'" in done.stdout
     content = json.loads(out.read_text())
     assert [len(content[s]) for s in ("training", "validation", "test")] == [1, 1, 0]  # c skipped, not image-only
+
+
+def test_cli_boolean_knobs_are_read_as_flags(volumes: Path, tmp_path: Path) -> None:
+    from common.data.build import BUILDERS, _command
+
+    seen = {}
+
+    def builder(root: str, out: str, open_images: bool = False, quiet: bool = False) -> None:
+        seen.update(open_images=open_images, quiet=quiet)
+
+    _command(builder)("r", "o", open_images="false", quiet="1")  # as fire passes --open_images false --quiet 1
+    assert seen == {"open_images": False, "quiet": True}
+    with pytest.raises(ValueError, match="knob 'quiet'"):
+        _command(BUILDERS["folder"])(str(volumes), str(tmp_path / "d.json"), quiet="maybe")
