@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -131,3 +132,28 @@ def test_bundle_inference_skips_and_lists(tmp_path: Path, bundle) -> None:
     while error is not None and not isinstance(error, DataContractError):
         error = error.__cause__ or error.__context__
     assert error is not None and str(files[1]) in str(error), caught.value  # workers: the rebuilt message names it
+
+
+EMBED_BUNDLES = discover_bundles(configs=["train", "demo", "embed"])
+
+
+@pytest.mark.parametrize("bundle", EMBED_BUNDLES, ids=[b.name for b in EMBED_BUNDLES])
+def test_bundle_embed_skips_and_lists(tmp_path: Path, bundle, monkeypatch) -> None:
+    """embed.yaml (random-init model) over three inputs with reports, the second corrupt, with --on_bad_sample skip."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    files = _inputs(tmp_path / "data", bundle.spatial_dims)
+    datalist = tmp_path / "data" / "datalist.json"
+    datalist.write_text(json.dumps({"test": [{"image": p.name, "report": "No effusion."} for p in files]}))
+    parser = ConfigParser()
+    parser.read_config([str(bundle.config(name)) for name in ("train", "demo", "embed")])
+    parser.update({"dataset_dir": str(datalist), "bundle_root": str(tmp_path / "root"), "max_text_length": 32})
+    parser["on_bad_sample"] = "skip"
+    model_path = Path(parser.get_parsed_content("model_path"))
+    model_path.parent.mkdir(parents=True)
+    torch.save(parser.get_parsed_content("model").state_dict(), model_path)
+    parser.get_parsed_content("evaluator").run()
+    out = Path(parser.get_parsed_content("embed_output_dir"))
+    ids = np.load(out / "embeddings.npz")["ids"].tolist()
+    assert len(ids) == 2 and not any(files[1].stem.split(".")[0] in i for i in ids)
+    skipped = _rows(out / "skipped.csv")
+    assert [Path(row[0]).name for row in skipped[1:]] == [files[1].name] and skipped[1][1]
