@@ -138,3 +138,16 @@ def test_cli_boolean_knobs_are_read_as_flags(volumes: Path, tmp_path: Path) -> N
     assert seen == {"open_images": False, "quiet": True}
     with pytest.raises(ValueError, match="knob 'quiet'"):
         _command(BUILDERS["folder"])(str(volumes), str(tmp_path / "d.json"), quiet="maybe")
+
+
+def test_open_images_reads_every_image(tmp_path: Path, write_nifti) -> None:
+    root = tmp_path / "scans"
+    root.mkdir()
+    write_nifti(root / "ok.nii.gz", np.random.default_rng(0).normal(-500, 300, size=(20, 20, 20)).astype(np.float32))
+    write_nifti(root / "flat.nii.gz", np.zeros((20, 20, 20), np.float32))  # constant: probably not a CT in HU
+    (root / "broken.nii.gz").write_bytes(b"\x1f\x8b not gzip")
+    summary = build_folder(root, tmp_path / "d.json", open_images=True, val_fraction=0.0, test_fraction=0.0, quiet=True)
+    assert summary.written == 2 and summary.skipped == {"record failed validation": 1}
+    assert "broken.nii.gz" in summary.examples["record failed validation"][0]
+    assert summary.notes["validator warning(s), record kept"] >= 1
+    assert any("flat.nii.gz" in e for e in summary.examples["validator warning(s), record kept"])

@@ -380,13 +380,19 @@ _CHECK_CHUNK = 512  # records validated per call (the progress bar's step)
 
 
 def _validation_problems(
-    records: list[dict[str, Any]], folder: Path, dims: int, open_images: bool
+    records: list[dict[str, Any]], folder: Path, dims: int, open_images: bool, log: BuildLog
 ) -> dict[int, list[str]]:
-    """``{index: problems}`` of ``records`` by :func:`common.data.validate.validate_datalist` (a temporary file)."""
+    """``{index: problems}`` of ``records`` by :func:`common.data.validate.validate_datalist` (a temporary file);
+    its warnings (a volume that may not be a CT in HU) become notes of ``log``."""
+    warnings: list[Any] = []
     with tempfile.TemporaryDirectory(dir=folder, prefix=".build-check-") as tmp:
         path = Path(tmp) / "candidates.json"
         path.write_text(json.dumps({"training": records}), encoding="utf-8")
-        found = validate_datalist(path, dims=dims, open_images=open_images, section="training", base_dir=folder)
+        found = validate_datalist(
+            path, dims=dims, open_images=open_images, section="training", base_dir=folder, warnings=warnings
+        )
+    for warning in warnings:
+        log.note("validator warning(s), record kept", example=f"{warning.source}: {warning.problem}")
     out: dict[int, list[str]] = {}
     for problem in found:
         if problem.index is not None:
@@ -440,7 +446,7 @@ def write_datalist(
     chunks = range(0, len(candidates), _CHECK_CHUNK)
     for start in tqdm(chunks, desc=f"{log.source}: checking records", unit="chunk", disable=quiet or not chunks):
         chunk = candidates[start : start + _CHECK_CHUNK]
-        problems = _validation_problems([c.record for c in chunk], out.parent, dims, open_images)
+        problems = _validation_problems([c.record for c in chunk], out.parent, dims, open_images, log)
         for index, candidate in enumerate(chunk):
             if index in problems:
                 log.problem(candidate.where, "record failed validation", "; ".join(problems[index]))
