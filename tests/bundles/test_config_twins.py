@@ -63,6 +63,14 @@ ALLOWED_DIFFERENCES: dict[str, set[str]] = {
     },
 }
 
+#: the 3D twin's validating reader with its "is this a CT in HU?" knob (README, data section)
+CT_READER_CHECKS = {
+    "ct_checks", "image_preprocessing#loader#_mode_", "image_preprocessing#loader#_target_",
+    "image_preprocessing#loader#ct_checks",
+}  # fmt: skip
+for _method in ("colipri", "g2d", "raddino"):
+    ALLOWED_DIFFERENCES[_method] |= CT_READER_CHECKS
+
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     """Config ids -> leaf values (lists of components are indexed, like MONAI's ``train#handlers#0``)."""

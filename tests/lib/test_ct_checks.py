@@ -118,3 +118,49 @@ def test_validator_warns_or_counts_them_with_strict(tmp_path: Path, write_nifti)
     assert [(w.index, Path(w.source).name) for w in warnings] == [(1, "export.nii.gz")]
     strict = validate_datalist(path, strict=True)
     assert [(p.index, "8-bit export" in p.problem) for p in strict] == [(1, True)]
+
+
+def _ct_stacks() -> list[tuple[str, list[Path], str]]:
+    """(bundle:config, config files, id of the preprocessing list) of every config that exposes ``ct_checks``."""
+    import yaml
+
+    from common.bundle_support import discover_bundles
+
+    out = []
+    for bundle in discover_bundles():
+        for name, preprocessing in (("train", "image_preprocessing"), ("inference", "preprocessing")):
+            path = bundle.config(name)
+            if path is not None and "ct_checks" in (yaml.safe_load(path.read_text()) or {}):
+                out.append((f"{bundle.name}:{name}", [path], preprocessing))
+    return out
+
+
+CT_STACKS = _ct_stacks()
+
+
+def test_ct_bundles_expose_the_knob() -> None:
+    assert {s.split(":")[0] for s, _, _ in CT_STACKS} >= {"colipri_ct", "g2d_ct", "raddino_ct"}
+
+
+@pytest.mark.parametrize(("stack", "files", "preprocessing"), CT_STACKS, ids=[s for s, _, _ in CT_STACKS])
+def test_bundle_ct_checks_knob(tmp_path: Path, write_nifti, stack: str, files: list[Path], preprocessing: str) -> None:
+    """``--ct_checks error`` makes a bundle's preprocessing refuse an 8-bit export naming it; ``warn`` reads it."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    export = write_nifti(tmp_path / "export.nii.gz", NOT_HU["eight_bit_export"][0]())
+    for knob, refused in (("error", True), ("warn", False)):
+        parser = ConfigParser()
+        parser.read_config([str(f) for f in files])
+        parser.update({"ct_checks": knob, "spatial_size": 16, "pixdim": 8.0})
+        transform = parser.get_parsed_content(preprocessing)
+        transform = transform if isinstance(transform, Compose) else Compose(transform)
+        if not refused:
+            transform({"image": str(export)})
+            continue
+        with pytest.raises(Exception) as caught:
+            transform({"image": str(export)})
+        error = caught.value
+        while error is not None and not isinstance(error, DataContractError):
+            error = error.__cause__ or error.__context__
+        assert error is not None and error.source == str(export) and "8-bit export" in error.problem, stack
