@@ -48,11 +48,15 @@ def test_round_trip(phantoms: Path, tmp_path: Path) -> None:
             else:  # image-only: labels kept out of sight in meta on both sides
                 assert "report" not in record and record["meta"]["labels"] == source["meta"]["labels"]
             assert record["meta"]["spacing"] == pytest.approx(source["meta"]["spacing"], abs=1e-3)
-    # with the layout's splits.csv the sections are the datalist's own
-    build_ct_rate(layout, out, splits=str(layout / "splits.csv"), quiet=True)
+    # with the layout's splits.csv and masks/ the sections and masks are the datalist's own
+    build_ct_rate(layout, out, splits=str(layout / "splits.csv"), masks=str(layout / "masks"), quiet=True)
     for section in ("training", "validation", "test"):
-        assert [Path(sources[r["meta"]["volume_name"]]) for r in load_datalist(out, section)] == [
-            Path(r["image"]).resolve() for r in load_datalist(phantoms, section)
+        rebuilt, source = load_datalist(out, section), load_datalist(phantoms, section)
+        assert [Path(sources[r["meta"]["volume_name"]]) for r in rebuilt] == [
+            Path(r["image"]).resolve() for r in source
+        ]
+        assert [Path(r["mask"]).resolve() if "mask" in r else None for r in rebuilt] == [
+            Path(r["mask"]).resolve() if "mask" in r else None for r in source
         ]
     with pytest.raises(DataContractError, match="already holds a CT-RATE layout"):
         write_ct_rate_layout(phantoms, layout)

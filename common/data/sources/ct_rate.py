@@ -140,6 +140,22 @@ def _fixed_splits(path: Path, volumes: dict[str, Any], log: BuildLog) -> dict[st
     return out
 
 
+def _masks(folder: Path, volumes: dict[str, Any], log: BuildLog) -> dict[str, Path]:
+    """``{volume name: mask file}`` of a mask folder (files named like the volumes, at any depth)."""
+    if not folder.is_dir():
+        raise DataContractError(folder, "mask folder does not exist")
+    out: dict[str, Path] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.name.endswith((".nii.gz", ".nii"))):
+        name = path.name.split(".nii")[0]
+        if name not in volumes:
+            log.note("mask file(s) without a volume (unused)", example=str(path))
+        elif name in out:
+            log.row_problem(str(path), "second mask file for one volume", f"first at {out[name]}")
+        else:
+            out[name] = path
+    return out
+
+
 def _natural_order(name: str) -> tuple[str, int, str, int]:
     """CT-RATE order: split, patient number, scan, reconstruction number (``train_2`` before ``train_10``)."""
     split, patient, scan, reconstruction = name.split("_")
@@ -194,6 +210,7 @@ def build_ct_rate(
     out: str | os.PathLike,
     reconstructions: str = "first",
     splits: str | None = None,
+    masks: str | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
     image_only: bool = True,
@@ -212,6 +229,8 @@ def build_ct_rate(
         splits: optional CSV of ``VolumeName`` -> ``split`` (train / val / test; Merlin-style fixed splits): listed
             volumes keep that split (a patient listed in two goes whole to the more held-out one), the others
             follow the default rule.
+        masks: optional folder of segmentation masks named like the volumes (``<VolumeName>``, at any depth): a
+            paired volume with one gets it as ``mask`` (checked against the image by ``--open_images``).
         val_fraction: fraction of ``train_fixed`` patients put in ``validation``.
         seed: seed of the patient-level split.
         image_only: keep volumes without a report (or with empty findings and impression) as image-only records;
@@ -251,6 +270,7 @@ def build_ct_rate(
     if not reports:
         log.note("volume(s) and no report CSV: every record is image-only")
     fixed_split = _fixed_splits(Path(splits).expanduser(), volumes, log) if splits else {}
+    mask_of = _masks(Path(masks).expanduser().resolve(), volumes, log) if masks else {}
 
     candidates: dict[tuple[str, str], list[Candidate]] = {}
     for name in tqdm(sorted(volumes, key=_natural_order), desc="ct_rate: volumes", unit="volume", disable=quiet):
@@ -288,6 +308,8 @@ def build_ct_rate(
                 log.note("report(s) with empty findings (impression only)")
         if report:
             record["report"] = report
+            if name in mask_of:
+                record["mask"] = str(mask_of[name])
         elif not image_only:
             log.problem(str(path), "volume without a report (image_only=False)")
             continue

@@ -7,13 +7,14 @@
     OUT_DIR/radiology_text_reports/{train,validation}_reports.csv      the reports' sections (Findings_EN, ...)
     OUT_DIR/multi_abnormality_labels/{train,valid}_predicted_labels.csv  the 18 labels, where a record has all 18
     OUT_DIR/metadata/{train,validation}_metadata.csv                    spacing from the NIfTI header
+    OUT_DIR/masks/<volume name>.nii.gz                                   the records' masks (links), if any
     OUT_DIR/splits.csv                                                   volume name -> the datalist's section
     OUT_DIR/sources.json                                                 volume name -> the datalist's image
 
 It is how the embedded phantoms (or any datalist of NIfTI volumes) go through the path a CT-RATE user takes. What
-the CT-RATE layout cannot hold is left out: lesion masks and ``meta``. The sections are kept by ``splits.csv``
-(``python -m common.data.build ct_rate --splits OUT_DIR/splits.csv``; without it the builder draws validation
-patients from ``train_fixed``). Labels of image-only records (in ``meta["labels"]``,
+the CT-RATE layout cannot hold is left out: ``meta``. The sections are kept by ``splits.csv`` and the masks by
+``masks/`` (``python -m common.data.build ct_rate --splits OUT_DIR/splits.csv --masks OUT_DIR/masks``; without
+``--splits`` the builder draws validation patients from ``train_fixed``). Labels of image-only records (in ``meta["labels"]``,
 as the phantoms keep them) are written to the label CSV; the builder puts them back into ``meta``.
 """
 
@@ -48,6 +49,13 @@ def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]])
         writer.writerows(rows)
 
 
+def _place(source: Path, target: Path, link: bool) -> None:
+    if link:
+        os.symlink(source.resolve(), target)
+    else:
+        target.write_bytes(source.read_bytes())
+
+
 def _labels(record: dict[str, Any]) -> dict[str, int] | None:
     labels = record.get("labels") or (record.get("meta") or {}).get("labels")
     if not isinstance(labels, dict) or any(f.key not in labels for f in FINDINGS):
@@ -62,7 +70,7 @@ def write_ct_rate_layout(datalist: str | os.PathLike, out_dir: str | os.PathLike
         datalist: a datalist of NIfTI volumes (``training`` / ``validation`` -> ``train_fixed``, ``test`` ->
             ``valid_fixed``).
         out_dir: the miniature CT-RATE root (created; must not hold a previous layout).
-        link: symlink the volumes (default) instead of copying them.
+        link: symlink the volumes and masks (default) instead of copying them.
 
     Returns:
         ``out_dir``.
@@ -88,10 +96,10 @@ def write_ct_rate_layout(datalist: str | os.PathLike, out_dir: str | os.PathLike
             target = out / _FILES[split][0] / f"{split}_{counters[split]}" / f"{split}_{counters[split]}_a"
             target = target / f"{name}.nii.gz"
             target.parent.mkdir(parents=True)
-            if link:
-                os.symlink(image.resolve(), target)
-            else:
-                target.write_bytes(image.read_bytes())
+            _place(image, target, link)
+            if isinstance(record.get("mask"), str):
+                (out / "masks").mkdir(exist_ok=True)
+                _place(Path(record["mask"]), out / "masks" / f"{name}.nii.gz", link)
             sources[name] = str(image.resolve())
             split_rows.append({"VolumeName": f"{name}.nii.gz", "split": section})
             volume = f"{name}.nii.gz"
