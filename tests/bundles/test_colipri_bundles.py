@@ -9,12 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from monai.bundle import ConfigWorkflow
-
 from common.data.findings import FINDINGS
 from common.data.phantom import generate_dataset
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -24,32 +20,18 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return out
 
 
-def _workflow(bundle: str, configs: list[str], workflow_type: str, **override) -> ConfigWorkflow:
-    root = REPO / "bundles" / bundle
-    workflow = ConfigWorkflow(
-        config_file=[str(root / "configs" / c) for c in configs],
-        meta_file=str(root / "configs" / "metadata.json"),
-        logging_file=str(root / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        **override,
-    )
-    workflow.initialize()
-    return workflow
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle,dims", [("colipri_ct", 3), ("colipri_cxr", 2)])
-def test_train_export_infer(bundle: str, dims: int, tiny_dataset: Path, tmp_path: Path, monkeypatch):
+def test_train_export_infer(bundle: str, dims: int, tiny_dataset: Path, tmp_path: Path, bundle_workflow, scratch_bundle_root,
+                            monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     datalist = tiny_dataset / f"datalist_{dims}d.json"
-    bundle_root = tmp_path / bundle
-    (bundle_root / "configs").mkdir(parents=True)
-    (bundle_root / "configs" / "metadata.json").write_text((REPO / "bundles" / bundle / "configs" / "metadata.json").read_text())
+    bundle_root = scratch_bundle_root(bundle)
     small = {"max_epochs": 1, "batch_size": 4, "max_text_length": 32, "spatial_size": 32 if dims == 3 else 64,
              "n_bootstrap": 10}
     if dims == 3:
         small["pixdim"] = 12.0
-    train = _workflow(bundle, ["train.yaml", "demo.yaml"], "train", bundle_root=str(bundle_root),
+    train = bundle_workflow(bundle, ["train.yaml", "demo.yaml"], "train", bundle_root=str(bundle_root),
                       dataset_dir=str(datalist), **small)
     train.run()
     trainer = train.parser.get_parsed_content("train#trainer")
@@ -62,7 +44,7 @@ def test_train_export_infer(bundle: str, dims: int, tiny_dataset: Path, tmp_path
     assert all(isinstance(v, torch.Tensor) for v in state.values())  # flat state dict of network_def
 
     demo = train.parser
-    infer = _workflow(
+    infer = bundle_workflow(
         bundle, ["inference.yaml"], "infer", bundle_root=str(bundle_root), dataset_dir=str(datalist),
         image_backbone=demo.get("image_backbone"), projection_dim=demo["projection_dim"],
         pool_heads=demo["pool_heads"], spatial_size=small["spatial_size"], **({"pixdim": 12.0} if dims == 3 else {}),
@@ -75,7 +57,7 @@ def test_train_export_infer(bundle: str, dims: int, tiny_dataset: Path, tmp_path
     assert ((probs >= 0) & (probs <= 1)).all()
 
     # frozen-encoder evaluation through the bundle's evaluate.yaml (all sections, tiny settings)
-    evaluate = _workflow(bundle, ["train.yaml", "demo.yaml", "evaluate.yaml"], None, bundle_root=str(bundle_root),
+    evaluate = bundle_workflow(bundle, ["train.yaml", "demo.yaml", "evaluate.yaml"], None, bundle_root=str(bundle_root),
                          dataset_dir=str(datalist), eval_output_dir=str(tmp_path / "evaluation"),
                          segmentation_epochs=1, eval_train_split="training", **small)
     evaluate.run()

@@ -68,7 +68,7 @@ CT_READER_CHECKS = {
     "ct_checks", "image_preprocessing#loader#_mode_", "image_preprocessing#loader#_target_",
     "image_preprocessing#loader#ct_checks",
 }  # fmt: skip
-for _method in ("colipri", "g2d", "raddino"):
+for _method in ("colipri", "g2d", "prior", "raddino"):
     ALLOWED_DIFFERENCES[_method] |= CT_READER_CHECKS
 
 

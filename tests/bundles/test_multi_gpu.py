@@ -43,6 +43,9 @@ TINY_BY_DIMS = {  # input sizes: multiples of the patch (8 in 3D; 16 or 14 in 2D
 }
 #: a text tower, when the bundle has one: the tiny BERT of `tiny_text_encoder` (random weights), 1 of 2 layers frozen
 TINY_TEXT = {"text_num_layers": 2, "text_frozen_layers": 1}
+#: PRIOR's sizes (joint width, prototypes, set size, decoders) and its sentence filter (phantom reports are short)
+TINY_PRIOR = {"embed_dim": 32, "sentence_pool_heads": 2, "num_prototypes": 16, "num_queries": 4, "decoder_layers": 1,
+              "decoder_heads": 2, "decoder_mlp_dim": 32, "min_sentences": 2}
 
 
 def _parser(bundle: str, names: tuple[str, ...] = ("train", "demo", "multi_gpu_train")) -> ConfigParser:
@@ -85,7 +88,7 @@ def tiny_text_encoder(tmp_path_factory) -> Path:
 def _overrides(bundle: str, phantoms: Path, text_encoder: Path, root: Path, extra: dict) -> dict:
     parser = _parser(bundle)
     dims = BUNDLES[bundle].spatial_dims
-    tiny = {k: v for k, v in {**TINY, **TINY_BY_DIMS[dims]}.items() if k in parser}
+    tiny = {k: v for k, v in {**TINY, **TINY_BY_DIMS[dims], **TINY_PRIOR}.items() if k in parser}
     if "text_encoder_name" in parser:
         tiny.update({k: v for k, v in TINY_TEXT.items() if k in parser}, text_encoder_name=str(text_encoder))
         tiny.update(dict.fromkeys(component_arguments(parser.config, ["pretrained"]), False))  # the tiny BERT has no weights
@@ -151,19 +154,25 @@ def test_torchrun_two_ranks(bundle: str, phantoms: Path, tiny_text_encoder: Path
     logs = _rank_logs(tmp_path / "logs")
     assert run.returncode == 0, run.stderr[-3000:] + logs[0][-3000:] + logs[1][-3000:]
 
-    # only rank 0 logged the epoch and wrote checkpoints, TensorBoard events and the export
+    # only rank 0 logged the epoch and wrote checkpoints, TensorBoard events and the export (where the config says)
+    paths = _parser(bundle)
+    paths.update(overrides)
+    records = len(paths.get_parsed_content("train_records"))  # the bundle's own selection (PRIOR: paired only)
+    assert 0 < records <= RECORDS
+    steps = records // (WORLD_SIZE * BATCH)
     assert "Epoch[1] Complete" in logs[0] and "saved checkpoint" in logs[0]
     assert "Epoch[1] Complete" not in logs[1] and "saved checkpoint" not in logs[1]
-    assert len(list((root / "runs").glob("events.out.tfevents.*"))) == 1
-    checkpoints = sorted((root / "runs" / "checkpoints").glob("checkpoint_*.pt"))
-    assert [c.name for c in checkpoints] == [f"checkpoint_{RECORDS // (WORLD_SIZE * BATCH):08d}.pt"]
+    events_dir = Path(paths.get_parsed_content("train#rank0_handlers#1#log_dir"))
+    assert len(list(events_dir.glob("events.out.tfevents.*"))) == 1 and events_dir.is_relative_to(root)
+    checkpoints = sorted(Path(paths.get_parsed_content("checkpoint_dir")).glob("checkpoint_*.pt"))
+    assert [c.name for c in checkpoints] == [f"checkpoint_{steps:08d}.pt"]
     model_path = _exported_model(bundle, overrides)
     assert model_path.is_file() and model_path.is_relative_to(root)
 
     checkpoint = torch.load(checkpoints[0], weights_only=True)
     assert checkpoint["world_size"] == WORLD_SIZE and len(checkpoint["rank_states"]) == WORLD_SIZE
     # the sampler sharded the records: each rank saw half of them per epoch
-    assert checkpoint["engine"]["epoch_length"] == RECORDS // (WORLD_SIZE * BATCH)
+    assert checkpoint["engine"]["epoch_length"] == steps
     state = checkpoint["objects"]["objective"]
     assert not any(k.startswith("module.") for k in state)
     assert all(type(v) is torch.Tensor for v in state.values())

@@ -7,14 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 
 from common.data.contract import load_datalist
 from common.data.phantom import generate_dataset
 from common.methods.prior.objective import STAGE_WEIGHTS
 from common.transforms.sentences import records_with_min_sentences
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -23,19 +20,6 @@ def tiny_dataset(tmp_path_factory) -> Path:
     for dims in (2, 3):
         generate_dataset(out, num_train=8, num_image_only=2, num_val=1, num_test=2, seed=5, dims=dims)
     return out
-
-
-def _workflow(bundle: str, configs: list[str], workflow_type: str | None, **override) -> ConfigWorkflow:
-    root = REPO / "bundles" / bundle
-    workflow = ConfigWorkflow(
-        config_file=[str(root / "configs" / c) for c in configs],
-        meta_file=str(root / "configs" / "metadata.json"),
-        logging_file=str(root / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        **override,
-    )
-    workflow.initialize()
-    return workflow
 
 
 def _small(dims: int) -> dict:
@@ -65,19 +49,17 @@ def _small(dims: int) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle,dims", [("prior_cxr", 2), ("prior_ct", 3)])
-def test_three_stages_export_infer(bundle: str, dims: int, tiny_dataset: Path, tmp_path: Path, monkeypatch):
+def test_three_stages_export_infer(
+    bundle: str, dims: int, tiny_dataset: Path, bundle_workflow, scratch_bundle_root, monkeypatch
+):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     datalist = tiny_dataset / f"datalist_{dims}d.json"
-    bundle_root = tmp_path / bundle
-    (bundle_root / "configs").mkdir(parents=True)
-    (bundle_root / "configs" / "metadata.json").write_text(
-        (REPO / "bundles" / bundle / "configs" / "metadata.json").read_text()
-    )
+    bundle_root = scratch_bundle_root(bundle)
     small = _small(dims)
     paired = records_with_min_sentences(load_datalist(str(datalist), "training"), small["min_sentences"])
     stage_weights = {}
     for stage, overlay in ((1, []), (2, ["stage2.yaml"]), (3, ["stage3.yaml"])):
-        train = _workflow(
+        train = bundle_workflow(
             bundle,
             ["train.yaml", *overlay, "demo.yaml"],
             "train",
@@ -100,7 +82,7 @@ def test_three_stages_export_infer(bundle: str, dims: int, tiny_dataset: Path, t
     assert not torch.equal(stage_weights[1][bank], stage_weights[2][bank])
 
     demo = train.parser
-    infer = _workflow(
+    infer = bundle_workflow(
         bundle,
         ["inference.yaml", "demo.yaml"],
         "infer",
@@ -119,16 +101,12 @@ def test_three_stages_export_infer(bundle: str, dims: int, tiny_dataset: Path, t
 
 
 @pytest.mark.slow
-def test_stage_resumes_from_its_own_checkpoints(tiny_dataset: Path, tmp_path: Path, monkeypatch):
+def test_stage_resumes_from_its_own_checkpoints(tiny_dataset: Path, bundle_workflow, scratch_bundle_root, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     datalist = tiny_dataset / "datalist_2d.json"
-    bundle_root = tmp_path / "prior_cxr"
-    (bundle_root / "configs").mkdir(parents=True)
-    (bundle_root / "configs" / "metadata.json").write_text(
-        (REPO / "bundles" / "prior_cxr" / "configs" / "metadata.json").read_text()
-    )
+    bundle_root = scratch_bundle_root("prior_cxr")
     small = _small(2)
-    first = _workflow(
+    first = bundle_workflow(
         "prior_cxr",
         ["train.yaml", "demo.yaml"],
         "train",
@@ -138,7 +116,7 @@ def test_stage_resumes_from_its_own_checkpoints(tiny_dataset: Path, tmp_path: Pa
     )
     first.run()
     done = first.parser.get_parsed_content("train#trainer").state.iteration
-    again = _workflow(
+    again = bundle_workflow(
         "prior_cxr",
         ["train.yaml", "demo.yaml"],
         "train",
