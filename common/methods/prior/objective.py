@@ -36,9 +36,9 @@ from torch import nn
 from common.data.batch import trim_padding
 from common.losses.clip_loss import ClipLoss
 from common.losses.local_alignment_loss import LocalImageSimSiamLoss, LocalSentenceContrastiveLoss
+from common.losses.prototype_generation_loss import PrototypeGenerationLoss
 from common.networks.local_attention import LocalCrossAttention
 from common.networks.sentence_pool import SentencePooler
-from common.networks.set_matching import match_predictions
 from common.networks.two_tower import TwoTowerModel
 
 __all__ = ["STAGE_WEIGHTS", "PRIORPretraining", "simsiam_predictor"]
@@ -137,6 +137,7 @@ class PRIORPretraining(nn.Module):
         self.clip_loss = ClipLoss(init_logit_scale=1.0 / temperature, max_logit_scale=max_logit_scale)
         self.local_image_loss = LocalImageSimSiamLoss()
         self.local_text_loss = LocalSentenceContrastiveLoss(init_logit_scale=math.log(1.0 / local_temperature))
+        self.generation_loss = PrototypeGenerationLoss()
         frozen = [] if uses_bank else [pooler.prototypes]
         frozen += [] if self.stage == 3 else [image_decoder, sentence_decoder]
         for module in frozen:
@@ -210,26 +211,16 @@ class PRIORPretraining(nn.Module):
         target_logits: torch.Tensor,
         text_emb: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        predictions = self.sentence_decoder(local_image)  # (B, Q, D)
-        q = predictions.shape[1]
-        targets = prototypes.new_zeros(prototypes.shape[0], q, prototypes.shape[-1])
-        targets[:, : prototypes.shape[1]] = prototypes
-        target_mask = torch.zeros(mask.shape[0], q, dtype=torch.bool, device=mask.device)
-        target_mask[:, : mask.shape[1]] = mask
-        matched = match_predictions(predictions, targets, p=1.0)  # row t: the prediction assigned to target t
-        terms = {"sentence_generation": F.l1_loss(matched.float(), targets.float())}
-        bank = self.pooler.prototypes
-        predicted_logits = bank.logits(matched[target_mask])
-        terms["prototype_kl"] = F.kl_div(
-            F.log_softmax(predicted_logits.float(), dim=-1),
-            F.log_softmax(target_logits.float(), dim=-1),
-            reduction="batchmean",
-            log_target=True,
+        generated = self.generation_loss(
+            self.sentence_decoder(local_image), prototypes, mask, target_logits, self.pooler.prototypes.logits
         )
-        predicted_prototypes, _ = self.pooler.quantise(matched, target_mask)
-        predicted_emb = self.pooler.attention(predicted_prototypes, target_mask)
-        terms["prediction_alignment"] = self.clip_loss(predicted_emb, text_emb)
-        return terms
+        predicted_prototypes, _ = self.pooler.quantise(generated.matched, generated.mask)
+        predicted_emb = self.pooler.attention(predicted_prototypes, generated.mask)
+        return {
+            "sentence_generation": generated.l1,
+            "prototype_kl": generated.kl,
+            "prediction_alignment": self.clip_loss(predicted_emb, text_emb),
+        }
 
     def log_values(self) -> dict[str, float]:
         """The learned global and local logit scales."""
