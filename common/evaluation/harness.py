@@ -118,7 +118,7 @@ def evaluate_embeddings(
             report.add_figure("zero_shot_roc", plot_roc_curves(scores, labels, names, figures / "zero_shot_roc.png"))
 
     if test_emb is not None and test_text_emb is not None:
-        results["retrieval"] = retrieval_metrics(test_emb, test_text_emb)
+        results["retrieval"] = retrieval_metrics(test_emb, test_text_emb, n_bootstrap=n_bootstrap, seed=seed)
         if figures is not None:
             report.add_figure("retrieval_recall", plot_recall_curve(results["retrieval"], figures / "retrieval.png"))
 

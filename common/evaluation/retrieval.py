@@ -46,15 +46,23 @@ def retrieval_ranks(queries: Any, keys: Any, chunk_size: int = 1024) -> np.ndarr
     return torch.cat(ranks).numpy().astype(np.int64)
 
 
-def _summary(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    out = {f"R@{k}": float((ranks <= k).mean()) for k in ks}
+def _summary(ranks: np.ndarray, ks: Sequence[int], n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """R@k (with a percentile bootstrap CI over the queries, ``R@k_ci``), median and mean rank."""
+    out: dict[str, Any] = {f"R@{k}": float((ranks <= k).mean()) for k in ks}
+    if n_bootstrap > 0:
+        rows = np.random.default_rng(seed).integers(0, len(ranks), size=(n_bootstrap, len(ranks)))
+        resampled = ranks[rows]  # (n_bootstrap, N): the gallery stays whole, the queries are resampled
+        for k in ks:
+            low, high = np.percentile((resampled <= k).mean(axis=1), [2.5, 97.5])
+            out[f"R@{k}_ci"] = [float(low), float(high)]
     out["median_rank"] = float(np.median(ranks))
     out["mean_rank"] = float(ranks.mean())
     return out
 
 
 def retrieval_metrics(
-    image_emb: Any, text_emb: Any, ks: Sequence[int] = (1, 5, 10), curve_max_k: int = 100
+    image_emb: Any, text_emb: Any, ks: Sequence[int] = (1, 5, 10), curve_max_k: int = 100, n_bootstrap: int = 1000,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Image-to-report and report-to-image recall@k and median rank, plus recall curves for plotting.
 
@@ -63,9 +71,11 @@ def retrieval_metrics(
         text_emb: ``(N, D)`` report embeddings, row-aligned with ``image_emb``.
         ks: cut-offs reported as ``R@k``.
         curve_max_k: the recall curve covers ``k = 1 .. min(N, curve_max_k)``.
+        n_bootstrap: resamples of the queries for the 95 % percentile intervals ``R@k_ci`` (0: none).
+        seed: seed of the resampling.
 
     Returns:
-        ``{"image_to_text": {"R@k", "median_rank", "mean_rank"}, "text_to_image": {...}, "n_pairs",
+        ``{"image_to_text": {"R@k", "R@k_ci", "median_rank", "mean_rank"}, "text_to_image": {...}, "n_pairs",
         "chance": {"R@k"}, "curve": {"k": [...], "image_to_text": [...], "text_to_image": [...]}}``.
 
     Raises:
@@ -80,8 +90,8 @@ def retrieval_metrics(
         raise ValueError(f"retrieval needs at least 2 pairs, got {n}")
     curve_k = np.arange(1, min(n, curve_max_k) + 1)
     return {
-        "image_to_text": _summary(i2t, ks),
-        "text_to_image": _summary(t2i, ks),
+        "image_to_text": _summary(i2t, ks, n_bootstrap, seed),
+        "text_to_image": _summary(t2i, ks, n_bootstrap, seed),
         "n_pairs": n,
         "chance": {f"R@{k}": min(1.0, k / n) for k in ks},
         "curve": {

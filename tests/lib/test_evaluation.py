@@ -197,6 +197,9 @@ def test_retrieval_shuffled_pairs_are_at_chance() -> None:
         for k in (10, 50):
             p = k / n
             assert abs(result[direction][f"R@{k}"] - p) < 4 * np.sqrt(p * (1 - p) / n) + 1 / n
+            low, high = result[direction][f"R@{k}_ci"]  # the bootstrap interval brackets the estimate and chance
+            assert low <= result[direction][f"R@{k}"] <= high and low - 0.01 <= p <= high + 0.01
+            assert high - low == pytest.approx(2 * 1.96 * np.sqrt(p * (1 - p) / n), rel=0.35)
         assert abs(result[direction]["median_rank"] - n / 2) < 0.15 * n
     assert result["chance"]["R@10"] == pytest.approx(10 / n)
 
