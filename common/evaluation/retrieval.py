@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from common.evaluation._arrays import as_tensor
 
-__all__ = ["retrieval_ranks", "retrieval_metrics"]
+__all__ = ["retrieval_metrics", "retrieval_ranks"]
 
 
 @torch.no_grad()
