@@ -134,7 +134,7 @@ class ZeroShotClassifier(nn.Module):
     def dense_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Per-patch finding probabilities ``(B, K, *grid)`` from the dense joint-space embeddings."""
         dense = self.image_encoder.encode(x, pool=False)
-        b, d, *grid = dense.shape
+        b, _, *grid = dense.shape
         probs = self._probabilities(dense.flatten(2), "bdn,kpd->bkpn")
         return probs.reshape(b, -1, *grid)
 
@@ -142,7 +142,7 @@ class ZeroShotClassifier(nn.Module):
         """Cosine maps ``(B, P, *grid)`` between per-patch embeddings of ``x`` and ``text_embeddings`` ``(P, D)``."""
         dense = self.image_encoder.encode(x, pool=False)
         text = F.normalize(text_embeddings.to(dense.dtype), dim=-1)
-        b, d, *grid = dense.shape
+        b, _, *grid = dense.shape
         return torch.einsum("bdn,pd->bpn", dense.flatten(2), text).reshape(b, -1, *grid)
 
 
@@ -319,6 +319,20 @@ class LocalZeroShotClassifier(ZeroShotClassifier):
         tokens = self.local_projection(feature_map.flatten(2).transpose(1, 2))  # (B, N, D)
         out = self.cross_attention(tokens.unsqueeze(1), sentences.to(tokens.dtype)[None, :, None])
         return 0.5 * (out.image_attention.mean(dim=(-2, -1)) + out.text_attention.mean(dim=(-2, -1)))
+
+    def local_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Sentence-patch maps ``(B, K, *spatial)`` on the input grid: for each finding, the sigmoid attention of every
+        local token to the positive prompts' sentences minus that to the negative ones (mean over prompt pairs), in
+        ``[-1, 1]``, upsampled (bi/trilinear) from the token grid to the input size."""
+        feature_map = self.image_encoder.backbone(x)
+        tokens = self.local_projection(feature_map.flatten(2).transpose(1, 2))  # (B, N, D)
+        k, p, d = self.prompt_sentences_pos.shape
+        sentences = torch.cat([self.prompt_sentences_pos, self.prompt_sentences_neg]).reshape(-1, d)
+        attention = self.cross_attention(tokens.unsqueeze(1), sentences.to(tokens.dtype)[None, :, None]).image_attention
+        pos, neg = attention[..., 0].reshape(x.shape[0], 2, k, p, -1).unbind(dim=1)  # (B, K, P, N) each
+        maps = (pos - neg).mean(dim=2).reshape(x.shape[0], k, *feature_map.shape[2:])
+        mode = "trilinear" if maps.ndim == 5 else "bilinear"
+        return F.interpolate(maps, size=x.shape[2:], mode=mode, align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-finding probabilities ``(B, K)`` for images ``(B, C, *spatial)``."""

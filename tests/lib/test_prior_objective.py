@@ -321,6 +321,26 @@ def test_local_zero_shot_classifier_rule():
         scores.append(per)
     local = torch.sigmoid(scores[0] - scores[1]).mean(-1)
     torch.testing.assert_close(probs, (global_only + 0.5 * local) / 1.5, rtol=1e-5, atol=1e-6)
+    maps = clf.local_maps(images)  # sentence-patch maps on the input grid
+    assert maps.shape == (2, 2, 64, 64) and maps.abs().max() <= 1
+    v = clf.local_projection(fmap.flatten(2).transpose(1, 2))
+    grid = []
+    for i in range(k):
+        diff = (
+            sum(
+                clf.cross_attention(v, clf.prompt_sentences_pos[i, j][None, None].expand(2, 1, d)).image_attention[
+                    ..., 0
+                ]
+                - clf.cross_attention(v, clf.prompt_sentences_neg[i, j][None, None].expand(2, 1, d)).image_attention[
+                    ..., 0
+                ]
+                for j in range(p)
+            )
+            / p
+        )
+        grid.append(diff.reshape(2, *fmap.shape[2:]))
+    expected = F.interpolate(torch.stack(grid, 1), size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(maps, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_released_resnet50_layout_loads_with_no_missing_or_unexpected_key(tmp_path):
