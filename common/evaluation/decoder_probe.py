@@ -18,11 +18,20 @@ Any encoder with ``features(x) -> [maps]`` (:class:`common.networks.unet.UNetEnc
 **Protocol choices** (the paper gives only AdamW, lr 2e-4, weight decay 0.05, batch size 8 / 16 and "up to 50 epochs
 with early stopping", following MGCA):
 
-* Loss :class:`monai.losses.DiceCELoss` (``to_onehot_y``, ``softmax``), AdamW on every decoder parameter, cosine
-  decay of the learning rate to 0 over a FIXED number of optimiser steps per run (``steps``), the same for every
-  fraction: there is no validation split for early stopping here, and a per-epoch budget would leave the 1 % runs
-  (a handful of cases) with a few dozen steps. Each step draws ``min(batch_size, n_train)`` cases from a stream of
-  seeded permutations of the subset, so every case is seen equally often and every batch is full.
+* Loss :class:`monai.losses.DiceCELoss` (``to_onehot_y``, ``softmax``), by default **class-balanced**
+  (``class_balanced``): Dice over the foreground classes only, pooled over the mini-batch (every class weighs the
+  same whatever its size, and a class absent from a case does not reward an empty prediction), plus cross-entropy
+  weighted by the inverse square root of each class's pixel frequency in the run's labelled cases
+  (:func:`class_weights`; background 1). Plain ``DiceCELoss`` (background included, per case) lets a new decoder
+  collapse to background on small lesions: every Dice in the demo protocol was ~0 with it.
+* AdamW on every decoder parameter, cosine decay of the learning rate over ``steps`` optimiser steps, the same for
+  every fraction (a per-epoch budget would leave the 1 % runs, a handful of cases, with a few dozen steps). Each step
+  draws ``min(batch_size, n_train)`` cases from a stream of seeded permutations of the subset, so every case is seen
+  equally often and every batch is full.
+* **Early stopping** (the paper's "up to 50 epochs with early stopping", after MGCA) when validation cases are given
+  (the datalist's ``validation`` split in the bundles): each run is scored (mean Dice, as the test) every
+  ``eval_every`` steps and at its last one, stops after ``patience`` scores without improvement, and keeps the
+  weights of its best score; ``steps`` is then the maximum. The selected step and its validation Dice are stored.
 * Fraction ``f`` of ``N`` labelled training cases uses ``max(1, round(f * N))`` cases: the first ones of ONE seeded
   permutation, so the subsets are nested (the 1 % cases lie inside the 10 % ones) and both variants see the same
   cases; the indices are returned under ``"subsets"``.
@@ -185,8 +194,13 @@ def decoder_from_pretrained(
 
 
 def _encode(
-    encoder: nn.Module, cases: _Cases, indices: Sequence[int], batch_size: int, device: torch.device,
-    dtype: torch.dtype, desc: str,
+    encoder: nn.Module,
+    cases: _Cases,
+    indices: Sequence[int],
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    desc: str,
 ) -> list[torch.Tensor]:
     """The encoder's pyramid of ``cases[indices]`` as CPU tensors ``(len(indices), c_k, *s_k)`` in ``dtype``."""
     features = getattr(encoder, "features", encoder)
@@ -213,19 +227,60 @@ def _batches(subset: torch.Tensor, batch_size: int, generator: torch.Generator) 
         pending = pending[size:]
 
 
+def class_weights(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Cross-entropy class weights ``(num_classes,)``: inverse square root of each class's voxel frequency in
+    ``masks``, scaled so that background weighs 1; classes absent from ``masks`` get weight 1 (never a target)."""
+    counts = torch.bincount(masks.reshape(-1).long(), minlength=num_classes)[:num_classes].double()
+    frequency = counts / counts.sum().clamp(min=1)
+    weights = torch.where(counts > 0, frequency.clamp(min=1e-12).rsqrt(), torch.zeros_like(frequency))
+    if counts[0] > 0:
+        weights = weights / weights[0]
+    return torch.where(counts > 0, weights, torch.ones_like(weights)).float()
+
+
+def _segmentation_loss(class_balanced: bool, weights: torch.Tensor | None) -> nn.Module:
+    """Plain ``DiceCELoss`` (Dice over every class incl. background, per case), or the class-balanced one: Dice over
+    the foreground classes pooled over the batch (each class counts equally whatever its size, and a class absent
+    from a case is not scored as a perfect empty prediction) + cross-entropy weighted by :func:`class_weights`."""
+    if not class_balanced:
+        return DiceCELoss(to_onehot_y=True, softmax=True)
+    return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True, weight=weights)
+
+
 def _train(
-    decoder: nn.Module, cache: list[torch.Tensor], masks: torch.Tensor, subset: torch.Tensor, *, steps: int,
-    batch_size: int, lr: float, weight_decay: float, seed: int, device: torch.device, desc: str,
-) -> float:
-    """Train ``decoder`` in place; returns the mean loss of the last tenth of the steps."""
+    decoder: nn.Module,
+    cache: list[torch.Tensor],
+    masks: torch.Tensor,
+    subset: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    device: torch.device,
+    desc: str,
+    loss_fn: nn.Module,
+    validate: Callable[[nn.Module], float] | None = None,
+    eval_every: int = 50,
+    patience: int = 4,
+) -> dict[str, Any]:
+    """Train ``decoder`` in place. With ``validate`` (decoder -> validation mean Dice), score every ``eval_every``
+    steps and at the end, stop after ``patience`` scores without improvement and restore the best weights.
+
+    Returns ``{"final_train_loss"`` (mean loss of the last tenth of the steps run), ``"steps_run"``, ``"best_step"``,
+    ``"val_dice"}`` (the last two ``None`` without ``validate``).
+    """
     decoder.to(device).train()
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_fn = loss_fn.to(device)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     stream = _batches(subset, batch_size, torch.Generator().manual_seed(seed))
     tail, losses = max(1, steps // 10), []
-    bar = tqdm(range(steps), desc=desc, leave=False)
-    for _ in bar:
+    best: dict[str, Any] = {"val_dice": None, "best_step": None, "state": None}
+    stale, step = 0, 0
+    bar = tqdm(range(1, steps + 1), desc=desc, leave=False)
+    for step in bar:
         batch = next(stream)
         pyramid = [level[batch].to(device, torch.float32) for level in cache]
         loss = loss_fn(decoder(pyramid), masks[batch].to(device).long()[:, None])
@@ -235,33 +290,95 @@ def _train(
         scheduler.step()
         losses = (losses + [float(loss.detach())])[-tail:]
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    return float(np.mean(losses))
+        if validate is None or (step % eval_every and step != steps):
+            continue
+        score = validate(decoder)
+        decoder.train()
+        if best["val_dice"] is None or score > best["val_dice"]:
+            state = {k: v.detach().clone() for k, v in decoder.state_dict().items()}
+            best, stale = {"val_dice": score, "best_step": step, "state": state}, 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    if best["state"] is not None:
+        decoder.load_state_dict(best["state"])
+    return {
+        "final_train_loss": float(np.mean(losses)),
+        "steps_run": step,
+        "best_step": best["best_step"],
+        "val_dice": best["val_dice"],
+    }
 
 
-def _score(
-    decoder: nn.Module, cache: list[torch.Tensor], masks: torch.Tensor, *, num_classes: int, names: list[str],
-    include_background: bool, batch_size: int, n_bootstrap: int, seed: int, device: torch.device,
-) -> dict[str, Any]:
+def _dice_table(
+    decoder: nn.Module,
+    cache: list[torch.Tensor],
+    masks: torch.Tensor,
+    *,
+    num_classes: int,
+    include_background: bool,
+    batch_size: int,
+    device: torch.device,
+) -> np.ndarray:
+    """Per-case, per-class Dice ``(cases, classes)`` of the argmax prediction, NaN where a class is absent."""
     decoder.eval()
-    metric = DiceMetric(include_background=include_background, reduction="none", num_classes=num_classes,
-                        ignore_empty=True)
+    metric = DiceMetric(
+        include_background=include_background, reduction="none", num_classes=num_classes, ignore_empty=True
+    )
     with torch.no_grad():
         for batch in torch.arange(len(masks)).split(batch_size):
             logits = decoder([level[batch].to(device, torch.float32) for level in cache])
             if tuple(logits.shape[2:]) != tuple(masks.shape[1:]):
-                raise ValueError(f"the decoder gives logits of size {tuple(logits.shape[2:])}, the masks are "
-                                 f"{tuple(masks.shape[1:])}: it must predict at the image size")
+                raise ValueError(
+                    f"the decoder gives logits of size {tuple(logits.shape[2:])}, the masks are "
+                    f"{tuple(masks.shape[1:])}: it must predict at the image size"
+                )
             metric(y_pred=logits.argmax(dim=1, keepdim=True), y=masks[batch].to(device).long()[:, None])
-    dice = metric.aggregate().cpu().numpy().astype(np.float64)  # (cases, classes), NaN where a class is absent
+    return metric.aggregate().cpu().numpy().astype(np.float64)
+
+
+def _case_means(dice: np.ndarray) -> np.ndarray:
+    """A case's Dice: the mean over its present classes (NaN for a case without any)."""
+    scored = np.isfinite(dice).any(axis=1)
+    per_case = np.full(len(dice), np.nan)
+    per_case[scored] = np.nanmean(dice[scored], axis=1)
+    return per_case
+
+
+def _score(
+    decoder: nn.Module,
+    cache: list[torch.Tensor],
+    masks: torch.Tensor,
+    *,
+    num_classes: int,
+    names: list[str],
+    include_background: bool,
+    batch_size: int,
+    n_bootstrap: int,
+    seed: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    dice = _dice_table(
+        decoder,
+        cache,
+        masks,
+        num_classes=num_classes,
+        include_background=include_background,
+        batch_size=batch_size,
+        device=device,
+    )
     reported = names if include_background else names[1:]
     per_class = {}
     for k, name in enumerate(reported):
         summary = bootstrap_mean(dice[:, k], n_bootstrap, seed)
-        per_class[name] = {"dice": summary["mean"], "dice_ci": summary["mean_ci"], "n_cases": summary["n_cases"],
-                           "per_case": dice[:, k]}
-    scored = np.isfinite(dice).any(axis=1)
-    per_case = np.full(len(dice), np.nan)
-    per_case[scored] = np.nanmean(dice[scored], axis=1)
+        per_class[name] = {
+            "dice": summary["mean"],
+            "dice_ci": summary["mean_ci"],
+            "n_cases": summary["n_cases"],
+            "per_case": dice[:, k],
+        }
+    per_case = _case_means(dice)
     summary = bootstrap_mean(per_case, n_bootstrap, seed)
     class_dice = [v["dice"] for v in per_class.values() if v["dice"] is not None]
     return {
@@ -296,6 +413,11 @@ def frozen_encoder_segmentation(
     head_prefix: str = "segmentation_head.",
     cache_dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    val_images: Any = None,
+    val_masks: Any = None,
+    eval_every: int = 50,
+    patience: int = 4,
+    class_balanced: bool = True,
 ) -> dict[str, Any]:
     """G2D's segmentation protocol (Table 1) on a frozen encoder: decoder trained per fraction, Dice per class.
 
@@ -324,20 +446,31 @@ def frozen_encoder_segmentation(
         cache_dtype: dtype of the cached pyramids (float16 halves the memory).
         device: where the encoder and the decoders run (default CUDA if available); the encoder is moved there for
             encoding and moved back.
+        val_images, val_masks: validation cases (as the test ones) for early stopping: every run is scored on them
+            every ``eval_every`` steps and at its last step, stops after ``patience`` scores without improvement
+            and keeps its best weights (``steps`` is then the maximum); ``None``: a fixed ``steps``.
+        eval_every, patience: the early-stopping schedule.
+        class_balanced: the class-balanced loss (foreground Dice over the batch + cross-entropy weighted by
+            :func:`class_weights` of the run's labelled cases) instead of plain ``DiceCELoss``.
 
     Returns:
         JSON-ready ``{"variants": {variant: {fraction_key: run}}, "subsets": {fraction_key: [train indices]},
         "class_names", "n_train_available", "n_test_cases", "test_fingerprint", "settings"}`` where a run is
         ``{"mean_dice", "mean_dice_ci", "n_cases_scored", "macro_dice", "per_class": {name: {"dice", "dice_ci",
-        "n_cases", "per_case"}}, "per_case", "n_train_cases", "final_train_loss"}``; ``per_case`` lists follow the test
+        "n_cases", "per_case"}}, "per_case", "n_train_cases", "final_train_loss", "steps_run", "best_step",
+        "val_dice"}``; ``per_case`` lists follow the test
         order with ``None`` for unscored cases; ``test_fingerprint`` hashes the test masks (see
         :func:`compare_per_case`). Bitwise reproducible for a seed on the CPU.
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2 (background + classes), got {num_classes}")
-    if steps < 1 or batch_size < 1 or lr < 0 or weight_decay < 0 or n_bootstrap < 0:
-        raise ValueError(f"need steps >= 1, batch_size >= 1, lr >= 0, weight_decay >= 0, n_bootstrap >= 0; got "
-                         f"{steps}, {batch_size}, {lr}, {weight_decay}, {n_bootstrap}")
+    if steps < 1 or batch_size < 1 or lr < 0 or weight_decay < 0 or n_bootstrap < 0 or eval_every < 1 or patience < 1:
+        raise ValueError(
+            f"need steps, batch_size, eval_every, patience >= 1 and lr, weight_decay, n_bootstrap >= 0; "
+            f"got {steps}, {batch_size}, {eval_every}, {patience}, {lr}, {weight_decay}, {n_bootstrap}"
+        )
+    if (val_images is None) != (val_masks is None):
+        raise ValueError("give both val_images and val_masks, or neither")
     fractions = sorted({float(f) for f in fractions})
     if not fractions or not all(0.0 < f <= 1.0 for f in fractions):
         raise ValueError(f"fractions must be non-empty, each in (0, 1], got {fractions}")
@@ -345,11 +478,11 @@ def frozen_encoder_segmentation(
     make_decoder = make_decoder or _default_decoder_factory(encoder)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    images = {"train": _Cases(train_images, "train_images", masks=False),
-              "test": _Cases(test_images, "test_images", masks=False)}
-    labels = {"train": _Cases(train_masks, "train_masks", masks=True),
-              "test": _Cases(test_masks, "test_masks", masks=True)}
-    for split in ("train", "test"):
+    given = {"train": (train_images, train_masks), "test": (test_images, test_masks), "val": (val_images, val_masks)}
+    given = {split: pair for split, pair in given.items() if pair[0] is not None}
+    images = {split: _Cases(pair[0], f"{split}_images", masks=False) for split, pair in given.items()}
+    labels = {split: _Cases(pair[1], f"{split}_masks", masks=True) for split, pair in given.items()}
+    for split in given:
         if len(images[split]) != len(labels[split]):
             raise ValueError(f"{len(images[split])} {split} images but {len(labels[split])} {split} masks")
     subsets = nested_subsets(len(images["train"]), fractions, seed)
@@ -358,8 +491,12 @@ def frozen_encoder_segmentation(
     test_cases = list(range(len(images["test"])))
 
     spatial = tuple(images["train"].get(used[:1]).shape[2:])
-    masks = {"train": _as_labels(labels["train"].get(used), "train_masks", spatial, num_classes),
-             "test": _as_labels(labels["test"].get(test_cases), "test_masks", spatial, num_classes)}
+    cases = {"train": used, "test": test_cases, "val": list(range(len(images["val"]))) if "val" in images else []}
+    cases = {split: cases[split] for split in given}
+    masks = {
+        split: _as_labels(labels[split].get(idx), f"{split}_masks", spatial, num_classes)
+        for split, idx in cases.items()
+    }
     fingerprint = hashlib.sha256(str(tuple(masks["test"].shape)).encode())
     fingerprint.update(masks["test"].numpy().astype(np.int64).tobytes())
 
@@ -367,12 +504,31 @@ def frozen_encoder_segmentation(
     home = next(encoder.parameters(), torch.empty(0)).device
     encoder.eval().to(device)
     try:
-        cache = {split: _encode(encoder, images[split], idx, batch_size, device, cache_dtype, f"encoding {split}")
-                 for split, idx in (("train", used), ("test", test_cases))}
+        cache = {
+            split: _encode(encoder, images[split], idx, batch_size, device, cache_dtype, f"encoding {split}")
+            for split, idx in cases.items()
+        }
     finally:
         encoder.to(home).train(was_training)
     size = sum(level.numel() * level.element_size() for split in cache.values() for level in split)
-    logger.info("cached %d + %d feature pyramids on the CPU: %.1f MiB", len(used), len(test_cases), size / 2**20)
+    logger.info(
+        "cached %s feature pyramids on the CPU: %.1f MiB",
+        " + ".join(f"{len(idx)} {split}" for split, idx in cases.items()),
+        size / 2**20,
+    )
+
+    def validate(decoder: nn.Module) -> float:
+        dice = _dice_table(
+            decoder,
+            cache["val"],
+            masks["val"],
+            num_classes=num_classes,
+            include_background=include_background,
+            batch_size=batch_size,
+            device=device,
+        )
+        means = _case_means(dice)
+        return float(np.nanmean(means)) if np.isfinite(means).any() else 0.0
 
     variants: dict[str, dict[str, Any]] = {VARIANTS[0]: {}}
     if pretrained_decoder is not None:
@@ -384,30 +540,69 @@ def frozen_encoder_segmentation(
             if variant == VARIANTS[0]:
                 decoder = _seeded(make_decoder, num_classes, seed)
             else:
-                decoder = decoder_from_pretrained(make_decoder, pretrained_decoder, num_classes,
-                                                  head_prefix=head_prefix, seed=seed)
-            loss = _train(decoder, cache["train"], masks["train"], subset, steps=steps, batch_size=batch_size,
-                          lr=lr, weight_decay=weight_decay, seed=seed, device=device, desc=f"{variant} {key}")
-            run = _score(decoder, cache["test"], masks["test"], num_classes=num_classes, names=names,
-                         include_background=include_background, batch_size=batch_size, n_bootstrap=n_bootstrap,
-                         seed=seed, device=device)
-            run.update(n_train_cases=len(subset), final_train_loss=loss)
+                decoder = decoder_from_pretrained(
+                    make_decoder, pretrained_decoder, num_classes, head_prefix=head_prefix, seed=seed
+                )
+            weights = class_weights(masks["train"][subset], num_classes) if class_balanced else None
+            fit = _train(
+                decoder,
+                cache["train"],
+                masks["train"],
+                subset,
+                steps=steps,
+                batch_size=batch_size,
+                lr=lr,
+                weight_decay=weight_decay,
+                seed=seed,
+                device=device,
+                desc=f"{variant} {key}",
+                loss_fn=_segmentation_loss(class_balanced, weights),
+                validate=validate if "val" in cache else None,
+                eval_every=eval_every,
+                patience=patience,
+            )
+            run = _score(
+                decoder,
+                cache["test"],
+                masks["test"],
+                num_classes=num_classes,
+                names=names,
+                include_background=include_background,
+                batch_size=batch_size,
+                n_bootstrap=n_bootstrap,
+                seed=seed,
+                device=device,
+            )
+            run.update(n_train_cases=len(subset), **fit)
             runs[key] = run
             logger.info("%s %s (%d cases): mean Dice %s", variant, key, len(subset), run["mean_dice"])
             del decoder
-    return to_jsonable({
-        "variants": variants,
-        "subsets": subsets,
-        "class_names": names if include_background else names[1:],
-        "n_train_available": len(images["train"]),
-        "n_test_cases": len(test_cases),
-        "test_fingerprint": fingerprint.hexdigest(),
-        "settings": {
-            "fractions": fractions, "steps": steps, "batch_size": batch_size, "lr": lr,
-            "weight_decay": weight_decay, "seed": seed, "n_bootstrap": n_bootstrap, "num_classes": num_classes,
-            "include_background": include_background, "cache_dtype": str(cache_dtype).removeprefix("torch."),
-        },
-    })
+    return to_jsonable(
+        {
+            "variants": variants,
+            "subsets": subsets,
+            "class_names": names if include_background else names[1:],
+            "n_train_available": len(images["train"]),
+            "n_test_cases": len(test_cases),
+            "test_fingerprint": fingerprint.hexdigest(),
+            "settings": {
+                "fractions": fractions,
+                "steps": steps,
+                "batch_size": batch_size,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "seed": seed,
+                "n_bootstrap": n_bootstrap,
+                "num_classes": num_classes,
+                "include_background": include_background,
+                "cache_dtype": str(cache_dtype).removeprefix("torch."),
+                "n_val_cases": len(cases.get("val", [])),
+                "eval_every": eval_every,
+                "patience": patience,
+                "class_balanced": class_balanced,
+            },
+        }
+    )
 
 
 def _values(per_case: Sequence[float | None]) -> np.ndarray:
@@ -448,11 +643,13 @@ def compare_per_case(
                 continue
             base = base_runs[key]
             entry = {
-                "mean_dice": paired_mean_difference(_values(run["per_case"]), _values(base["per_case"]),
-                                                    n_bootstrap, seed),
+                "mean_dice": paired_mean_difference(
+                    _values(run["per_case"]), _values(base["per_case"]), n_bootstrap, seed
+                ),
                 "per_class": {
-                    name: paired_mean_difference(_values(value["per_case"]),
-                                                 _values(base["per_class"][name]["per_case"]), n_bootstrap, seed)
+                    name: paired_mean_difference(
+                        _values(value["per_case"]), _values(base["per_class"][name]["per_case"]), n_bootstrap, seed
+                    )
                     for name, value in run["per_class"].items()
                 },
             }
@@ -510,6 +707,7 @@ def evaluate_decoder_probe(
     batch_size: int = 8,
     num_workers: int = 0,
     baselines: Mapping[str, str | os.PathLike] | None = None,
+    val_records: Sequence[Mapping[str, Any]] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """:func:`frozen_encoder_segmentation` on datalist records, written to ``output_dir/segmentation.json``.
@@ -523,6 +721,8 @@ def evaluate_decoder_probe(
         pretrained_decoder: adds the ``enc+dec`` variant (a module, state dict or weight file; ``None``: encoder only).
         baselines: ``{name: segmentation.json of another model}`` compared case by case (paired bootstrap), e.g. the
             paper's controls; written under ``"versus"``.
+        val_records: records with ``mask`` for early stopping (records without one are left out; ``None`` or none
+            with a mask: a fixed number of steps).
         kwargs: :func:`frozen_encoder_segmentation` options (``fractions``, ``steps``, ``lr``, ...).
     """
     from common.data.dataset import records_loader
@@ -532,26 +732,40 @@ def evaluate_decoder_probe(
     if not train:
         raise ValueError("no training record has a mask: the segmentation protocol needs labelled cases")
     baseline_results = {name: _read_results(path) for name, path in (baselines or {}).items()}  # before the fits
+    val = [r for r in (val_records or []) if r.get("mask")]
+    splits = (("train", train), ("test", list(test_records)), ("val", val))
     arrays = {
         name: _stack_records(records_loader(records, transform, batch_size, num_workers), ("image", "mask"))
-        for name, records in (("train", train), ("test", list(test_records)))
+        for name, records in splits
+        if records
     }
+    validation = {"val_images": arrays["val"]["image"], "val_masks": arrays["val"]["mask"]} if val else {}
     results = frozen_encoder_segmentation(
-        encoder, make_decoder, arrays["train"]["image"], arrays["train"]["mask"], arrays["test"]["image"],
-        arrays["test"]["mask"], num_classes=len(class_names), class_names=class_names,
-        pretrained_decoder=pretrained_decoder, **kwargs,
+        encoder,
+        make_decoder,
+        arrays["train"]["image"],
+        arrays["train"]["mask"],
+        arrays["test"]["image"],
+        arrays["test"]["mask"],
+        num_classes=len(class_names),
+        class_names=class_names,
+        pretrained_decoder=pretrained_decoder,
+        **validation,
+        **kwargs,
     )
     if baseline_results:
         results["versus"] = {
-            name: compare_per_case(results, baseline, n_bootstrap=results["settings"]["n_bootstrap"],
-                                   seed=results["settings"]["seed"])
+            name: compare_per_case(
+                results, baseline, n_bootstrap=results["settings"]["n_bootstrap"], seed=results["settings"]["seed"]
+            )
             for name, baseline in baseline_results.items()
         }
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "segmentation.json").write_text(json.dumps(to_jsonable(results), indent=2, allow_nan=False))
-    (out / "segmentation.md").write_text("\n".join(["# Segmentation protocol (frozen encoder)", "",
-                                                    *_summary_lines(results), ""]))
+    (out / "segmentation.md").write_text(
+        "\n".join(["# Segmentation protocol (frozen encoder)", "", *_summary_lines(results), ""])
+    )
     plot_dice_fractions(results, out / "segmentation_dice.png")
     print("\n".join(_summary_lines(results)))
     return results

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from common.evaluation.decoder_probe import (
+    class_weights,
     compare_per_case,
     decoder_from_pretrained,
     fraction_key,
@@ -86,13 +87,30 @@ def small_run() -> Iterator[dict]:
     x_test, y_test = squares(4, seed=1, classes=2)
     x_test[3], y_test[3] = 0.0, 0
     result = frozen_encoder_segmentation(
-        encoder, factory(encoder, made), x_train, y_train,
-        [torch.from_numpy(x) for x in x_test], torch.from_numpy(y_test)[:, None],  # a per-case list, (N, 1, H, W)
-        num_classes=3, class_names=["background", "bright", "dim"], fractions=(1.0, 0.1, 0.5),
-        pretrained_decoder=pretrained, steps=3, batch_size=4, n_bootstrap=50, seed=0, device="cpu",
+        encoder,
+        factory(encoder, made),
+        x_train,
+        y_train,
+        [torch.from_numpy(x) for x in x_test],
+        torch.from_numpy(y_test)[:, None],  # a per-case list, (N, 1, H, W)
+        num_classes=3,
+        class_names=["background", "bright", "dim"],
+        fractions=(1.0, 0.1, 0.5),
+        pretrained_decoder=pretrained,
+        steps=3,
+        batch_size=4,
+        n_bootstrap=50,
+        seed=0,
+        device="cpu",
     )
-    yield {"result": result, "encoder": encoder, "before": before, "pretrained": pretrained, "made": made,
-           "data": (x_train, y_train, x_test, y_test)}
+    yield {
+        "result": result,
+        "encoder": encoder,
+        "before": before,
+        "pretrained": pretrained,
+        "made": made,
+        "data": (x_train, y_train, x_test, y_test),
+    }
     torch.set_num_threads(threads)
 
 
@@ -167,9 +185,16 @@ def test_decoder_from_pretrained() -> None:
 def test_deterministic(small_run: dict) -> None:
     encoder = small_run["encoder"]
     x_train, y_train, x_test, y_test = small_run["data"]
-    kwargs = {"num_classes": 3, "class_names": ["background", "bright", "dim"], "fractions": (0.1, 0.5, 1.0),
-              "pretrained_decoder": small_run["pretrained"], "steps": 3, "batch_size": 4, "n_bootstrap": 50,
-              "device": "cpu"}
+    kwargs = {
+        "num_classes": 3,
+        "class_names": ["background", "bright", "dim"],
+        "fractions": (0.1, 0.5, 1.0),
+        "pretrained_decoder": small_run["pretrained"],
+        "steps": 3,
+        "batch_size": 4,
+        "n_bootstrap": 50,
+        "device": "cpu",
+    }
     again = frozen_encoder_segmentation(encoder, factory(encoder), x_train, y_train, x_test, y_test, seed=0, **kwargs)
     assert again == small_run["result"]
     other = frozen_encoder_segmentation(encoder, factory(encoder), x_train, y_train, x_test, y_test, seed=1, **kwargs)
@@ -182,13 +207,85 @@ def test_learnable_task_scores_high() -> None:
     x_train, y_train = squares(16, seed=0)
     x_test, y_test = squares(8, seed=1)
     result = frozen_encoder_segmentation(
-        encoder, factory(encoder), x_train, y_train, x_test, y_test, num_classes=2, fractions=(1.0,),
-        steps=80, lr=1e-2, n_bootstrap=100, device="cpu",
+        encoder,
+        factory(encoder),
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        num_classes=2,
+        fractions=(1.0,),
+        steps=80,
+        lr=1e-2,
+        n_bootstrap=100,
+        device="cpu",
     )
     run = result["variants"]["encoder"]["1"]
     assert list(result["variants"]) == ["encoder"]  # no pre-trained decoder: one variant
     assert run["mean_dice"] > 0.85, run
     assert run["per_class"]["label_1"]["dice"] == pytest.approx(run["mean_dice"])
+
+
+def test_class_weights() -> None:
+    masks = torch.zeros(2, 10, 10, dtype=torch.uint8)
+    masks[0, :2, :2] = 1  # 4 of 200 pixels
+    masks[1, :4, :4] = 2  # 16; class 3 absent
+    weights = class_weights(masks, 4)
+    background = (200 - 20) / 200
+    expected = torch.tensor([1.0, (background / 0.02) ** 0.5, (background / 0.08) ** 0.5, 1.0])
+    torch.testing.assert_close(weights, expected)
+    assert weights[1] == pytest.approx(2 * weights[2])  # 4x rarer, twice the weight
+
+
+def test_early_stopping_keeps_the_best_step() -> None:
+    encoder = encoder_2d()
+    x_train, y_train = squares(8, seed=0)
+    x_val, y_val = squares(4, seed=2)
+    x_test, y_test = squares(4, seed=1)
+    common = {"num_classes": 2, "fractions": (1.0,), "batch_size": 4, "n_bootstrap": 20, "device": "cpu"}
+    # lr 0: the validation Dice never improves on the first score -> stop after `patience` more scores
+    frozen = frozen_encoder_segmentation(
+        encoder,
+        factory(encoder),
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        val_images=x_val,
+        val_masks=y_val,
+        steps=100,
+        lr=0.0,
+        eval_every=5,
+        patience=2,
+        **common,
+    )["variants"]["encoder"]["1"]
+    assert (frozen["best_step"], frozen["steps_run"]) == (5, 15)
+    learning = frozen_encoder_segmentation(
+        encoder,
+        factory(encoder),
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        val_images=x_val,
+        val_masks=y_val,
+        steps=40,
+        lr=1e-2,
+        eval_every=10,
+        patience=2,
+        **common,
+    )
+    run = learning["variants"]["encoder"]["1"]
+    assert run["val_dice"] > frozen["val_dice"] and run["best_step"] in (10, 20, 30, 40)
+    assert learning["settings"]["n_val_cases"] == 4
+    no_validation = frozen_encoder_segmentation(
+        encoder, factory(encoder), x_train, y_train, x_test, y_test, steps=3, **common
+    )["variants"]["encoder"]["1"]
+    assert (no_validation["steps_run"], no_validation["best_step"], no_validation["val_dice"]) == (3, None, None)
+    with pytest.raises(ValueError, match="val_images and val_masks"):
+        frozen_encoder_segmentation(
+            encoder, factory(encoder), x_train, y_train, x_test, y_test, val_images=x_val, steps=1, **common
+        )
 
 
 def test_compare_per_case(small_run: dict) -> None:
@@ -216,8 +313,9 @@ def test_bad_inputs() -> None:
     x, y = squares(4, seed=0)
 
     def run(y_train: np.ndarray = y, **kwargs) -> dict:
-        return frozen_encoder_segmentation(encoder, factory(encoder), x, y_train, x, y, **{
-            "num_classes": 2, "steps": 1, "device": "cpu", **kwargs})
+        return frozen_encoder_segmentation(
+            encoder, factory(encoder), x, y_train, x, y, **{"num_classes": 2, "steps": 1, "device": "cpu", **kwargs}
+        )
 
     with pytest.raises(ValueError, match="outside 0..1"):
         run(y_train=y * 2)
@@ -236,8 +334,19 @@ def test_3d_smoke() -> None:
     x_test, y_test = squares(2, seed=1, dims=3)
     pretrained = factory(encoder)(1)
     result = frozen_encoder_segmentation(
-        encoder, factory(encoder), x_train, y_train, x_test, y_test, num_classes=2, fractions=(0.5, 1.0),
-        pretrained_decoder=pretrained, steps=2, batch_size=2, n_bootstrap=20, cache_dtype=torch.float16,
+        encoder,
+        factory(encoder),
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        num_classes=2,
+        fractions=(0.5, 1.0),
+        pretrained_decoder=pretrained,
+        steps=2,
+        batch_size=2,
+        n_bootstrap=20,
+        cache_dtype=torch.float16,
         device="cpu",
     )
     assert result["settings"]["cache_dtype"] == "float16"

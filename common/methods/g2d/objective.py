@@ -82,11 +82,13 @@ class G2DPretraining(nn.Module):
         self.body_key = body_key
         self.clip_loss = (
             ClipLoss(init_logit_scale=1.0 / temperature, learnable=learnable_temperature)
-            if contrastive_weight > 0 else None
+            if contrastive_weight > 0
+            else None
         )
         self.segmentation_loss = (
             DiceCELoss(sigmoid=True, batch=True, lambda_dice=dice_weight, lambda_ce=bce_weight)
-            if segmentation_weight > 0 else None
+            if segmentation_weight > 0
+            else None
         )
         self.register_buffer("step", torch.zeros((), dtype=torch.long), persistent=False)
 
@@ -130,7 +132,10 @@ class G2DPretraining(nn.Module):
             return self.pseudo_mask(attention.detach().float(), image.shape[2:], body)
 
     def _segmentation_term(
-        self, batch: Mapping[str, torch.Tensor], image: torch.Tensor, pyramid: list[torch.Tensor],
+        self,
+        batch: Mapping[str, torch.Tensor],
+        image: torch.Tensor,
+        pyramid: list[torch.Tensor],
         attention: torch.Tensor,
     ) -> torch.Tensor:
         body = batch.get(self.body_key)
