@@ -517,16 +517,15 @@ def frozen_encoder_segmentation(
         size / 2**20,
     )
 
+    scoring = {
+        "num_classes": num_classes,
+        "include_background": include_background,
+        "batch_size": batch_size,
+        "device": device,
+    }
+
     def validate(decoder: nn.Module) -> float:
-        dice = _dice_table(
-            decoder,
-            cache["val"],
-            masks["val"],
-            num_classes=num_classes,
-            include_background=include_background,
-            batch_size=batch_size,
-            device=device,
-        )
+        dice = _dice_table(decoder, cache["val"], masks["val"], **scoring)
         means = _case_means(dice)
         return float(np.nanmean(means)) if np.isfinite(means).any() else 0.0
 
@@ -562,16 +561,7 @@ def frozen_encoder_segmentation(
                 patience=patience,
             )
             run = _score(
-                decoder,
-                cache["test"],
-                masks["test"],
-                num_classes=num_classes,
-                names=names,
-                include_background=include_background,
-                batch_size=batch_size,
-                n_bootstrap=n_bootstrap,
-                seed=seed,
-                device=device,
+                decoder, cache["test"], masks["test"], names=names, n_bootstrap=n_bootstrap, seed=seed, **scoring
             )
             run.update(n_train_cases=len(subset), **fit)
             runs[key] = run

@@ -243,49 +243,24 @@ def test_early_stopping_keeps_the_best_step() -> None:
     x_val, y_val = squares(4, seed=2)
     x_test, y_test = squares(4, seed=1)
     common = {"num_classes": 2, "fractions": (1.0,), "batch_size": 4, "n_bootstrap": 20, "device": "cpu"}
+
+    def fit(**kwargs) -> dict:
+        return frozen_encoder_segmentation(
+            encoder, factory(encoder), x_train, y_train, x_test, y_test, **common, **kwargs
+        )
+
+    validation = {"val_images": x_val, "val_masks": y_val}
     # lr 0: the validation Dice never improves on the first score -> stop after `patience` more scores
-    frozen = frozen_encoder_segmentation(
-        encoder,
-        factory(encoder),
-        x_train,
-        y_train,
-        x_test,
-        y_test,
-        val_images=x_val,
-        val_masks=y_val,
-        steps=100,
-        lr=0.0,
-        eval_every=5,
-        patience=2,
-        **common,
-    )["variants"]["encoder"]["1"]
+    frozen = fit(steps=100, lr=0.0, eval_every=5, patience=2, **validation)["variants"]["encoder"]["1"]
     assert (frozen["best_step"], frozen["steps_run"]) == (5, 15)
-    learning = frozen_encoder_segmentation(
-        encoder,
-        factory(encoder),
-        x_train,
-        y_train,
-        x_test,
-        y_test,
-        val_images=x_val,
-        val_masks=y_val,
-        steps=40,
-        lr=1e-2,
-        eval_every=10,
-        patience=2,
-        **common,
-    )
+    learning = fit(steps=40, lr=1e-2, eval_every=10, patience=2, **validation)
     run = learning["variants"]["encoder"]["1"]
     assert run["val_dice"] > frozen["val_dice"] and run["best_step"] in (10, 20, 30, 40)
     assert learning["settings"]["n_val_cases"] == 4
-    no_validation = frozen_encoder_segmentation(
-        encoder, factory(encoder), x_train, y_train, x_test, y_test, steps=3, **common
-    )["variants"]["encoder"]["1"]
+    no_validation = fit(steps=3)["variants"]["encoder"]["1"]
     assert (no_validation["steps_run"], no_validation["best_step"], no_validation["val_dice"]) == (3, None, None)
     with pytest.raises(ValueError, match="val_images and val_masks"):
-        frozen_encoder_segmentation(
-            encoder, factory(encoder), x_train, y_train, x_test, y_test, val_images=x_val, steps=1, **common
-        )
+        fit(val_images=x_val, steps=1)
 
 
 def test_compare_per_case(small_run: dict) -> None:
