@@ -88,7 +88,8 @@ def tiny_text_encoder(tmp_path_factory) -> Path:
 def _overrides(bundle: str, phantoms: Path, text_encoder: Path, root: Path, extra: dict) -> dict:
     parser = _parser(bundle)
     dims = BUNDLES[bundle].spatial_dims
-    tiny = {k: v for k, v in {**TINY, **TINY_BY_DIMS[dims], **TINY_PRIOR}.items() if k in parser}
+    prior = TINY_PRIOR if "num_prototypes" in parser else {}  # PRIOR's knobs (RAD-DINO also has an embed_dim)
+    tiny = {k: v for k, v in {**TINY, **TINY_BY_DIMS[dims], **prior}.items() if k in parser}
     if "text_encoder_name" in parser:
         tiny.update({k: v for k, v in TINY_TEXT.items() if k in parser}, text_encoder_name=str(text_encoder))
         tiny.update(dict.fromkeys(component_arguments(parser.config, ["pretrained"]), False))  # the tiny BERT has no weights
