@@ -106,25 +106,13 @@ def test_stage_resumes_from_its_own_checkpoints(tiny_dataset: Path, bundle_workf
     datalist = tiny_dataset / "datalist_2d.json"
     bundle_root = scratch_bundle_root("prior_cxr")
     small = _small(2)
-    first = bundle_workflow(
-        "prior_cxr",
-        ["train.yaml", "demo.yaml"],
-        "train",
-        bundle_root=str(bundle_root),
-        dataset_dir=str(datalist),
-        **small,
-    )
-    first.run()
-    done = first.parser.get_parsed_content("train#trainer").state.iteration
-    again = bundle_workflow(
-        "prior_cxr",
-        ["train.yaml", "demo.yaml"],
-        "train",
-        bundle_root=str(bundle_root),
-        dataset_dir=str(datalist),
-        resume="true",
-        **{**small, "max_epochs": 2},
-    )
-    again.run()
-    assert again.parser.get_parsed_content("train#trainer").state.iteration == 2 * done
+
+    def stage1(**override):
+        workflow = bundle_workflow("prior_cxr", ["train.yaml", "demo.yaml"], "train", bundle_root=str(bundle_root),
+                                   dataset_dir=str(datalist), **{**small, **override})  # fmt: skip
+        workflow.run()
+        return workflow.parser.get_parsed_content("train#trainer").state.iteration
+
+    done = stage1()
+    assert stage1(resume="true", max_epochs=2) == 2 * done
     assert (bundle_root / "runs" / "checkpoints_stage1").is_dir()
