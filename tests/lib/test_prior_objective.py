@@ -363,3 +363,25 @@ def _minilm() -> str:
     from common.networks.text_encoder import resolve_text_encoder
 
     return resolve_text_encoder("default")
+
+
+def test_prototype_bank_initialised_from_sentence_kmeans():
+    from sklearn.cluster import KMeans
+
+    from common.methods.prior.prototype_init import initialise_prototypes_from_sentences
+
+    objective = _objective(2)
+    objective.pooler.prototypes = SentencePrototypeBank(D, 4)
+    batch = _batch()
+    count = initialise_prototypes_from_sentences(objective, [batch], seed=0)
+    assert count == 10  # 2 + 5 + 3 sentences
+    model = objective.model.eval()
+    tokens = model.text_encoder.projector(
+        model.text_encoder.token_embeddings(batch["input_ids"], batch["attention_mask"])
+    )
+    sentences, mask = objective.pooler.sentences(tokens, batch["attention_mask"], batch["sentence_index"])
+    expected = KMeans(n_clusters=4, n_init=1, random_state=0).fit(sentences[mask].detach().numpy()).cluster_centers_
+    torch.testing.assert_close(objective.pooler.prototypes.embed.weight, torch.as_tensor(expected, dtype=torch.float32))
+    objective.pooler.prototypes = SentencePrototypeBank(D, 64)
+    with pytest.raises(ValueError, match="cannot initialise 64 prototypes"):
+        initialise_prototypes_from_sentences(objective, [batch])
