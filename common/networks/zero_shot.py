@@ -314,10 +314,21 @@ class LocalZeroShotClassifier(ZeroShotClassifier):
             local_weight,
         )
 
+    def _prompt_sentences(self) -> torch.Tensor:
+        """The ``2 K P`` prompt sentences ``(2 K P, D)``: every positive prompt, then every negative one."""
+        return torch.cat([self.prompt_sentences_pos, self.prompt_sentences_neg]).reshape(
+            -1, self.prompt_sentences_pos.shape[-1]
+        )
+
+    def _attend(self, feature_map: torch.Tensor, sentences: torch.Tensor):
+        """Cross-attention between each image's projected local tokens and each of ``M`` sentences, one at a time:
+        ``image_attention`` ``(B, M, N, 1)``, ``text_attention`` ``(B, M, 1, N)``."""
+        tokens = self.local_projection(feature_map.flatten(2).transpose(1, 2))  # (B, N, D)
+        return self.cross_attention(tokens.unsqueeze(1), sentences.to(tokens.dtype)[None, :, None])
+
     def local_scores(self, feature_map: torch.Tensor, sentences: torch.Tensor) -> torch.Tensor:
         """Mean sigmoid attention ``(B, M)`` between each image's local tokens and ``M`` sentences ``(M, D)``."""
-        tokens = self.local_projection(feature_map.flatten(2).transpose(1, 2))  # (B, N, D)
-        out = self.cross_attention(tokens.unsqueeze(1), sentences.to(tokens.dtype)[None, :, None])
+        out = self._attend(feature_map, sentences)
         return 0.5 * (out.image_attention.mean(dim=(-2, -1)) + out.text_attention.mean(dim=(-2, -1)))
 
     def local_maps(self, x: torch.Tensor) -> torch.Tensor:
@@ -325,10 +336,8 @@ class LocalZeroShotClassifier(ZeroShotClassifier):
         local token to the positive prompts' sentences minus that to the negative ones (mean over prompt pairs), in
         ``[-1, 1]``, upsampled (bi/trilinear) from the token grid to the input size."""
         feature_map = self.image_encoder.backbone(x)
-        tokens = self.local_projection(feature_map.flatten(2).transpose(1, 2))  # (B, N, D)
-        k, p, d = self.prompt_sentences_pos.shape
-        sentences = torch.cat([self.prompt_sentences_pos, self.prompt_sentences_neg]).reshape(-1, d)
-        attention = self.cross_attention(tokens.unsqueeze(1), sentences.to(tokens.dtype)[None, :, None]).image_attention
+        k, p, _ = self.prompt_sentences_pos.shape
+        attention = self._attend(feature_map, self._prompt_sentences()).image_attention
         pos, neg = attention[..., 0].reshape(x.shape[0], 2, k, p, -1).unbind(dim=1)  # (B, K, P, N) each
         maps = (pos - neg).mean(dim=2).reshape(x.shape[0], k, *feature_map.shape[2:])
         mode = "trilinear" if maps.ndim == 5 else "bilinear"
@@ -341,10 +350,7 @@ class LocalZeroShotClassifier(ZeroShotClassifier):
         probabilities = self.probabilities(encoder.pool(feature_map))
         if self.local_weight == 0:
             return probabilities
-        k, p, d = self.prompt_sentences_pos.shape
-        scores = self.local_scores(
-            feature_map, torch.cat([self.prompt_sentences_pos, self.prompt_sentences_neg]).reshape(-1, d)
-        )
-        pos, neg = scores.reshape(-1, 2, k, p).unbind(dim=1)
+        k, p, _ = self.prompt_sentences_pos.shape
+        pos, neg = self.local_scores(feature_map, self._prompt_sentences()).reshape(-1, 2, k, p).unbind(dim=1)
         local = torch.sigmoid(pos - neg).mean(dim=2)
         return (probabilities + self.local_weight * local) / (1.0 + self.local_weight)
