@@ -5,7 +5,7 @@ Layout written by :meth:`EvaluationReport.write` under ``output_dir``::
     results.json        {"meta": {...}, "results": {section: {...}}, "figures": {name: relative path}}
     summary.md          metadata, the metric table, the figures
     figures/*.png       whatever the sections plotted
-    tensorboard/        every scalar of ``results`` as ``eval/<section>/<path>``
+    tensorboard/        every scalar of ``results`` as ``eval/<section>/<path>``, every figure as image ``eval/<name>``
 
 Naming convention inside the results: a confidence interval of metric ``x`` is stored next to it as
 ``x_ci = [low, high]``; undefined values are ``None`` (JSON ``null``), never NaN.
@@ -26,8 +26,9 @@ import monai
 import numpy as np
 import sklearn
 import torch
+from PIL import Image
 
-__all__ = ["EvaluationReport", "format_table", "flatten_scalars", "machine_info", "to_jsonable"]
+__all__ = ["EvaluationReport", "flatten_scalars", "format_table", "machine_info", "to_jsonable"]
 
 
 def machine_info() -> dict[str, Any]:
@@ -207,6 +208,10 @@ class EvaluationReport:
             with SummaryWriter(log_dir=str(self.output_dir / "tensorboard")) as writer:
                 for tag, value in flatten_scalars(content["results"]).items():
                     writer.add_scalar(f"eval/{tag}", value, global_step=step)
+                for name, figure in self.figures.items():  # the PNGs as images too
+                    with Image.open(figure) as image:
+                        pixels = np.asarray(image.convert("RGB"))
+                    writer.add_image(f"eval/{name}", pixels, global_step=step, dataformats="HWC")
         return path
 
     @staticmethod

@@ -23,7 +23,7 @@ from common.evaluation.report import EvaluationReport, format_table
 from common.networks.two_tower import encode_texts
 from common.transforms.text import prompt_pairs
 
-__all__ = ["evaluate_two_tower"]
+__all__ = ["evaluate_two_tower", "prompt_embeddings"]
 
 
 def _image_encoder(model: Any, segmentation: bool) -> tuple[Callable[[torch.Tensor], dict[str, torch.Tensor]], bool]:
@@ -37,6 +37,27 @@ def _image_encoder(model: Any, segmentation: bool) -> tuple[Callable[[torch.Tens
 
         return encode, True
     return (lambda images: {"embedding": model.encode_image(images)}), False
+
+
+@torch.no_grad()
+def prompt_embeddings(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    findings: Sequence[Finding | str] = FINDINGS,
+    max_text_length: int = 512,
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(K, P, D)`` embeddings of the P "present" and the P paired "absent" prompts of each of K findings."""
+    pairs = prompt_pairs(findings)
+    keys = list(pairs)
+    num_prompts = len(next(iter(pairs.values()))[0])
+
+    def embed(side: int) -> np.ndarray:
+        texts = [t for k in keys for t in pairs[k][side]]
+        emb = encode_texts(texts, model, tokenizer, max_length=max_text_length, device=device)
+        return emb.reshape(len(keys), num_prompts, -1)
+
+    return embed(0), embed(1)
 
 
 def evaluate_two_tower(
@@ -85,11 +106,7 @@ def evaluate_two_tower(
     def embed_texts(texts: list[str]) -> np.ndarray:
         return encode_texts(texts, model, tokenizer, max_length=max_text_length, device=device)
 
-    pairs = prompt_pairs(findings)
-    keys = list(pairs)
-    num_prompts = len(next(iter(pairs.values()))[0])
-    pos = embed_texts([t for k in keys for t in pairs[k][0]]).reshape(len(keys), num_prompts, -1)
-    neg = embed_texts([t for k in keys for t in pairs[k][1]]).reshape(len(keys), num_prompts, -1)
+    pos, neg = prompt_embeddings(model, tokenizer, findings, max_text_length, device)
     reports = [r.get("report") for r in test_records]
     if report_transform is not None and all(isinstance(r, str) and r.strip() for r in reports):
         reports = [report_transform(dict(record))["report"] for record in test_records]

@@ -22,7 +22,7 @@ from common.losses.clip_loss import ClipLoss
 from common.losses.masked_patch_mse_loss import MaskedPatchMSELoss
 from common.losses.opposite_sentence_loss import OppositeSentenceLoss
 from common.networks.decoders import MAEDecoder, ReportDecoder
-from common.networks.eva import patchify, random_keep_indices
+from common.networks.eva import patchify, random_keep_indices, unpatchify
 from common.networks.two_tower import TwoTowerModel
 
 __all__ = ["ColipriPretraining"]
@@ -126,9 +126,10 @@ class ColipriPretraining(nn.Module):
             image_emb, true_emb.reshape(b, f, -1), false_emb.reshape(b, f, -1), self.clip_loss.logit_scale, valid=valid
         )
 
-    def _mae_term(self, image: torch.Tensor) -> torch.Tensor:
+    def _mae_prediction(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """Random masking, encoder and pixel decoder: ``pred``, ``target`` ``(B, N, P)``, ``masked`` ``(B, N)``, grid."""
         backbone = self.model.image_encoder.backbone
-        grid = backbone.grid_size(image.shape[2:])
+        grid = tuple(backbone.grid_size(image.shape[2:]))
         num_tokens = int(torch.tensor(grid).prod())
         keep = random_keep_indices(image.shape[0], num_tokens, self.mask_ratio, image.device)
         encoded = backbone.forward_tokens(image, keep_indices=keep)["tokens"]  # (B, N_keep, C)
@@ -136,7 +137,46 @@ class ColipriPretraining(nn.Module):
         target = patchify(image, backbone.patch_size, backbone.spatial_dims)  # (B, N, P)
         masked = torch.ones(pred.shape[:2], dtype=torch.bool, device=image.device)
         masked.scatter_(1, keep, False)
+        return pred, target, masked, grid
+
+    def _mae_term(self, image: torch.Tensor) -> torch.Tensor:
+        pred, target, masked, _ = self._mae_prediction(image)
         return self.mae_loss(pred, target, masked)
+
+    @torch.no_grad()
+    def visualize(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Images for TensorBoard (:class:`~common.engines.images.TrainingImageLogger`), ``(B', C, *spatial)``:
+
+        * ``mae``: the input, what the encoder saw (masked patches zeroed) and the reconstruction (visible patches
+          from the input, masked ones predicted; per-patch normalised predictions mapped back to the input's
+          patch statistics as MAE's figures do);
+        * ``similarity_map``: the paired rows' images and the cosine similarity of each token's joint-space
+          embedding (:meth:`~common.networks.two_tower.ImageTower.dense_embeddings`) with the row's report.
+        """
+        image = batch["image"]
+        out: dict[str, torch.Tensor] = {}
+        backbone = self.model.image_encoder.backbone
+        if self.mae_decoder is not None:
+            pred, target, masked, grid = self._mae_prediction(image)
+            pred = pred.float()
+            if self.mae_loss.norm_pix_loss:
+                pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6).sqrt() + target.mean(dim=-1, keepdim=True)
+            hidden = masked[..., None]
+            seen = unpatchify(target.masked_fill(hidden, 0.0), backbone.patch_size, grid)
+            recon = unpatchify(torch.where(hidden, pred, target), backbone.patch_size, grid)
+            out["mae"] = torch.cat([image.float(), seen, recon], dim=1)
+        has_report = batch.get("has_report")
+        if self.clip_loss is not None and has_report is not None and bool(has_report.any()):
+            rows = has_report.to(torch.bool).reshape(-1).nonzero().flatten()
+            tower = self.model.image_encoder
+            dense = tower.dense_embeddings(tower.patch_embeddings(image[rows]))  # (B', D, *grid), unit norm
+            input_ids, attention_mask = trim_padding(batch["input_ids"][rows], batch["attention_mask"][rows])
+            text = self.model.encode_text(input_ids, attention_mask).to(dense)  # (B', D), unit norm
+            similarity = torch.einsum("bd...,bd->b...", dense, text)[:, None]
+            size = tuple(image.shape[2:])
+            similarity = nn.functional.interpolate(similarity.float(), size=size, mode="nearest")
+            out["similarity_map"] = torch.cat([image[rows].float(), similarity], dim=1)
+        return out
 
     def log_values(self) -> dict[str, float]:
         """Scalars worth logging besides the loss terms (the contrastive temperature)."""
