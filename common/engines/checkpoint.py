@@ -1,23 +1,27 @@
-"""Atomic, resumable training checkpoints and the flat inference export.
+"""Atomic, resumable training checkpoints on ignite's ``Checkpoint`` + ``DiskSaver``, and the flat inference export.
 
-:class:`CheckpointHandler` is an ignite handler that writes ``<save_dir>/checkpoint_<iteration>.pt`` holding
+:class:`CheckpointHandler` attaches an ``ignite.handlers.Checkpoint`` that writes ``<save_dir>/checkpoint_<iteration>.pt``
+(``n_saved=keep_last``; its own list of saved files is stored too, ``include_self``), holding one state dict per name:
 
-* ``objects``: the state dicts of the configured objects (objective with its EMA teacher, optimizer, lr scheduler)
-  plus, found on the engine, the trainer's ``GradScaler`` and the data loader's sampler/dataset (epoch, seed);
-  modules are unwrapped from DDP/``torch.compile`` first, so single- and multi-GPU checkpoints are interchangeable;
-* ``engine``: ``iteration``, ``epoch``, ``epoch_length``, ``max_epochs``;
-* ``rank_states``: per rank, the python/numpy/torch/CUDA generator states and the trainer's counters.
+* the configured objects (objective with its EMA teacher, optimizer, lr scheduler) plus, found on the engine, the
+  trainer's ``GradScaler`` (``scaler``) and the data loader's sampler/dataset (``train_sampler``/``train_dataset``:
+  epoch, seed); modules are unwrapped from DDP/``torch.compile``, so single- and multi-GPU checkpoints interchange;
+* ``trainer``: ignite's ``Engine.state_dict()`` (``iteration``, ``epoch_length``, ``max_epochs``);
+* ``checkpointer``: ignite's list of the files it keeps.
 
-Everything is tensors, numbers, strings, lists and dicts, so :func:`load_checkpoint` uses
-``torch.load(weights_only=True)``. Files are written atomically (``*.tmp`` in the same directory, ``fsync``,
-``os.replace``, directory ``fsync``) by rank 0 only, so a crash during a save leaves the previous checkpoint
-valid. Saving is collective (every rank contributes its generator states), so attach the handler on **every** rank
-(``train#handlers``, not ``rank0_handlers``); every rank reads the checkpoint on resume. No checkpoint is written
-when an iteration raises (e.g. :class:`~common.engines.trainer.NonFiniteLossError`).
+What ignite lacks is kept as small ``state_dict`` objects and helpers here:
 
-``resume=True`` restores the newest readable checkpoint of ``save_dir`` on ``Events.STARTED``, before the first
-iteration (corrupt or truncated files are skipped with a warning); the trainer then skips the part of the epoch
-already trained on, so a killed run continues with the same losses it would have produced uninterrupted.
+* ``format`` (:class:`_FormatTag`): the layout name, so :func:`load_checkpoint` refuses foreign files;
+* ``generators`` (:class:`GeneratorStates`): every rank's python/numpy/torch/CUDA generator states and the trainer's
+  counters, gathered to rank 0 (a collective: attach the handler on **every** rank, ``train#handlers``);
+* :class:`DurableDiskSaver`: ``DiskSaver`` whose atomic write also calls ``fsync`` on the file and its directory;
+* :func:`latest_checkpoint`: the newest *loadable* file, falling back past a corrupt or truncated newest one.
+
+The data loader's position inside an epoch needs no state: after a mid-epoch resume the trainer makes a
+:class:`~common.data.dataset.ResumableSampler` skip the batches already trained on, so a killed run continues with the
+losses it would have produced uninterrupted. Everything is tensors, numbers, strings, lists and dicts, so
+:func:`load_checkpoint` uses ``torch.load(weights_only=True)``. No checkpoint is written when an iteration raises
+(e.g. :class:`~common.engines.trainer.NonFiniteLossError`).
 
 :func:`export_inference_weights` writes the flat ``state_dict`` of an inference ``network_def`` (``models/model.pt``
 as the MONAI Model Zoo CI and MONAI Label load it, or ``.safetensors``).
@@ -34,8 +38,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
+from ignite.handlers import Checkpoint, DiskSaver
 from torch import nn
 
 from common import distributed
@@ -48,19 +54,24 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointHandler",
+    "DurableDiskSaver",
+    "GeneratorStates",
     "atomic_save",
     "capture_rng_state",
-    "restore_rng_state",
+    "export_inference_weights",
     "find_checkpoints",
     "latest_checkpoint",
     "load_checkpoint",
-    "export_inference_weights",
+    "restore_rng_state",
 ]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "medvlp-training-checkpoint-v1"
+CHECKPOINT_FORMAT = "medvlp-training-checkpoint-v2"
 _CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
+_FILENAME_PATTERN = "{name}_{global_step:08d}.{ext}"
+#: names the handler itself stores beside the configured objects
+_RESERVED = ("format", "trainer", "generators", "checkpointer")
 
 
 # ------------------------------------------------------------------------------------------------------ file writing
@@ -97,6 +108,22 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` atomically: a reader sees the old file or the complete new one, never a part."""
     return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+class DurableDiskSaver(DiskSaver):
+    """ignite's ``DiskSaver`` (rank ``save_on_rank`` writes) with :func:`atomic_save`: a ``*.tmp`` file in the same
+    directory, ``fsync``, ``os.replace``, directory ``fsync``; removing a file that is already gone is not an error."""
+
+    def __init__(self, dirname: str | os.PathLike, save_on_rank: int = 0) -> None:
+        super().__init__(dirname, atomic=True, create_dir=True, require_empty=False, save_on_rank=save_on_rank)
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if idist.get_rank() == self.save_on_rank:
+            atomic_save(checkpoint, self.dirname / filename)
+
+    def remove(self, filename: str) -> None:
+        if idist.get_rank() == self.save_on_rank:
+            (self.dirname / filename).unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------ generator states
@@ -152,7 +179,53 @@ def _gather_rank_states(local: dict[str, Any], device: torch.device) -> list[dic
     ]
 
 
+class GeneratorStates:
+    """``state_dict`` object: every rank's generator states and the trainer's counters (ignite saves rank 0's only).
+
+    ``state_dict()`` is a collective (rank 0 receives ``{"world_size", "ranks": [{"rng", "counters"}, ...]}``);
+    ``load_state_dict`` restores this rank's entry, or seeds a rank the checkpoint has no entry for from
+    ``(iteration, rank)`` with a warning (resuming on more GPUs than were saved).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def state_dict(self) -> dict[str, Any]:
+        device = getattr(self.engine.state, "device", None) or torch.device("cpu")
+        local = {"rng": capture_rng_state(), "counters": dict(getattr(self.engine, "counters", {}))}
+        return {"world_size": distributed.get_world_size(), "ranks": _gather_rank_states(local, torch.device(device))}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        rank, ranks = distributed.get_rank(), state.get("ranks", [])
+        if rank < len(ranks):
+            restore_rng_state(ranks[rank]["rng"])
+            counters = getattr(self.engine, "counters", None)
+            if isinstance(counters, dict):
+                counters.update({k: int(v) for k, v in ranks[rank]["counters"].items()})
+            return
+        seed = int(np.random.SeedSequence([int(self.engine.state.iteration), rank]).generate_state(1)[0])
+        logger.warning("checkpoint has generator states for %d ranks; seeding rank %d with %d", len(ranks), rank, seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+
+class _FormatTag:
+    """``state_dict`` object naming the checkpoint layout (:data:`CHECKPOINT_FORMAT`)."""
+
+    def state_dict(self) -> dict[str, str]:
+        return {"name": CHECKPOINT_FORMAT}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # checked by load_checkpoint
+        pass
+
+
 # --------------------------------------------------------------------------------------------------------- loading
+def _format_of(checkpoint: Any) -> str | None:
+    tag = checkpoint.get("format") if isinstance(checkpoint, Mapping) else None
+    return tag.get("name") if isinstance(tag, Mapping) else tag
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :class:`CheckpointHandler` with ``torch.load(weights_only=True)``.
 
@@ -164,12 +237,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise DataContractError(path, "checkpoint file does not exist")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
+    except Exception as err:
         raise DataContractError(
             path, f"cannot be loaded with torch.load(weights_only=True) (truncated or holds pickled objects): {err}"
         ) from err
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise DataContractError(path, f"not a training checkpoint written by CheckpointHandler ({CHECKPOINT_FORMAT})")
+    found = _format_of(checkpoint)
+    if found != CHECKPOINT_FORMAT:
+        older = f" (its layout is {found!r}, written by an older version)" if found else ""
+        raise DataContractError(
+            path, f"not a training checkpoint written by CheckpointHandler ({CHECKPOINT_FORMAT}){older}"
+        )
     return checkpoint
 
 
@@ -195,35 +272,25 @@ def latest_checkpoint(
 
 
 # --------------------------------------------------------------------------------------------------------- handler
-def _state_dict(obj: Any) -> Any:
-    return unwrap_module(obj).state_dict() if isinstance(obj, nn.Module) else obj.state_dict()
-
-
-def _load_state_dict(obj: Any, state: Any) -> None:
-    if isinstance(obj, nn.Module):
-        unwrap_module(obj).load_state_dict(state)
-    else:
-        obj.load_state_dict(state)
-
-
 class CheckpointHandler:
-    """Ignite handler: atomic periodic checkpoints and exact resume.
+    """Ignite handler: atomic periodic checkpoints (``ignite.handlers.Checkpoint``) and exact resume.
 
     Args:
-        save_dir: directory of ``checkpoint_<iteration>.pt`` files (created on first save).
+        save_dir: directory of ``checkpoint_<iteration>.pt`` files (created on first use).
         objects: named objects with ``state_dict``/``load_state_dict`` (``None`` values are ignored), e.g.
             ``{"objective": @objective, "optimizer": @optimizer, "lr_scheduler": @lr_scheduler}``. The engine's
             ``scaler`` and its data loader's ``sampler``/``dataset`` (when they have a ``state_dict``) are added
             as ``scaler``/``train_sampler``/``train_dataset``.
         save_every_n_iterations: also save every n iterations (``None``: only at epoch ends).
         save_on_epoch_end: save at every ``EPOCH_COMPLETED``.
-        keep_last: number of newest checkpoints kept (``None`` or 0: keep all).
+        keep_last: number of newest checkpoints kept (ignite's ``n_saved``; ``None`` or 0: keep all).
         resume: ``False``; ``True`` for the newest loadable checkpoint in ``save_dir`` (no checkpoint file: start
             fresh; files but none loadable: raise); or a checkpoint file, or a directory to take the newest from.
         save_final: save when the run completes if the last iteration was not saved yet.
 
     Raises:
-        ValueError: on non-positive ``save_every_n_iterations`` or negative ``keep_last``.
+        ValueError: on non-positive ``save_every_n_iterations``, negative ``keep_last`` or an object named like one
+            the handler stores itself (``format``, ``trainer``, ``generators``, ``checkpointer``).
     """
 
     def __init__(
@@ -240,6 +307,9 @@ class CheckpointHandler:
             raise ValueError(f"save_every_n_iterations must be >= 1 or None, got {save_every_n_iterations}")
         if keep_last is not None and keep_last < 0:
             raise ValueError(f"keep_last must be >= 0 or None, got {keep_last}")
+        reserved = sorted(set(objects) & set(_RESERVED))
+        if reserved:
+            raise ValueError(f"object names {reserved} are stored by the handler itself; rename them")
         self.save_dir = Path(save_dir)
         self.objects = {k: v for k, v in objects.items() if v is not None}
         self.save_every_n_iterations = save_every_n_iterations
@@ -247,6 +317,7 @@ class CheckpointHandler:
         self.keep_last = keep_last or None
         self.resume = resume
         self.save_final = save_final
+        self.checkpointer: Checkpoint | None = None
         self.last_saved_iteration: int | None = None
         self.last_saved_path: Path | None = None
         self.resumed_from: Path | None = None
@@ -265,7 +336,8 @@ class CheckpointHandler:
 
     # ------------------------------------------------------------------------------------------------- objects
     def _all_objects(self, engine: Engine) -> dict[str, Any]:
-        objects = dict(self.objects)
+        """The configured objects (modules unwrapped) plus the engine's scaler and its loader's sampler/dataset."""
+        objects = {k: unwrap_module(v) if isinstance(v, nn.Module) else v for k, v in self.objects.items()}
         scaler = getattr(engine, "scaler", None)
         if scaler is not None and "scaler" not in objects:
             objects["scaler"] = scaler
@@ -276,43 +348,38 @@ class CheckpointHandler:
                 objects[name] = obj
         return objects
 
+    def _checkpointer(self, engine: Engine) -> Checkpoint:
+        if self.checkpointer is None:
+            to_save = {
+                "format": _FormatTag(),
+                **self._all_objects(engine),
+                "trainer": engine,
+                "generators": GeneratorStates(engine),
+            }
+            self.checkpointer = Checkpoint(
+                to_save,
+                DurableDiskSaver(self.save_dir),
+                n_saved=self.keep_last,
+                global_step_transform=lambda e, _: int(e.state.iteration),
+                filename_pattern=_FILENAME_PATTERN,
+                include_self=True,
+            )
+        return self.checkpointer
+
     # ---------------------------------------------------------------------------------------------------- saving
     def save(self, engine: Engine) -> Path | None:
         """Write a checkpoint of the current state (collective; rank 0 writes). Returns its path on rank 0."""
         iteration = int(engine.state.iteration)
         if iteration == self.last_saved_iteration:
             return None
-        device = engine.state.device if getattr(engine.state, "device", None) is not None else torch.device("cpu")
-        local = {"rng": capture_rng_state(), "counters": dict(getattr(engine, "counters", {}))}
-        rank_states = _gather_rank_states(local, torch.device(device))
-        # on every rank: a state_dict may be a collective (FSDP full state dicts, common.engines.fsdp)
-        states = {name: _state_dict(obj) for name, obj in self._all_objects(engine).items()}
+        checkpointer = self._checkpointer(engine)
+        checkpointer(engine)  # every rank: a state_dict may be a collective (generators, FSDP full state dicts)
         self.last_saved_iteration = iteration
         if not distributed.is_main_process():
             return None
-        checkpoint = {
-            "format": CHECKPOINT_FORMAT,
-            "objects": states,
-            "engine": {
-                "iteration": iteration,
-                "epoch": int(engine.state.epoch),
-                "epoch_length": engine.state.epoch_length,
-                "max_epochs": engine.state.max_epochs,
-            },
-            "rank_states": rank_states,
-            "world_size": distributed.get_world_size(),
-        }
-        path = atomic_save(checkpoint, self.save_dir / f"checkpoint_{iteration:08d}.pt")
-        self.last_saved_path = path
-        self._prune()
-        logger.info("saved checkpoint %s", path)
-        return path
-
-    def _prune(self) -> None:
-        if not self.keep_last:
-            return
-        for path in find_checkpoints(self.save_dir)[: -self.keep_last]:
-            path.unlink(missing_ok=True)
+        self.last_saved_path = Path(checkpointer.last_checkpoint)
+        logger.info("saved checkpoint %s", self.last_saved_path)
+        return self.last_saved_path
 
     # --------------------------------------------------------------------------------------------------- loading
     def load_latest(self, engine: Engine) -> Path | None:
@@ -340,45 +407,30 @@ class CheckpointHandler:
             DataContractError: if a configured object is missing from the checkpoint.
             ValueError: if the checkpoint's epoch length differs from the engine's (the data order would not match).
         """
-        stored = checkpoint["objects"]
         objects = self._all_objects(engine)
-        missing = [name for name in self.objects if name not in stored]
+        missing = [name for name in self.objects if name not in checkpoint]
         if missing:
-            raise DataContractError(path, f"checkpoint has no state for {missing}; it holds {sorted(stored)}")
-        for name, obj in objects.items():
-            if name in stored:
-                _load_state_dict(obj, stored[name])
-            else:
-                logger.warning("checkpoint %s has no state for %r; keeping its current state", path, name)
-
-        state = checkpoint["engine"]
-        iteration, saved_length = int(state["iteration"]), state["epoch_length"]
+            held = sorted(k for k in checkpoint if k not in _RESERVED)
+            raise DataContractError(path, f"checkpoint has no state for {missing}; it holds {held}")
+        trainer = checkpoint["trainer"]
+        saved_length = trainer["epoch_length"]
         if saved_length != engine.state.epoch_length:
             raise ValueError(
                 f"{path}: written with epoch_length={saved_length}, the trainer now has {engine.state.epoch_length} "
                 "(batch size, dataset or epoch_length changed); resuming would not continue the same data order. "
                 "Start a new run initialised from the checkpoint's weights instead."
             )
-        engine.state.iteration = iteration
-        engine.state.epoch = int(state["epoch"]) if saved_length is None else iteration // saved_length
-
-        rank, rank_states = distributed.get_rank(), checkpoint.get("rank_states", [])
-        if rank < len(rank_states):
-            restore_rng_state(rank_states[rank]["rng"])
-            counters = getattr(engine, "counters", None)
-            if isinstance(counters, dict):
-                counters.update({k: int(v) for k, v in rank_states[rank]["counters"].items()})
-        else:
-            seed = int(np.random.SeedSequence([iteration, rank]).generate_state(1)[0])
-            logger.warning(
-                "checkpoint has generator states for %d ranks; seeding rank %d with %d", len(rank_states), rank, seed
-            )
-            random.seed(seed)
-            np.random.seed(seed)
-            torch.manual_seed(seed)
-        self.last_saved_iteration = iteration
+        for name in [n for n in objects if n not in checkpoint]:
+            logger.warning("checkpoint %s has no state for %r; keeping its current state", path, name)
+            objects.pop(name)
+        Checkpoint.load_objects(objects, checkpoint)
+        # ignite's engine state, keeping this run's max_epochs (a resumed run may train longer)
+        engine.load_state_dict({**trainer, "max_epochs": engine.state.max_epochs})
+        self._checkpointer(engine).load_state_dict(checkpoint["checkpointer"])
+        GeneratorStates(engine).load_state_dict(checkpoint["generators"])  # last: loading must not move them
+        self.last_saved_iteration = int(engine.state.iteration)
         self.resumed_from = Path(path)
-        logger.info("resumed from %s at iteration %d (epoch %d)", path, iteration, engine.state.epoch)
+        logger.info("resumed from %s at iteration %d (epoch %d)", path, engine.state.iteration, engine.state.epoch)
 
 
 # ---------------------------------------------------------------------------------------------------------- export

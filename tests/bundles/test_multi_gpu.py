@@ -171,10 +171,11 @@ def test_torchrun_two_ranks(bundle: str, phantoms: Path, tiny_text_encoder: Path
     assert model_path.is_file() and model_path.is_relative_to(root)
 
     checkpoint = torch.load(checkpoints[0], weights_only=True)
-    assert checkpoint["world_size"] == WORLD_SIZE and len(checkpoint["rank_states"]) == WORLD_SIZE
+    generators = checkpoint["generators"]
+    assert generators["world_size"] == WORLD_SIZE and len(generators["ranks"]) == WORLD_SIZE
     # the sampler sharded the records: each rank saw half of them per epoch
-    assert checkpoint["engine"]["epoch_length"] == steps
-    state = checkpoint["objects"]["objective"]
+    assert checkpoint["trainer"]["epoch_length"] == steps
+    state = checkpoint["objective"]
     assert not any(k.startswith("module.") for k in state)
     assert all(type(v) is torch.Tensor for v in state.values())
     objective = _single_process_objective(bundle, overrides)

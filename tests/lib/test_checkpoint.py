@@ -113,7 +113,7 @@ def test_resume_skips_truncated_and_temporary_files(tmp_path, caplog):
     (tmp_path / "checkpoint_00000009.pt.tmp").write_bytes(b"left over by a killed writer")
     with caplog.at_level(logging.WARNING, logger="common.engines.checkpoint"):
         path, checkpoint = latest_checkpoint(tmp_path)
-    assert path == files[-2] and checkpoint["engine"]["iteration"] == 4
+    assert path == files[-2] and checkpoint["trainer"]["iteration"] == 4
     assert any("checkpoint_00000005.pt" in r.getMessage() for r in caplog.records)
 
 
@@ -123,11 +123,14 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     path = find_checkpoints(tmp_path)[-1]
     raw = torch.load(path, weights_only=True)
     assert _only_safe_types(raw)
-    assert set(raw["objects"]) == {"objective", "optimizer", "lr_scheduler"}
-    assert raw["engine"] == {"iteration": 5, "epoch": 1, "epoch_length": 5, "max_epochs": 1}
-    assert len(raw["rank_states"]) == 1 and set(raw["rank_states"][0]["rng"]) == {"python", "numpy", "torch", "cuda"}
+    assert set(raw) == {"format", "objective", "optimizer", "lr_scheduler", "trainer", "generators", "checkpointer"}
+    assert raw["format"] == {"name": ckpt.CHECKPOINT_FORMAT}
+    assert dict(raw["trainer"]) == {"iteration": 5, "epoch_length": 5, "max_epochs": 1}  # ignite's Engine.state_dict
+    assert [name for _, name in raw["checkpointer"]["_saved"]] == ["checkpoint_00000004.pt", "checkpoint_00000005.pt"]
+    generators = raw["generators"]
+    assert generators["world_size"] == 1 and set(generators["ranks"][0]["rng"]) == {"python", "numpy", "torch", "cuda"}
     for key, value in objective.state_dict().items():
-        assert torch.equal(raw["objects"]["objective"][key], value)
+        assert torch.equal(raw["objective"][key], value)
 
 
 def test_unsafe_or_foreign_files_are_rejected(tmp_path):
@@ -139,6 +142,10 @@ def test_unsafe_or_foreign_files_are_rejected(tmp_path):
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(DataContractError, match="foreign.pt.*not a training checkpoint"):
         load_checkpoint(foreign)
+    older = tmp_path / "checkpoint_00000001.pt"
+    torch.save({"format": "medvlp-training-checkpoint-v1", "objects": {}}, older)
+    with pytest.raises(DataContractError, match="layout is 'medvlp-training-checkpoint-v1'"):
+        load_checkpoint(older)
     with pytest.raises(DataContractError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
 

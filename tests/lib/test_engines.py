@@ -175,8 +175,8 @@ def test_non_finite_loss_raises_and_keeps_last_checkpoint(tmp_path):
     assert info.value.iteration == 4 and "fit" in info.value.non_finite and "loss" in info.value.non_finite
     assert [p.name for p in find_checkpoints(tmp_path)] == ["checkpoint_00000002.pt"]
     checkpoint = load_checkpoint(tmp_path / "checkpoint_00000002.pt")
-    assert checkpoint["engine"]["iteration"] == 2
-    for key, value in checkpoint["objects"]["objective"].items():
+    assert checkpoint["trainer"]["iteration"] == 2
+    for key, value in checkpoint["objective"].items():
         assert torch.equal(value, snapshots[2][key])
     for key, value in objective.state_dict().items():  # the poisoned step was not applied
         assert torch.equal(value, snapshots[3][key])
@@ -287,7 +287,7 @@ def test_ddp_wrapped_objective(tmp_path, monkeypatch):
         handler.attach(trainer)
         trainer.run()
         assert [c[0] for c in inner.hook_calls] == ["before", "after", "before", "after"]
-        state = load_checkpoint(find_checkpoints(tmp_path)[-1])["objects"]["objective"]
+        state = load_checkpoint(find_checkpoints(tmp_path)[-1])["objective"]
         assert set(state) == set(inner.state_dict())  # no "module." prefix
     finally:
         distributed.destroy_distributed()

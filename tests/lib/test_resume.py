@@ -72,7 +72,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(reference, tmp_
     assert sorted(killed) == list(range(1, stall_after + 1))
     assert all(killed[i] == ref_losses[i] for i in killed)
     path, checkpoint = latest_checkpoint(tmp_path / "checkpoints")
-    start = checkpoint["engine"]["iteration"]
+    start = checkpoint["trainer"]["iteration"]
     assert start == 6 and start % EPOCH_LENGTH != 0  # resumes mid-epoch, then crosses the 10 -> 11 epoch boundary
 
     resumed = worker.run_training(tmp_path, resume=True, num_workers=1)  # another worker count, same samples
@@ -260,8 +260,9 @@ def test_two_rank_resume_restores_each_ranks_generators(tmp_path):
     assert sorted(checkpoints) == [2, 3, 4, 6, 8, 9]  # every 2 iterations and at epoch ends
     start = 4  # one iteration into epoch 2; the resumed run crosses the 6 -> 7 epoch boundary
     state = torch.load(checkpoints[start], weights_only=True)
-    assert len(state["rank_states"]) == 2
-    assert not torch.equal(state["rank_states"][0]["rng"]["torch"], state["rank_states"][1]["rng"]["torch"])
+    ranks = state["generators"]["ranks"]
+    assert state["generators"]["world_size"] == 2 and len(ranks) == 2
+    assert not torch.equal(ranks[0]["rng"]["torch"], ranks[1]["rng"]["torch"])
     resumed = _run_two_ranks(tmp_path / "resumed", resume=str(checkpoints[start]))
     for rank in range(2):  # each rank restored its own generators: same means as the uninterrupted run
         assert sorted(resumed[rank]) == list(range(start + 1, total + 1))
