@@ -572,6 +572,20 @@ def _load_weights(network: torch.nn.Module, path: Path, overlays: Sequence[str])
         ) from err
 
 
+def _preprocessing_record(config: dict, weights: Path | None) -> dict[str, Any] | None:
+    """The exported inference config's preprocessing record, checked against the one beside ``weights`` (a
+    mismatch, e.g. demo-trained weights exported without ``--overlay demo``, is refused naming both values)."""
+    from common.engines.preprocessing_record import PreprocessingMismatchError, check_preprocessing, record_from_config
+
+    record = record_from_config(copy.deepcopy(config))
+    if record is not None and weights is not None:
+        try:
+            check_preprocessing(weights, record)
+        except PreprocessingMismatchError as err:
+            raise ExportError(weights, f"{err.problem} (was it trained with an overlay? pass it with --overlay)") from err
+    return record
+
+
 def _bump_version(version: str) -> str:
     major, minor, patch = (int(p) for p in version.split("."))
     return f"{major}.{minor}.{patch + 1}"
@@ -1054,11 +1068,17 @@ def _vendor_code(out: Path, references: set[str], source: Path) -> tuple[list[st
     return modules, sources
 
 
-def _write_weights(out: Path, network: torch.nn.Module, url: str | None) -> str:
-    """``models/model.pt`` (flat state dict) and its ``large_files.yml`` entry; returns its sha256."""
+def _write_weights(out: Path, network: torch.nn.Module, url: str | None, preprocessing: dict | None) -> str:
+    """``models/model.pt`` (flat state dict) with its preprocessing record beside it
+    (``models/model.preprocessing.json``, small: kept in the bundle) and its ``large_files.yml`` entry; returns its
+    sha256."""
+    from common.engines.preprocessing_record import write_record
+
     (out / "models").mkdir()
     model_pt = out / "models" / "model.pt"
     torch.save({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, model_pt)
+    if preprocessing is not None:
+        write_record(model_pt, preprocessing, lambda path, data: path.write_bytes(data))
     digest = _sha256(model_pt)
     entry = {"path": "models/model.pt", "url": url or URL_TODO, "hash_val": digest, "hash_type": "sha256"}
     (out / "large_files.yml").write_text(
@@ -1151,6 +1171,7 @@ def export(
         probe_shape = _probe_shape(network, input_shape, run_on)
         mode, reason, probe_shape = _torchscript_status(network, probe_shape, run_on, input_shape)
         torchscript.update(mode=mode, reason=reason, probe_shape=probe_shape)
+    preprocessing = _preprocessing_record(inference, request.weights)
     _edit_metadata(request, merged, changelog)
 
     with _staging(request.final) as out:
@@ -1160,7 +1181,7 @@ def export(
         request.meta["required_packages_version"] = {**request.meta.get("required_packages_version", {}),
                                                      **added_packages}  # fmt: skip
         (out / "configs" / "metadata.json").write_text(json.dumps(request.meta, indent=4) + "\n")
-        digest = _write_weights(out, network, url)
+        digest = _write_weights(out, network, url, preprocessing)
         _write_docs(out, request, modules, torchscript)
     library_root = REPO / LIBRARY
     return {
@@ -1175,6 +1196,7 @@ def export(
         "torchscript": torchscript["mode"],
         "torchscript_probe_shape": torchscript["probe_shape"],
         "sha256": digest,
+        "preprocessing_sha256": None if preprocessing is None else preprocessing["sha256"],
         "added_packages": added_packages,
     }
 

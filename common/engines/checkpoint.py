@@ -7,7 +7,8 @@
   trainer's ``GradScaler`` (``scaler``) and the data loader's sampler/dataset (``train_sampler``/``train_dataset``:
   epoch, seed); modules are unwrapped from DDP/``torch.compile``, so single- and multi-GPU checkpoints interchange;
 * ``trainer``: ignite's ``Engine.state_dict()`` (``iteration``, ``epoch_length``, ``max_epochs``);
-* ``checkpointer``: ignite's list of the files it keeps.
+* ``checkpointer``: ignite's list of the files it keeps;
+* ``preprocessing``: the run's preprocessing record (:mod:`common.engines.preprocessing_record`), when given.
 
 What ignite lacks is kept as small ``state_dict`` objects and helpers here:
 
@@ -46,6 +47,7 @@ from torch import nn
 
 from common import distributed
 from common.data.contract import DataContractError
+from common.engines.preprocessing_record import PreprocessingState, record_path, write_record
 from common.engines.trainer import unwrap_module
 
 if TYPE_CHECKING:
@@ -71,7 +73,7 @@ CHECKPOINT_FORMAT = "medvlp-training-checkpoint-v2"
 _CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
 _FILENAME_PATTERN = "{name}_{global_step:08d}.{ext}"
 #: names the handler itself stores beside the configured objects
-_RESERVED = ("format", "trainer", "generators", "checkpointer")
+_RESERVED = ("format", "trainer", "generators", "checkpointer", "preprocessing")
 
 
 # ------------------------------------------------------------------------------------------------------ file writing
@@ -287,6 +289,8 @@ class CheckpointHandler:
         resume: ``False``; ``True`` for the newest loadable checkpoint in ``save_dir`` (no checkpoint file: start
             fresh; files but none loadable: raise); or a checkpoint file, or a directory to take the newest from.
         save_final: save when the run completes if the last iteration was not saved yet.
+        preprocessing: the run's preprocessing record (config id ``preprocessing_record``), stored in every
+            checkpoint; resuming from a checkpoint written with other preprocessing is refused.
 
     Raises:
         ValueError: on non-positive ``save_every_n_iterations``, negative ``keep_last`` or an object named like one
@@ -302,6 +306,7 @@ class CheckpointHandler:
         keep_last: int | None = 2,
         resume: bool | str | os.PathLike = False,
         save_final: bool = True,
+        preprocessing: Mapping[str, Any] | None = None,
     ) -> None:
         if save_every_n_iterations is not None and save_every_n_iterations < 1:
             raise ValueError(f"save_every_n_iterations must be >= 1 or None, got {save_every_n_iterations}")
@@ -317,6 +322,7 @@ class CheckpointHandler:
         self.keep_last = keep_last or None
         self.resume = resume
         self.save_final = save_final
+        self.preprocessing = dict(preprocessing) if preprocessing is not None else None
         self.checkpointer: Checkpoint | None = None
         self.last_saved_iteration: int | None = None
         self.last_saved_path: Path | None = None
@@ -356,6 +362,8 @@ class CheckpointHandler:
                 "trainer": engine,
                 "generators": GeneratorStates(engine),
             }
+            if self.preprocessing is not None:
+                to_save["preprocessing"] = PreprocessingState(self.preprocessing)
             self.checkpointer = Checkpoint(
                 to_save,
                 DurableDiskSaver(self.save_dir),
@@ -405,8 +413,11 @@ class CheckpointHandler:
 
         Raises:
             DataContractError: if a configured object is missing from the checkpoint.
+            PreprocessingMismatchError: if the checkpoint records other preprocessing than this run's.
             ValueError: if the checkpoint's epoch length differs from the engine's (the data order would not match).
         """
+        if self.preprocessing is not None:
+            PreprocessingState(self.preprocessing, path).load_state_dict(checkpoint.get("preprocessing"))
         objects = self._all_objects(engine)
         missing = [name for name in self.objects if name not in checkpoint]
         if missing:
@@ -434,13 +445,17 @@ class CheckpointHandler:
 
 
 # ---------------------------------------------------------------------------------------------------------- export
-def export_inference_weights(module: nn.Module, path: str | os.PathLike) -> Path:
+def export_inference_weights(
+    module: nn.Module, path: str | os.PathLike, preprocessing: Mapping[str, Any] | None = None
+) -> Path:
     """Write the flat ``state_dict`` of ``module`` (unwrapped from DDP/``torch.compile``) for inference.
 
     The file holds tensors only, keyed by parameter/buffer name: ``torch.save`` format unless ``path`` ends with
     ``.safetensors``. Both load with ``network_def.load_state_dict(...)`` (``torch.load(weights_only=True)`` or
     ``safetensors.torch.load_file``), which is what MONAI bundle ``ckpt_export``, the Model Zoo CI and MONAI Label do
     with ``models/model.pt``. Non-tensor ``extra_state`` entries are left out with a warning. The write is atomic.
+    ``preprocessing`` (a record of :mod:`common.engines.preprocessing_record`) is written beside the weights as
+    ``<stem>.preprocessing.json`` (the weight file stays a flat state dict, as the Model Zoo and MONAI Label need).
     """
     tensors: dict[str, torch.Tensor] = {}
     for name, value in unwrap_module(module).state_dict().items():
@@ -449,6 +464,10 @@ def export_inference_weights(module: nn.Module, path: str | os.PathLike) -> Path
             continue
         tensors[name] = value.detach().to("cpu").contiguous().clone()
     path = Path(path)
+    if preprocessing is not None:
+        write_record(path, preprocessing, lambda target, data: _atomic_write(target, lambda f: f.write(data)))
+    else:  # a record left by an earlier export would describe other weights
+        record_path(path).unlink(missing_ok=True)
     if path.suffix == ".safetensors":
         from safetensors.torch import save as safetensors_bytes
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,21 +32,23 @@ def export_two_tower(
     classifier_path: str | os.PathLike,
     findings: Sequence[Finding | str] = FINDINGS,
     build_classifier: Callable[..., torch.nn.Module] | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
 ) -> torch.nn.Module:
     """Write the trained two-tower model and the zero-shot inference network (flat state dicts).
 
     The contrastive loss' (learned or fixed) logit scale becomes the model's ``softmax_temperature`` (``T = 1 / s``).
     ``classifier_path`` (``models/model.pt``) is what ``inference.yaml``, MONAI Label and the Model Zoo load;
     ``build_classifier(model, tokenizer, prompt_set)`` builds it (default :meth:`ZeroShotClassifier.from_model`).
+    ``preprocessing`` (the config's ``preprocessing_record``) is written beside both files.
     """
     objective = unwrap_module(objective)
     model: TwoTowerModel = objective.model
     clip_loss = getattr(objective, "clip_loss", None)
     if clip_loss is not None:
         model.set_logit_scale(clip_loss.logit_scale.detach(), clip_loss.max_logit_scale)
-    export_inference_weights(model, model_path)
+    export_inference_weights(model, model_path, preprocessing)
     build = build_classifier if build_classifier is not None else ZeroShotClassifier.from_model
     classifier = build(model, tokenizer, prompt_pairs(findings))
-    export_inference_weights(classifier, classifier_path)
+    export_inference_weights(classifier, classifier_path, preprocessing)
     logger.info("exported %s and %s", model_path, classifier_path)
     return classifier

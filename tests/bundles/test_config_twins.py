@@ -68,8 +68,16 @@ CT_READER_CHECKS = {
     "ct_checks", "image_preprocessing#loader#_mode_", "image_preprocessing#loader#_target_",
     "image_preprocessing#loader#ct_checks",
 }  # fmt: skip
-for _method in ("colipri", "g2d", "prior", "raddino"):
-    ALLOWED_DIFFERENCES[_method] |= CT_READER_CHECKS
+#: the preprocessing record names the twin's own preprocessing function and arguments (as image_preprocessing does)
+PREPROCESSING_RECORD = {
+    "colipri": ("orientation", "pixdim", "hu_range"),
+    "g2d": ("orientation", "pixdim", "hu_range", "resize_size", "mean", "std"),
+    "prior": ("orientation", "pixdim", "hu_range", "resize_size", "mean", "std"),
+    "raddino": ("orientation", "pixdim", "hu_range", "spatial_size", "mean", "std"),
+}
+for _method, _keys in PREPROCESSING_RECORD.items():
+    ALLOWED_DIFFERENCES[_method] |= CT_READER_CHECKS | {"preprocessing_record#image_transform"}
+    ALLOWED_DIFFERENCES[_method] |= {f"preprocessing_record#image#{key}" for key in _keys}
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

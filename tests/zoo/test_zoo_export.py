@@ -20,8 +20,11 @@ import pytest
 import torch
 import yaml
 
+from monai.bundle import ConfigParser
+
 from common.bundle_support import discover_bundles
 from common.data.phantom import generate_dataset
+from common.engines.preprocessing_record import read_record, record_from_config, write_record
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = {b.name: b for b in discover_bundles(REPO / "bundles", configs=["inference"])}  # every bundle
@@ -288,14 +291,28 @@ def test_torchscript_probe_runs_at_a_small_input(zoo_exports):
 
 
 @pytest.mark.slow
+def _demo_inference_parser(bundle: str) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES[bundle].config("inference")), str(BUNDLES[bundle].config("demo"))])
+    return parser
+
+
 def test_export_of_trained_weights(exporter, zoo_exports, tmp_path: Path):
     previous, _, _ = zoo_exports["raddino_cxr"]
     state = torch.load(previous / "models" / "model.pt", weights_only=True)
     state = {k: v + 0.5 if v.is_floating_point() else v for k, v in state.items()}  # unlike any initialisation
     torch.save(state, tmp_path / "trained.pt")
+    record = record_from_config(_demo_inference_parser("raddino_cxr"))  # what the demo-trained weights carry
+    write_record(tmp_path / "trained.pt", record, lambda path, data: path.write_bytes(data))
     out = tmp_path / "exported"
     summary = exporter.export("raddino_cxr", str(out), weights=str(tmp_path / "trained.pt"), overlay="demo",
                               version="0.3.0", url="https://example.org/raddino/model.pt")
+    assert read_record(out / "models" / "model.pt") == record and summary["preprocessing_sha256"] == record["sha256"]
+    other = tmp_path / "other_normalisation.yaml"  # an overlay that changes what the weights were trained with
+    other.write_text("pixel_mean: 0.45\n")
+    with pytest.raises(exporter.ExportError, match=r"trained\.pt: .*image\.mean: trained with 0\.5307, this config 0\.45"):
+        exporter.export("raddino_cxr", str(tmp_path / "refused"), weights=str(tmp_path / "trained.pt"),
+                        overlay=["demo", str(other)], check_torchscript=False)
     assert not list(tmp_path.glob(".exported.partial-*"))  # written aside, then moved into place
     exported = torch.load(out / "models" / "model.pt", weights_only=True)
     assert exported.keys() == state.keys() and all(torch.equal(exported[k], v) for k, v in state.items())
