@@ -1,0 +1,21 @@
+"""Masked-language-model prediction head over the vocabulary (BERT's, from ``transformers``)."""
+
+from __future__ import annotations
+
+from transformers import BertConfig
+from transformers.models.bert.modeling_bert import BertLMPredictionHead
+
+__all__ = ["masked_lm_head"]
+
+
+def masked_lm_head(hidden_size: int, vocab_size: int, layer_norm_eps: float = 1e-12) -> BertLMPredictionHead:
+    """BERT's MLM head ``Linear -> GELU -> LayerNorm -> Linear(vocab)`` for ``(B, L, hidden_size)`` states.
+
+    M3AE uses the same head (``m3ae/modules/prediction_heads.py::MLMHead``) on the fused text tokens.
+    """
+    if hidden_size <= 0 or vocab_size <= 0:
+        raise ValueError(f"hidden_size and vocab_size must be positive, got {hidden_size}, {vocab_size}")
+    config = BertConfig(
+        hidden_size=hidden_size, vocab_size=vocab_size, hidden_act="gelu", layer_norm_eps=layer_norm_eps
+    )
+    return BertLMPredictionHead(config)

@@ -1,0 +1,89 @@
+"""MPMA bundles end to end on tiny phantom data: train (mixed image-only + paired) -> export -> inference ->
+evaluation (harness + multi-modal probe), switches through the config, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.methods.mpma.objective import TERMS
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    from common.data.phantom import generate_dataset
+
+    out = tmp_path_factory.mktemp("phantoms")
+    generate_dataset(out, num_train=6, num_image_only=2, num_val=1, num_test=3, seed=3, dims=2)
+    return out
+
+
+SMALL = {"max_epochs": 1, "batch_size": 4, "max_text_length": 32, "spatial_size": 64, "n_bootstrap": 10,
+         "fusion_dim": 32, "fusion_heads": 4, "fusion_depth": 1, "memory_slots": 4, "text_num_layers": 2,
+         "text_frozen_layers": 1}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_train_export_infer_evaluate(tiny_dataset: Path, tmp_path: Path, bundle_workflow, scratch_bundle_root,
+                                     monkeypatch):  # fmt: skip
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    datalist = tiny_dataset / "datalist_2d.json"
+    bundle_root = scratch_bundle_root("mpma_cxr")
+    train = bundle_workflow("mpma_cxr", ["train.yaml", "demo.yaml"], "train", bundle_root=str(bundle_root),
+                            dataset_dir=str(datalist), **SMALL)  # fmt: skip
+    train.run()
+    trainer = train.parser.get_parsed_content("train#trainer")
+    assert trainer.state.iteration == 2  # 8 training records (6 paired + 2 image-only), batch 4
+    assert set(TERMS) <= set(trainer.state.output) and "masked_token_accuracy" in trainer.state.output
+    assert torch.isfinite(torch.tensor(trainer.state.output["loss"]))
+    for name in ("model.pt", "mpma_model.pt"):
+        state = torch.load(bundle_root / "models" / name, weights_only=True)
+        assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+
+    infer = bundle_workflow("mpma_cxr", ["inference.yaml", "demo.yaml"], "infer", bundle_root=str(bundle_root),
+                            dataset_dir=str(datalist), spatial_size=SMALL["spatial_size"])  # fmt: skip
+    infer.run()
+    with open(bundle_root / "eval" / "predictions.csv") as handle:
+        rows = list(csv.reader(handle))
+    num_findings = len(train.parser.get_parsed_content("findings"))
+    assert len(rows) == 3 and all(len(r) == 1 + num_findings for r in rows)
+    probs = torch.tensor([[float(x) for x in r[1:]] for r in rows])
+    assert ((probs >= 0) & (probs <= 1)).all()
+
+    out = tmp_path / "evaluation"
+    evaluate = bundle_workflow("mpma_cxr", ["train.yaml", "demo.yaml", "evaluate.yaml"], None,
+                               bundle_root=str(bundle_root), dataset_dir=str(datalist), eval_output_dir=str(out),
+                               eval_train_split="training", **SMALL)  # fmt: skip
+    evaluate.run()
+    sections = set(json.loads((out / "results.json").read_text())["results"])
+    assert {"zero_shot", "retrieval", "linear_probe"} <= sections
+    multimodal = json.loads((out / "multimodal.json").read_text())
+    assert set(multimodal["linear_probe"]) == {"image", "text", "fused"}
+    assert {"fused_vs_image", "fused_vs_text"} <= set(multimodal)
+    accuracy = multimodal["masked_token_accuracy"]
+    assert accuracy["total"] > 0 and 0.0 <= accuracy["accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_config_switches_and_resume(tiny_dataset: Path, bundle_workflow, scratch_bundle_root, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    datalist = tiny_dataset / "datalist_2d.json"
+    bundle_root = scratch_bundle_root("mpma_cxr")
+
+    def run(**override):
+        workflow = bundle_workflow("mpma_cxr", ["train.yaml", "demo.yaml"], "train", bundle_root=str(bundle_root),
+                                   dataset_dir=str(datalist), **{**SMALL, **override})  # fmt: skip
+        workflow.run()
+        return workflow.parser.get_parsed_content("train#trainer"), workflow.parser.get_parsed_content("objective_def")
+
+    trainer, objective = run(image_reconstruction_weight=0.0, text_reconstruction_weight=0.0, memory_slots=0)
+    assert set(trainer.state.output) >= {"global_alignment", "local_alignment"}
+    assert not {"image_reconstruction", "text_reconstruction"} & set(trainer.state.output)
+    assert objective.fusion is None and objective.mlm_head is None
+    resumed, _ = run(image_reconstruction_weight=0.0, text_reconstruction_weight=0.0, memory_slots=0, resume="true",
+                     max_epochs=2)  # fmt: skip
+    assert resumed.state.iteration == 2 * trainer.state.iteration

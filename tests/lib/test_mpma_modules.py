@@ -1,0 +1,184 @@
+"""MPMA's shared modules: memory-augmented cross-attention, co-attention fusion, FILIP alignment, MLM loss/head,
+whole-word masking."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.losses.masked_token_loss import IGNORE_INDEX, MaskedTokenLoss, masked_token_accuracy
+from common.losses.token_patch_alignment_loss import TokenPatchAlignmentLoss, late_interaction_similarities
+from common.networks.co_attention import CoAttentionFusion
+from common.networks.memory_attention import MemoryAugmentedCrossAttention
+from common.networks.mlm_head import masked_lm_head
+
+torch.set_num_threads(1)
+
+
+def _manual_attention(module: MemoryAugmentedCrossAttention, x, context, allowed) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d_h)) V per head over [context; memory], written out with loops."""
+    heads, (b, length, dim) = module.num_heads, x.shape
+    head_dim = dim // heads
+    q = module.query(x)
+    k, v = module.key(context), module.value(context)
+    if module.num_memory_slots:
+        k = torch.cat([k, module.memory_keys.expand(b, -1, -1)], dim=1)
+        v = torch.cat([v, module.memory_values.expand(b, -1, -1)], dim=1)
+        allowed = torch.cat([allowed, torch.ones(b, module.num_memory_slots, dtype=torch.bool)], dim=1)
+    out = torch.zeros(b, length, dim)
+    for i in range(b):
+        for h in range(heads):
+            sl = slice(h * head_dim, (h + 1) * head_dim)
+            scores = q[i, :, sl] @ k[i, :, sl].T / math.sqrt(head_dim)
+            scores = scores.masked_fill(~allowed[i][None], float("-inf"))
+            out[i, :, sl] = scores.softmax(-1) @ v[i, :, sl]
+    return module.out(out)
+
+
+@pytest.mark.parametrize("slots", [0, 5])
+def test_memory_attention_equals_hand_computation(slots: int) -> None:
+    torch.manual_seed(0)
+    module = MemoryAugmentedCrossAttention(16, 4, num_memory_slots=slots).eval()
+    x, context = torch.randn(2, 3, 16), torch.randn(2, 7, 16)
+    allowed = torch.ones(2, 7, dtype=torch.bool)
+    allowed[1, 4:] = False
+    keys, values = module.keys_values(context)
+    assert keys.shape == values.shape == (2, 7 + slots, 16)  # the memory slots extend keys and values
+    torch.testing.assert_close(module(x, context, allowed), _manual_attention(module, x, context, allowed))
+
+
+def test_memory_slots_are_attended_and_masked_context_is_not() -> None:
+    torch.manual_seed(0)
+    module = MemoryAugmentedCrossAttention(16, 2, num_memory_slots=4).eval()
+    x, context = torch.randn(1, 3, 16), torch.randn(1, 6, 16)
+    allowed = torch.tensor([[True, True, True, False, False, False]])
+    base = module(x, context, allowed)
+    changed = context.clone()
+    changed[:, 3:] = 100.0
+    torch.testing.assert_close(module(x, changed, allowed), base)
+    with torch.no_grad():
+        module.memory_values.add_(1.0)
+    assert not torch.allclose(module(x, context, allowed), base)
+
+
+def test_co_attention_fusion_shapes_padding_and_memory_placement() -> None:
+    torch.manual_seed(0)
+    fusion = CoAttentionFusion(image_dim=24, text_dim=20, hidden_dim=32, depth=2, num_heads=4, num_memory_slots=3)
+    fusion.eval()
+    image, text = torch.randn(2, 9, 24), torch.randn(2, 6, 20)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    out = fusion(image, text, text_mask=mask)
+    assert out.image.shape == (2, 9, 32) and out.text.shape == (2, 6, 32)
+    changed = text.clone()
+    changed[1, 3:] = 50.0  # padding of row 1 changes nothing that row 1's real tokens or its image see
+    again = fusion(image, changed, text_mask=mask)
+    torch.testing.assert_close(again.image, out.image)
+    torch.testing.assert_close(again.text[1, :3], out.text[1, :3])
+    assert all(layer.cross_attn.num_memory_slots == 3 for layer in fusion.text_layers)
+    assert all(layer.cross_attn.num_memory_slots == 0 for layer in fusion.image_layers)
+    no_memory = CoAttentionFusion(24, 20, 32, depth=1, num_heads=4, num_memory_slots=0)
+    assert not any("memory" in name for name, _ in no_memory.named_parameters())
+
+
+def test_late_interaction_similarity_and_loss_equal_a_hand_computation() -> None:
+    torch.manual_seed(0)
+    image, text = torch.randn(3, 4, 8), torch.randn(3, 5, 8)
+    text_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    i2t, t2i = late_interaction_similarities(image, text, text_mask=text_mask)
+    ni, nt = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+    for a in range(3):
+        for b in range(3):
+            real = nt[b][text_mask[b]]
+            cos = ni[a] @ real.T  # (patches, real tokens)
+            assert math.isclose(float(i2t[a, b]), float(cos.max(1).values.mean()), rel_tol=1e-5)
+            assert math.isclose(float(t2i[a, b]), float(cos.max(0).values.mean()), rel_tol=1e-5)
+    loss_fn = TokenPatchAlignmentLoss(init_logit_scale=10.0)
+    labels = torch.arange(3)
+    expected = (F.cross_entropy(10 * i2t, labels) + F.cross_entropy(10 * t2i.T, labels)) / 2
+    torch.testing.assert_close(loss_fn(image, text, text_mask=text_mask), expected)
+    valid = torch.tensor([True, False, True])
+    rows = valid.nonzero().flatten()
+    sub = TokenPatchAlignmentLoss(init_logit_scale=10.0)(image[rows], text[rows], text_mask=text_mask[rows])
+    torch.testing.assert_close(loss_fn(image, text, text_mask=text_mask, valid=valid), sub)
+    zero = loss_fn(image, text, valid=torch.zeros(3, dtype=torch.bool))
+    assert float(zero) == 0.0 and zero.requires_grad
+
+
+def test_masked_token_loss_and_accuracy() -> None:
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0]]])
+    labels = torch.tensor([[0, IGNORE_INDEX, 1]])
+    expected = (F.cross_entropy(logits[0, 0:1], labels[0, 0:1]) + F.cross_entropy(logits[0, 2:3], labels[0, 2:3])) / 2
+    torch.testing.assert_close(MaskedTokenLoss()(logits, labels), expected)
+    assert masked_token_accuracy(logits, labels) == (1, 2)
+    nothing = MaskedTokenLoss()(logits.requires_grad_(), torch.full((1, 3), IGNORE_INDEX))
+    assert float(nothing) == 0.0 and nothing.requires_grad
+    with pytest.raises(ValueError, match="labels"):
+        MaskedTokenLoss()(logits, labels[:, :2])
+
+
+def test_masked_lm_head_maps_states_to_the_vocabulary() -> None:
+    head = masked_lm_head(32, 101)
+    assert head(torch.randn(2, 5, 32)).shape == (2, 5, 101)
+    assert head(torch.randn(7, 32)).shape == (7, 101)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from common.transforms.text import load_tokenizer
+
+    return load_tokenizer("default")
+
+
+def test_whole_word_masking_masks_whole_words_at_the_ratio(tokenizer) -> None:
+    from common.transforms.mlm import RandWholeWordMaskd
+
+    text = (
+        "Moderate left pleural effusion with adjacent atelectasis. Cardiomegaly is unchanged. "
+        "No pneumothorax. Degenerative changes of the thoracic spine. Calcification of the aortic knob."
+    )
+    encoded = tokenizer(text, padding="max_length", max_length=64, return_tensors="pt")
+    ids, mask = encoded["input_ids"][0], encoded["attention_mask"][0]
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    words, word = [], -1
+    for i, token in enumerate(tokens):
+        word += 0 if token.startswith("##") else 1
+        words.append(word)
+    real = int(mask.sum())
+    special = {0, real - 1}
+    transform = RandWholeWordMaskd(tokenizer=tokenizer, mlm_probability=0.15)
+    transform.set_random_state(0)
+    counts, masks = [], set()
+    for _ in range(50):
+        out = transform({"input_ids": ids, "attention_mask": mask})
+        chosen = (out["mlm_labels"] != IGNORE_INDEX).nonzero().flatten().tolist()
+        assert out["mlm_input_ids"].shape == ids.shape and out["mlm_labels"].shape == ids.shape
+        assert not special & set(chosen) and all(i < real for i in chosen)  # never [CLS], [SEP] or padding
+        for w in {words[i] for i in chosen}:  # every piece of a chosen word is chosen
+            assert {i for i in range(real) if words[i] == w} <= set(chosen)
+        assert torch.equal(out["mlm_labels"][chosen], ids[chosen])
+        unchanged = [i for i in range(len(ids)) if i not in chosen]
+        assert torch.equal(out["mlm_input_ids"][unchanged], ids[unchanged])
+        counts.append(len(chosen))
+        masks.add(tuple(chosen))
+    target = round(0.15 * real)
+    assert all(c <= target for c in counts) and sum(counts) / len(counts) >= target - 2
+    assert len(masks) > 40  # a new mask every call
+    again = RandWholeWordMaskd(tokenizer=tokenizer, mlm_probability=0.15)
+    again.set_random_state(0)
+    first = again({"input_ids": ids, "attention_mask": mask})
+    transform.set_random_state(0)
+    torch.testing.assert_close(transform({"input_ids": ids, "attention_mask": mask}), first)
+
+
+def test_whole_word_masking_leaves_an_empty_report_alone(tokenizer) -> None:
+    from common.transforms.mlm import RandWholeWordMaskd
+
+    encoded = tokenizer("", padding="max_length", max_length=8, return_tensors="pt")
+    out = RandWholeWordMaskd(tokenizer=tokenizer)(
+        {"input_ids": encoded["input_ids"][0], "attention_mask": encoded["attention_mask"][0]}
+    )
+    assert bool((out["mlm_labels"] == IGNORE_INDEX).all())
+    assert torch.equal(out["mlm_input_ids"], encoded["input_ids"][0])
