@@ -1,4 +1,4 @@
-"""Evaluation figures saved as PNG: ROC curves, recall@k curve, embedding map, Dice bar chart, probe trajectory.
+"""Evaluation figures saved as PNG: ROC curves, recall@k curve, embedding map, Dice bar chart, validation curves.
 
 Figures are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas directly; pyplot is never
 imported, so no global backend is switched and nothing is left open (safe in headless jobs and notebooks).
@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from common.evaluation._arrays import as_numpy, label_names, to_2d_labels
 
-__all__ = ["plot_roc_curves", "plot_recall_curve", "plot_embedding_map", "plot_dice_bars", "plot_dice_fractions", "plot_probe_trajectory"]
+__all__ = ["plot_dice_bars", "plot_dice_fractions", "plot_embedding_map", "plot_recall_curve", "plot_roc_curves", "plot_validation_curves"]
 
 
 def _save(figure: Figure, path: str | os.PathLike) -> Path:
@@ -170,27 +170,18 @@ def plot_dice_fractions(
     return _save(figure, path)
 
 
-_PROBE_NAMES = {"linear_probe": "linear", "knn_probe": "kNN"}
-
-
-def plot_probe_trajectory(
-    history: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "Frozen-encoder probes during training"
+def plot_validation_curves(
+    curves: Mapping[str, Sequence[tuple[int, float]]], path: str | os.PathLike, title: str = "Validation"
 ) -> Path:
-    """Macro AUROC of the linear and kNN probes against the training epoch, with their bootstrap intervals, and the
-    same probes on the random-init baseline as dashed lines (rows as written by ``scripts/probe_trajectory.py``)."""
-    epochs = [row["epoch"] for row in history]
+    """Each validation metric against the training epoch, one line per tag (``{tag: [(epoch, value), ...]}`` as
+    ``scripts/probe_trajectory.py`` reads them from a run's TensorBoard logs), the best point of each marked."""
     figure = Figure(figsize=(6.0, 4.0))
     ax = figure.add_subplot()
-    for probe, color in (("linear_probe", "#4c72b0"), ("knn_probe", "#dd8452")):
-        auroc = [row[probe]["auroc"] for row in history]
-        ax.plot(epochs, auroc, marker="o", ms=3, color=color, label=f"{_PROBE_NAMES[probe]} probe")
-        intervals = [row[probe].get("auroc_ci") for row in history]
-        if all(ci and None not in ci for ci in intervals):
-            low, high = zip(*intervals)
-            ax.fill_between(epochs, low, high, color=color, alpha=0.15, lw=0)
-        baseline = history[0].get(f"random_init_{probe}")
-        if baseline is not None:
-            ax.axhline(baseline["auroc"], ls="--", color=color, lw=1, label=f"{_PROBE_NAMES[probe]}, random init")
-    ax.set(xlabel="epoch", ylabel="macro AUROC (held-out test)", title=title)
+    for tag, points in curves.items():
+        epochs, values = zip(*points)
+        (line,) = ax.plot(epochs, values, marker="o", ms=3, label=tag)
+        best = int(np.nanargmax(values))
+        ax.plot([epochs[best]], [values[best]], marker="*", ms=10, color=line.get_color())
+    ax.set(xlabel="epoch", ylabel="validation metric", title=title)
     ax.legend(fontsize=8)
     return _save(figure, path)

@@ -16,16 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_prior_bundles import _small as prior_small  # PRIOR's tiny sizes
 
 from common.data.phantom import generate_dataset
 from common.networks.weights import load_weights
 
 COMMON = {"max_epochs": 2, "batch_size": 4, "val_interval": 1, "image_log_interval": 1, "n_bootstrap": 10}
 TEXT = {"max_text_length": 32}
-RADDINO_2D = {
-    "image_size": 56,
-    "global_crop_size": 56,
-    "local_crop_size": 28,
+#: a ViT/14 on 4x4 tokens (2D) or an 8-patch EVA on 32^3 (3D), 2 local crops, 64 prototypes
+RADDINO = {
     "num_local_crops": 2,
     "head_prototypes": 64,
     "head_hidden_dim": 32,
@@ -33,22 +32,16 @@ RADDINO_2D = {
     "num_workers": 0,
     "cache_preprocessed": False,
 }
-RADDINO_3D = {
-    "spatial_size": 32,
-    "pixdim": 12.0,
-    "global_crop_size": 32,
-    "local_crop_size": 16,
-    "num_local_crops": 2,
-    "head_prototypes": 64,
-    "head_hidden_dim": 32,
-    "head_bottleneck_dim": 16,
-    "num_workers": 0,
-    "cache_preprocessed": False,
-}
+RADDINO_2D = {**RADDINO, "image_size": 56, "global_crop_size": 56, "local_crop_size": 28}
+RADDINO_3D = {**RADDINO, "spatial_size": 32, "pixdim": 12.0, "global_crop_size": 32, "local_crop_size": 16}
 #: bundle -> (spatial dims, tiny settings, image tags its TensorBoard must hold)
 BUNDLES = {
     "colipri_cxr": (2, {**TEXT, "spatial_size": 64}, {"views/image", "mae", "similarity_map"}),
     "colipri_ct": (3, {**TEXT, "spatial_size": 32, "pixdim": 12.0}, {"views/image", "mae", "similarity_map"}),
+    "g2d_cxr": (2, {**TEXT, "spatial_size": 64, "resize_size": 64}, {"views/image", "pseudo_mask"}),
+    "g2d_ct": (3, {**TEXT, "spatial_size": 64, "pixdim": 12.0}, {"views/image", "pseudo_mask"}),
+    "prior_cxr": (2, {**prior_small(2), "max_epochs": 2}, {"views/image"}),
+    "prior_ct": (3, {**prior_small(3), "max_epochs": 2}, {"views/image"}),
     "raddino_cxr": (2, RADDINO_2D, {"views/global_crops", "views/local_crops"}),
     "raddino_ct": (3, RADDINO_3D, {"views/global_crops", "views/local_crops"}),
 }
@@ -93,7 +86,7 @@ def test_validation_logs_key_metric_keeps_best_model_and_images(
     root = scratch_bundle_root(bundle)
     datalist = str(phantoms / f"datalist_{dims}d.json")
     train = bundle_workflow(
-        bundle, ["train.yaml", "demo.yaml"], "train", bundle_root=str(root), dataset_dir=datalist, **COMMON, **tiny
+        bundle, ["train.yaml", "demo.yaml"], "train", bundle_root=str(root), dataset_dir=datalist, **{**COMMON, **tiny}
     )
     train.run()
     evaluator = train.parser.get_parsed_content("validate#evaluator")
@@ -130,8 +123,7 @@ def test_validation_logs_key_metric_keeps_best_model_and_images(
             eval_output_dir=str(out),
             eval_test_split="validation",
             compare_random_init=False,
-            **COMMON,
-            **tiny,
+            **{**COMMON, **tiny},
         )
         evaluate.run()
         section, *path = EVALUATED[key]

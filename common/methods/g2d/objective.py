@@ -143,6 +143,21 @@ class G2DPretraining(nn.Module):
         logits = self.decoder(pyramid)
         return self.segmentation_loss(logits.float(), masks.to(torch.float32))
 
+    @torch.no_grad()
+    def visualize(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Images for TensorBoard (:class:`~common.engines.images.TrainingImageLogger`): ``pseudo_mask``, the input,
+        its attention pseudo-mask (the pixel term's target) and the decoder's prediction, ``(B, 3, *spatial)``."""
+        if self.segmentation_loss is None:
+            return {}
+        image = batch["image"]
+        tower = self.model.image_encoder
+        pyramid = tower.backbone.features(image)
+        _, attention = tower.pool(tower.project(pyramid[-1]), return_attention=True)
+        body = batch.get(self.body_key)
+        masks = self.masks(image, attention, None if body is None else body.to(image.device))
+        prediction = torch.sigmoid(self.decoder(pyramid).float())
+        return {"pseudo_mask": torch.cat([image.float(), masks.float(), prediction], dim=1)}
+
     def log_values(self) -> dict[str, float]:
         """Scalars worth logging besides the loss terms (the contrastive scale, if learned)."""
         if self.clip_loss is None:
