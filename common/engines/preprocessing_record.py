@@ -4,7 +4,8 @@ A record is a JSON-able dict ``{"image": {...}, "text": {...}, "sha256": "..."}`
 checkpoint). ``image`` holds every argument of the deterministic preprocessing factory that shapes the values the
 network sees (``common.transforms.ct.ct_preprocessing``: orientation, pixdim, spatial_size (crop / pad), hu_range,
 out_range, pad_value; ``common.transforms.xray.xray_preprocessing``: resize_size, spatial_size, intensity_range,
-mean, std, num_channels, mode), defaults applied, plus the factory's name; ``text`` the tokenizer and the text length.
+mean, std, num_channels, mode), defaults applied, plus the factory's name within the library
+(``transforms.ct.ct_preprocessing``, the same in a Model Zoo export); ``text`` the tokenizer and the text length.
 ``sha256`` hashes the canonical JSON of both.
 
 Every bundle's ``train.yaml`` builds its record as the config id ``preprocessing_record``
@@ -54,6 +55,8 @@ RECORD_SUFFIX = ".preprocessing.json"
 OVERRIDE_KNOB = "allow_preprocessing_mismatch"
 #: factory arguments that say where or how the transforms run, not what values they produce
 _NOT_RECORDED = frozenset({"keys", "label_keys", "loader", "lazy", "device"})
+#: this library's top-level package (``common``; ``scripts`` in a Model Zoo export), left out of recorded names
+_LIBRARY = __name__.split(".")[0]
 
 
 class PreprocessingMismatchError(DataContractError):
@@ -107,7 +110,7 @@ def describe_preprocessing(
     bound = inspect.signature(image_transform).bind_partial(**dict(image or {}))
     bound.apply_defaults()
     values = {k: v for k, v in bound.arguments.items() if k not in _NOT_RECORDED and not callable(v)}
-    name = f"{image_transform.__module__}.{image_transform.__qualname__}"
+    name = f"{image_transform.__module__}.{image_transform.__qualname__}".removeprefix(_LIBRARY + ".")
     record: dict[str, Any] = {"image": {"transform": name, **_canonical(values)}}
     if text is not None:
         record["text"] = _canonical(dict(text))

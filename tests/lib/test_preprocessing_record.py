@@ -39,7 +39,7 @@ def _record(**image) -> dict:
 def test_record_resolves_defaults_and_hashes_one_spelling_per_meaning():
     record = describe_preprocessing(ct_preprocessing, {"pixdim": 2.0, "spatial_size": 192, "hu_range": (-1000, 1000)})
     assert record["image"] == {
-        "transform": CT, "pixdim": 2, "spatial_size": 192, "orientation": "RAS", "hu_range": [-1000, 1000],
+        "transform": "transforms.ct.ct_preprocessing", "pixdim": 2, "spatial_size": 192, "orientation": "RAS", "hu_range": [-1000, 1000],
         "out_range": [-1, 1], "pad_value": "minimum",
     }  # fmt: skip
     assert "text" not in record and len(record["sha256"]) == 64
