@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from common.bundle_support import BundleInfo
@@ -607,7 +608,8 @@ def bench_train_step(
     else:
         result["note"] = "The paper configurations run on CUDA only"
     with tempfile.TemporaryDirectory() as data_dir:
-        for bundle in discover_bundles(bundles_dir or ROOT / "bundles", configs=["train"]):
+        bundles = discover_bundles(bundles_dir or ROOT / "bundles", configs=["train"])
+        for bundle in tqdm(bundles, desc="train_step", unit="bundle", leave=False):
             for paper, checkpointing in modes:
                 try:
                     timed = _time_bundle_steps(bundle, paper, checkpointing, batch_size, device, repeats, warmup,
@@ -802,7 +804,7 @@ def run(
     }
     markdown = _write(report, out)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in names:
+        for name in tqdm(names, desc="benchmark", unit="section"):
             start = time.perf_counter()
             print(f"[benchmark] {name} ...", flush=True)
             try:
@@ -844,7 +846,8 @@ def _cli_run(*args: Any, **kwargs: Any) -> None:
     run(*args, **kwargs)  # the report is written and printed; returning it would make fire print it again
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``medvlp-benchmark`` / ``python scripts/benchmark.py``: :func:`run` on the command line."""
     import functools
     import sys
 
@@ -852,3 +855,7 @@ if __name__ == "__main__":
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
     fire.Fire({"run": functools.wraps(run)(_cli_run)})
+
+
+if __name__ == "__main__":
+    cli()

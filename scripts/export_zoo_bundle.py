@@ -44,6 +44,7 @@ from typing import Any
 import fire
 import torch
 import yaml
+from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY = "common"  # the shared package that gets vendored
@@ -1128,6 +1129,7 @@ def export(
     check_torchscript: bool = True,
     device: str | None = None,
     bundles_dir: str | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Write ``bundles/<bundle>`` as a self-contained Model Zoo bundle in ``out_dir`` (the bundle root).
 
@@ -1151,18 +1153,27 @@ def export(
             accepts none), so a paper-size 3D network is probed in seconds.
         device: where the network runs for the checks; default CUDA when available.
         bundles_dir: folder holding the bundles; default ``<repo>/bundles``.
+        progress: show a progress bar over the steps (network, weights, TorchScript probe, configs, code, docs).
 
     Returns:
         A summary: out_dir, version, exported configs, vendored modules (count, names, lines), merged overlay keys,
         fake-input shape, TorchScript mode (script / trace / excluded / unchecked) and the probe's input shape,
         sha256 of the weights, package pins added to the metadata.
     """
+    bar = tqdm(total=6, desc=f"export {bundle}", unit="step", disable=not progress)
+
+    def step(name: str) -> None:
+        bar.set_postfix_str(name)
+        bar.update()
+
     request = _validate_request(bundle, out_dir, weights, random_init, overlay, configs, version, overwrite,
                                 bundles_dir)  # fmt: skip
     inference_text, inference, merged = _merge_overlays(request)
     network = _build_network(inference, request.configs_dir, seed)
+    step("network built")
     if request.weights is not None:
         _load_weights(network, request.weights, request.overlays)
+    step("weights loaded")
     run_on = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     network.to(run_on)
     input_shape = _update_io_shapes(request.meta, merged, inference, network, run_on)
@@ -1171,18 +1182,23 @@ def export(
         probe_shape = _probe_shape(network, input_shape, run_on)
         mode, reason, probe_shape = _torchscript_status(network, probe_shape, run_on, input_shape)
         torchscript.update(mode=mode, reason=reason, probe_shape=probe_shape)
+    step("TorchScript probed")
     preprocessing = _preprocessing_record(inference, request.weights)
     _edit_metadata(request, merged, changelog)
 
     with _staging(request.final) as out:
         references = _write_configs(out, request, inference_text)
+        step("configs written")
         modules, sources = _vendor_code(out, references, request.source)
+        step("code vendored")
         added_packages = _undeclared_packages(_third_party_modules(sources), request.meta)  # the Zoo CI pins these
         request.meta["required_packages_version"] = {**request.meta.get("required_packages_version", {}),
                                                      **added_packages}  # fmt: skip
         (out / "configs" / "metadata.json").write_text(json.dumps(request.meta, indent=4) + "\n")
         digest = _write_weights(out, network, url, preprocessing)
         _write_docs(out, request, modules, torchscript)
+    step("weights and docs written")
+    bar.close()
     library_root = REPO / LIBRARY
     return {
         "out_dir": str(request.final),
@@ -1201,8 +1217,13 @@ def export(
     }
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``medvlp-export`` / ``python scripts/export_zoo_bundle.py``: :func:`export` on the command line."""
     try:
         fire.Fire({"export": export})
     except ExportError as err:
         sys.exit(f"export_zoo_bundle: {err}")
+
+
+if __name__ == "__main__":
+    cli()

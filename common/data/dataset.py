@@ -42,6 +42,7 @@ import torch
 from monai.data import Dataset, list_data_collate
 from monai.transforms import Compose, Randomizable, RandomizableTrait, Transform
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, get_worker_info
+from tqdm.auto import tqdm
 
 from common import distributed
 from common.data.contract import DataContractError, error_cause
@@ -147,6 +148,7 @@ class PretrainingDataset(Dataset):
             transform) in memory, computed once in the constructor like ``monai.data.CacheDataset`` with
             ``cache_rate=1``; only the random part runs per sample.
         max_consecutive_bad: with ``"skip"``, give up (raise) after this many unreadable records in a row.
+        progress: show a progress bar while ``cache`` fills.
 
     Re-seeding mutates the transforms, so one instance must not serve several threads at once (use process
     workers, not ``ThreadDataLoader``); CUDA generators are not seeded (keep random transforms on the CPU).
@@ -163,6 +165,7 @@ class PretrainingDataset(Dataset):
         on_bad_sample: str = "raise",
         cache: bool = False,
         max_consecutive_bad: int = 64,
+        progress: bool = True,
     ) -> None:
         if on_bad_sample not in ("raise", "skip"):
             raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}")
@@ -177,7 +180,7 @@ class PretrainingDataset(Dataset):
         self._first_random: int | None = None
         self._cache: list[Any] | None = None
         if cache:
-            self._build_cache()
+            self._build_cache(progress)
 
     # ----------------------------------------------------------------------------------------------- epoch / state
     def set_epoch(self, epoch: int) -> None:
@@ -192,7 +195,7 @@ class PretrainingDataset(Dataset):
         self.seed = int(state["seed"])
 
     # ------------------------------------------------------------------------------------------------------ cache
-    def _build_cache(self) -> None:
+    def _build_cache(self, progress: bool = True) -> None:
         if type(self.transform) is not Compose:
             raise ValueError(f"cache=True needs a plain Compose transform, got {type(self.transform).__name__}")
 
@@ -202,7 +205,9 @@ class PretrainingDataset(Dataset):
         first = self.transform.get_index_of_first(is_random_or_opaque)
         self._first_random = len(self.transform.transforms) if first is None else first
         cache: list[Any] = []
-        for index, record in enumerate(self.data):
+        show = progress and distributed.is_main_process()
+        records = tqdm(self.data, desc="caching preprocessed records", unit="record", disable=not show)
+        for index, record in enumerate(records):
             try:
                 cache.append(self.transform(deepcopy(record), end=self._first_random, threading=True))
             except Exception as err:  # noqa: BLE001 - classified below

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from common.data.findings import FINDINGS
 from common.data.label_model import sample_labels
@@ -425,6 +426,7 @@ def generate_dataset(
     dims: int = 3,
     image_size_2d: int = 256,
     num_workers: int = 1,
+    progress: bool = True,
 ) -> str:
     """Write a paired phantom dataset (3D CT and 2D radiographs of the same phantoms) and its datalists.
 
@@ -444,6 +446,7 @@ def generate_dataset(
         dims: which datalist path to return, 3 (CT) or 2 (radiographs); both are always written.
         image_size_2d: side of the square radiographs in pixels.
         num_workers: processes used to generate cases (1: in this process).
+        progress: show a progress bar over the cases.
 
     Returns:
         Path of ``datalist_3d.json`` or ``datalist_2d.json``.
@@ -460,11 +463,12 @@ def generate_dataset(
     for folder in ("ct", "ct_mask", "cxr", "cxr_mask"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     jobs = [(str(out), int(seed), split, i, int(image_size_2d)) for split, n in counts.items() for i in range(n)]
+    bar = {"total": len(jobs), "desc": f"phantoms ({GENERATOR_VERSION})", "unit": "case", "disable": not progress}
     if num_workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=num_workers) as pool:
-            results = list(pool.map(_write_case, *zip(*jobs), chunksize=4))
+            results = list(tqdm(pool.map(_write_case, *zip(*jobs), chunksize=4), **bar))
     else:
-        results = [_write_case(*job) for job in jobs]
+        results = [_write_case(*job) for job in tqdm(jobs, **bar)]
     lists: dict[int, dict[str, list]] = {3: {s: [] for s in ("training", "validation", "test")}, 2: {}}
     lists[2] = {s: [] for s in lists[3]}
     for job, (record_3d, record_2d) in zip(jobs, results):
@@ -493,7 +497,12 @@ def generate_dataset(
     return str(out / f"datalist_{dims}d.json")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``medvlp-phantoms`` / ``python -m common.data.phantom``: :func:`generate_dataset` on the command line."""
     import fire
 
     fire.Fire(generate_dataset)
+
+
+if __name__ == "__main__":
+    cli()

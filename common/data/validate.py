@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from common.bundle_support import flag
 from common.data.contract import RECORD_KEYS, SECTIONS, DataContractError, resolve_record
@@ -219,6 +220,7 @@ def _validate(
     vocabulary: Sequence[str] | None = None,
     strict: bool = False,
     warnings: list[Problem] | None = None,
+    progress: bool = False,
 ) -> tuple[list[Problem], dict[str, int]]:
     warnings = [] if warnings is None else warnings
     if dims not in (2, 3):
@@ -260,7 +262,9 @@ def _validate(
         return _check_record(job[2], base, datalist, dims, open_images, vocabulary)
 
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        found = list(pool.map(check, jobs)) if num_workers > 1 else [check(job) for job in jobs]
+        checked = pool.map(check, jobs) if num_workers > 1 else map(check, jobs)
+        bar = tqdm(checked, total=len(jobs), desc=f"{path.name}: records", unit="record", disable=not progress)
+        found = list(bar)
     first_use: dict[str, tuple[str, int]] = {}
     for (name, index, record), record_problems in zip(jobs, found):
         for source, problem in record_problems:
@@ -294,6 +298,7 @@ def validate_datalist(
     findings: str | Sequence[str] | None = None,
     strict: bool = False,
     warnings: list[Problem] | None = None,
+    progress: bool = False,
 ) -> list[Problem]:
     """Every problem of a datalist; an empty list means it is ready for training.
 
@@ -308,6 +313,7 @@ def validate_datalist(
         strict: volumes that are probably not CTs in HU (:func:`~common.data.readers.ct_problems`) are problems;
             otherwise they are appended to ``warnings`` (when given).
         warnings: a list that receives those findings when not ``strict``.
+        progress: show a progress bar over the records (the command line does).
 
     Returns:
         The problems, in datalist order; a problem with the file as a whole (not UTF-8, not JSON) comes alone.
@@ -316,7 +322,7 @@ def validate_datalist(
         ValueError: ``dims`` is not 2 or 3.
     """
     vocabulary = finding_vocabulary(findings)
-    return _validate(path, dims, open_images, section, base_dir, num_workers, vocabulary, strict, warnings)[0]
+    return _validate(path, dims, open_images, section, base_dir, num_workers, vocabulary, strict, warnings, progress)[0]
 
 
 def main(
@@ -346,7 +352,7 @@ def main(
     strict = flag(strict, "strict")
     warnings: list[Problem] = []
     problems, counts = _validate(
-        datalist, int(dims), open_images, section, base_dir, int(num_workers), vocabulary, strict, warnings
+        datalist, int(dims), open_images, section, base_dir, int(num_workers), vocabulary, strict, warnings, True
     )
     for warning in warnings:
         print(f"warning: {warning}")
@@ -364,7 +370,12 @@ def main(
     print(f"{summary}; no problems")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``medvlp-validate`` / ``python -m common.data.validate``: :func:`main` on the command line."""
     import fire
 
     fire.Fire(main)
+
+
+if __name__ == "__main__":
+    cli()

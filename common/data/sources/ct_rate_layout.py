@@ -125,7 +125,12 @@ def write_ct_rate_layout(datalist: str | os.PathLike, out_dir: str | os.PathLike
     return out
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``medvlp-ct-rate-layout`` / ``python -m common.data.sources.ct_rate_layout``: :func:`write_ct_rate_layout`."""
     import fire
 
     fire.Fire(write_ct_rate_layout)
+
+
+if __name__ == "__main__":
+    cli()
