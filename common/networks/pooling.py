@@ -1,5 +1,6 @@
 """Pooling of a token sequence into one vector: attention pooling as in the COLIPRI release (``colipri`` 0.1.3),
-CLIP's attention pooling with a learned positional embedding over a 1D/2D/3D token grid (G2D), and the first token.
+CLIP's attention pooling with a learned positional embedding over a 1D/2D/3D token grid (G2D), the first token, and the
+masked token mean.
 
 The query is the (masked) mean of the tokens; keys and values are all tokens; padding positions are excluded
 from both the mean and the attention. The same module turns into a per-token ("dense") map by keeping only its
@@ -16,7 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AttentionPool1D", "FirstTokenPool", "PositionalAttentionPool"]
+__all__ = ["AttentionPool1D", "FirstTokenPool", "MeanTokenPool", "PositionalAttentionPool", "masked_mean", "token_pool"]
+
+
+def masked_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``(B, N, D)`` tokens over the ``(B, N)`` bool mask ``valid`` (all tokens when None): ``(B, D)``."""
+    if valid is None:
+        return x.mean(dim=1)
+    weights = valid.unsqueeze(-1).to(x.dtype)
+    return (x * weights).sum(dim=1) / weights.sum(dim=1)
 
 
 class AttentionPool1D(nn.Module):
@@ -60,13 +69,8 @@ class AttentionPool1D(nn.Module):
             ValueError: if the mask has the wrong shape or a sequence has no valid token.
         """
         valid = self._valid_mask(x, attention_mask)
-        if valid is None:
-            query = x.mean(dim=1, keepdim=True)
-            key_padding_mask = None
-        else:
-            weights = valid.unsqueeze(-1).to(x.dtype)
-            query = ((x * weights).sum(dim=1) / weights.sum(dim=1)).unsqueeze(1)
-            key_padding_mask = ~valid
+        query = masked_mean(x, valid).unsqueeze(1)
+        key_padding_mask = None if valid is None else ~valid
         pooled, attention = self.attn(
             query, x, x, key_padding_mask=key_padding_mask, need_weights=return_attention, average_attn_weights=False
         )
@@ -189,12 +193,7 @@ class PositionalAttentionPool(nn.Module):
                 raise ValueError(f"{n} tokens do not fill the grid {grid}; pass grid_size= for another grid")
             position = self.position_embedding(grid)
         valid = AttentionPool1D._valid_mask(x, attention_mask)
-        if valid is None:
-            mean = x.mean(dim=1, keepdim=True)
-        else:
-            weights = valid.unsqueeze(-1).to(x.dtype)
-            mean = ((x * weights).sum(dim=1) / weights.sum(dim=1)).unsqueeze(1)
-        tokens = torch.cat([mean, x], dim=1)
+        tokens = torch.cat([masked_mean(x, valid).unsqueeze(1), x], dim=1)
         if position is not None:
             tokens = tokens + position.to(x.dtype)
         h, hd = self.num_heads, d // self.num_heads
@@ -226,3 +225,22 @@ class FirstTokenPool(nn.Module):
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return x[:, 0]
+
+
+class MeanTokenPool(nn.Module):
+    """The mean of the non-padding tokens: ``(B, N, D), (B, N) mask -> (B, D)``.
+
+    The sentence embedding of sentence-transformers models such as all-MiniLM-L6-v2, whose ``[CLS]`` state is nearly
+    the same for every input (trained through mean pooling only).
+    """
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return masked_mean(x, AttentionPool1D._valid_mask(x, attention_mask))
+
+
+def token_pool(kind: str) -> nn.Module:
+    """A parameter-free text pooler by name: ``"cls"`` (:class:`FirstTokenPool`) or ``"mean"`` (:class:`MeanTokenPool`)."""
+    poolers = {"cls": FirstTokenPool, "mean": MeanTokenPool}
+    if kind not in poolers:
+        raise ValueError(f"text pooling must be one of {sorted(poolers)}, got {kind!r}")
+    return poolers[kind]()

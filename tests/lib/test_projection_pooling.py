@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.networks.pooling import PositionalAttentionPool
+from common.networks.pooling import FirstTokenPool, MeanTokenPool, PositionalAttentionPool, token_pool
 from common.networks.projection import NonLinearProjection
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -147,6 +147,23 @@ def test_pool_mask() -> None:
     torch.testing.assert_close(pool(x, torch.ones(2, 6)), pool(x))
     with pytest.raises(ValueError, match="at least one valid"):
         pool(x, torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]]))
+
+
+def test_mean_token_pool_averages_the_unpadded_tokens() -> None:
+    x = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    pooled = MeanTokenPool()(x, mask)
+    torch.testing.assert_close(pooled[0], x[0].mean(0))
+    torch.testing.assert_close(pooled[1], x[1, :2].mean(0))  # padding is left out
+    torch.testing.assert_close(MeanTokenPool()(x), x.mean(1))
+    with pytest.raises(ValueError, match="at least one valid"):
+        MeanTokenPool()(x, torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0]]))
+
+
+def test_token_pool_by_name() -> None:
+    assert isinstance(token_pool("cls"), FirstTokenPool) and isinstance(token_pool("mean"), MeanTokenPool)
+    with pytest.raises(ValueError, match="'max'"):
+        token_pool("max")
 
 
 def test_pool_grid_sizes() -> None:
