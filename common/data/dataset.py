@@ -54,6 +54,7 @@ __all__ = [
     "InferenceDataset",
     "PretrainingDataset",
     "ResumableSampler",
+    "first_random_index",
     "pretraining_collate",
     "records_loader",
     "sample_seed",
@@ -74,6 +75,19 @@ BAD_SAMPLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 #: Batch key under which :func:`pretraining_collate` lists the indices of records replaced in that batch.
 SKIPPED_KEY = "skipped_records"
+
+
+def first_random_index(transform: Compose) -> int:
+    """Length of the deterministic prefix of ``transform``: the index of its first random (or non-MONAI) transform.
+
+    The prefix is what :class:`PretrainingDataset` caches in RAM and what :mod:`common.data.store` writes to disk.
+    """
+
+    def is_random_or_opaque(t: Any) -> bool:
+        return isinstance(t, RandomizableTrait) or not isinstance(t, Transform)
+
+    first = transform.get_index_of_first(is_random_or_opaque)
+    return len(transform.transforms) if first is None else first
 
 
 class EpochIndex(int):
@@ -198,12 +212,7 @@ class PretrainingDataset(Dataset):
     def _build_cache(self, progress: bool = True) -> None:
         if type(self.transform) is not Compose:
             raise ValueError(f"cache=True needs a plain Compose transform, got {type(self.transform).__name__}")
-
-        def is_random_or_opaque(t: Any) -> bool:
-            return isinstance(t, RandomizableTrait) or not isinstance(t, Transform)
-
-        first = self.transform.get_index_of_first(is_random_or_opaque)
-        self._first_random = len(self.transform.transforms) if first is None else first
+        self._first_random = first_random_index(self.transform)
         cache: list[Any] = []
         show = progress and distributed.is_main_process()
         records = tqdm(self.data, desc="caching preprocessed records", unit="record", disable=not show)

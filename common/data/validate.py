@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from common.bundle_support import flag
 from common.data.contract import RECORD_KEYS, SECTIONS, DataContractError, resolve_record
 from common.data.readers import ct_problems, read_radiograph, read_volume
+from common.data.store import store_problems
 from common.transforms.labels import unknown_label_problem
 from common.transforms.text import clean_report, report_has_words
 
@@ -221,6 +222,7 @@ def _validate(
     strict: bool = False,
     warnings: list[Problem] | None = None,
     progress: bool = False,
+    store_dir: str | os.PathLike | None = None,
 ) -> tuple[list[Problem], dict[str, int]]:
     warnings = [] if warnings is None else warnings
     if dims not in (2, 3):
@@ -285,7 +287,19 @@ def _validate(
                 problems.append(
                     Problem(name, index, resolved, f"same image as {other[0]}[{other[1]}]: a duplicate in one split")
                 )
+    if store_dir is not None and "training" in names and isinstance(content.get("training"), list):
+        problems += _store_problems(store_dir, content["training"], base)
     return problems, counts
+
+
+def _store_problems(store_dir: str | os.PathLike, records: list[Any], base: Path) -> list[Problem]:
+    """The training records a preprocessed volume store (:mod:`common.data.store`) cannot serve."""
+    images = [resolve_record(r, base).get("image") if isinstance(r, dict) else None for r in records]
+    indexed = [(i, str(image)) for i, image in enumerate(images) if isinstance(image, str) and image]
+    found = store_problems(store_dir, [image for _, image in indexed])
+    return [
+        Problem("training", None if at is None else indexed[at][0], source, problem) for at, source, problem in found
+    ]
 
 
 def validate_datalist(
@@ -299,6 +313,7 @@ def validate_datalist(
     strict: bool = False,
     warnings: list[Problem] | None = None,
     progress: bool = False,
+    store_dir: str | os.PathLike | None = None,
 ) -> list[Problem]:
     """Every problem of a datalist; an empty list means it is ready for training.
 
@@ -314,6 +329,8 @@ def validate_datalist(
             otherwise they are appended to ``warnings`` (when given).
         warnings: a list that receives those findings when not ``strict``.
         progress: show a progress bar over the records (the command line does).
+        store_dir: a preprocessed volume store (``python -m common.data.store build``) that must hold an entry for
+            every training record.
 
     Returns:
         The problems, in datalist order; a problem with the file as a whole (not UTF-8, not JSON) comes alone.
@@ -322,7 +339,9 @@ def validate_datalist(
         ValueError: ``dims`` is not 2 or 3.
     """
     vocabulary = finding_vocabulary(findings)
-    return _validate(path, dims, open_images, section, base_dir, num_workers, vocabulary, strict, warnings, progress)[0]
+    return _validate(
+        path, dims, open_images, section, base_dir, num_workers, vocabulary, strict, warnings, progress, store_dir
+    )[0]
 
 
 def main(
@@ -334,6 +353,7 @@ def main(
     num_workers: int = 1,
     findings: str | Sequence[str] | None = None,
     strict: bool = False,
+    store_dir: str | None = None,
 ) -> None:
     """Print every problem of ``datalist`` and a summary; exit with status 1 when there are problems.
 
@@ -346,13 +366,24 @@ def main(
         num_workers: threads used to open images.
         findings: label vocabulary: a bundle name (``colipri_ct``) or finding keys; unknown label keys are named.
         strict: volumes that are probably not CTs in HU count as problems, not warnings.
+        store_dir: a preprocessed volume store that must hold every training record (``common.data.store``).
     """
     open_images = flag(open_images, "open_images")  # fire passes "false" through as text
     vocabulary = finding_vocabulary(findings)
     strict = flag(strict, "strict")
     warnings: list[Problem] = []
     problems, counts = _validate(
-        datalist, int(dims), open_images, section, base_dir, int(num_workers), vocabulary, strict, warnings, True
+        datalist,
+        int(dims),
+        open_images,
+        section,
+        base_dir,
+        int(num_workers),
+        vocabulary,
+        strict,
+        warnings,
+        True,
+        store_dir,
     )
     for warning in warnings:
         print(f"warning: {warning}")
