@@ -43,6 +43,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import traceback
@@ -53,10 +54,22 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the data-path sections live beside this script
+from benchmark_data import (
+    bench_data_path,
+    bench_decoding,
+    bench_loader_feeding,
+    bench_store_format,
+    ct_rate_phantoms,
+    data_markdown,
+    real_ct_volumes,
+)
+
 if TYPE_CHECKING:
     from common.bundle_support import BundleInfo
 
 __all__ = [
+    "DEFAULT_SECTIONS",
     "DEFAULT_VOLUME",
     "SECTIONS",
     "bench_encoder",
@@ -70,7 +83,9 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VOLUME = "/work/shared/data/ct/lung_pet_ct_dx_A0001_5mm.nii.gz"
-SECTIONS = ("preprocessing", "encoder", "train_step", "matching")
+#: the sections run by default; the data-path sections (scripts/benchmark_data.py) run when named
+DEFAULT_SECTIONS = ("preprocessing", "encoder", "train_step", "matching")
+SECTIONS = (*DEFAULT_SECTIONS, "decoding", "store_format", "data_path", "loader_feeding")
 _MIB = 2**20
 
 
@@ -304,11 +319,50 @@ def _official_model(colipri: Any, encoder: str, input_size: int) -> torch.nn.Mod
     return colipri.get_model(pretrained=False, image_only=True, **overrides).eval()
 
 
+def _compiled_case(
+    result: dict[str, Any],
+    model: torch.nn.Module,
+    forward: Callable[[Callable[[torch.Tensor], torch.Tensor]], Callable[[Any], torch.Tensor]],
+    outputs: dict[str, torch.Tensor],
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+) -> None:
+    """Add the ``torch.compile``d encoder (same weights) to ``result``: latency and its largest difference from eager."""
+    try:
+        compiled = torch.compile(model.encode)
+        stats, out = _measure(forward(compiled), device, repeats, max(warmup, 1))  # the first call compiles
+        result["cases"]["ours, torch.compile"] = stats
+        if "ours" in outputs:
+            result["compile_max_abs_diff"] = float((out.float() - outputs["ours"].float()).abs().max())
+    except Exception as err:  # noqa: BLE001 - e.g. no compiler toolchain: record it and go on
+        result["cases"]["ours, torch.compile"] = _error(err)
+
+
+def _sdpa_backends() -> dict[str, bool]:
+    """Which fused attention kernels ``scaled_dot_product_attention`` may use (our EVA attention calls it)."""
+    backends = torch.backends.cuda
+    return {
+        "flash": backends.flash_sdp_enabled(),
+        "memory_efficient": backends.mem_efficient_sdp_enabled(),
+        "cudnn": backends.cudnn_sdp_enabled(),
+        "math": backends.math_sdp_enabled(),
+    }
+
+
 def bench_encoder(
-    device: torch.device, repeats: int, warmup: int, input_size: int, encoder: str = "primus_m"
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+    input_size: int,
+    encoder: str = "primus_m",
+    compile_encoder: bool | None = None,
 ) -> dict[str, Any]:
-    """Forward latency and peak memory of our image encoder vs the official one (same weights), batch 1."""
+    """Forward latency and peak memory of our image encoder vs the official one (same weights), batch 1; with
+    ``compile_encoder`` (default: on CUDA) also our encoder under ``torch.compile``. Attention is PyTorch SDPA in
+    ours (the kernels allowed are recorded on CUDA)."""
     amp = device.type == "cuda"
+    compile_encoder = amp if compile_encoder is None else compile_encoder
     result: dict[str, Any] = {
         "encoder": encoder,
         "input_size": input_size,
@@ -316,6 +370,8 @@ def bench_encoder(
         "precision": "bf16 autocast" if amp else "fp32",
         "cases": {},
     }
+    if amp:
+        result["sdpa_backends"] = _sdpa_backends()
     if input_size != 192 or encoder != "primus_m":
         result["note"] = "Paper input is Primus-M at 192^3; this run used a smaller setting to stay short"
     cases = result["cases"]
@@ -349,6 +405,8 @@ def bench_encoder(
         cases["ours"] = stats
     except Exception as err:  # noqa: BLE001
         cases["ours"] = _error(err)
+    if compile_encoder:
+        _compiled_case(result, ours, forward, outputs, device, repeats, warmup)
     ours.cpu()
     if official is not None:
         official.to(device)
@@ -361,6 +419,9 @@ def bench_encoder(
         official.cpu()
     if "median_s" in cases.get("ours", {}) and "median_s" in cases.get("official", {}):
         result["speedup_official_over_ours"] = cases["official"]["median_s"] / cases["ours"]["median_s"]
+        if "median_s" in cases.get("ours, torch.compile", {}):
+            compiled = cases["ours, torch.compile"]["median_s"]
+            result["speedup_official_over_compiled"] = cases["official"]["median_s"] / compiled
         if cases["ours"]["peak_mib"] and cases["official"]["peak_mib"]:
             result["memory_ratio_ours_over_official"] = cases["ours"]["peak_mib"] / cases["official"]["peak_mib"]
         result["embedding_max_abs_diff"] = float((outputs["ours"].float() - outputs["official"].float()).abs().max())
@@ -620,7 +681,27 @@ def bench_train_step(
                 if timed is not None:
                     result["cases"][timed[0]] = timed[1]
                 _free(device)
+            if device.type == "cuda" and bundle.name in FUSED_OPTIMIZER_BUNDLES:
+                result["cases"].update(_fused_optimizer_case(bundle, batch_size, device, repeats, warmup, data_dir))
+                _free(device)
     return result
+
+
+#: bundles whose paper training step is also timed with the fused (single-kernel, same arithmetic) AdamW on CUDA
+FUSED_OPTIMIZER_BUNDLES = ("colipri_ct", "raddino_ct")
+
+
+def _fused_optimizer_case(
+    bundle: BundleInfo, batch_size: int | None, device: torch.device, repeats: int, warmup: int, data_dir: str
+) -> dict[str, Any]:
+    """The paper step (activation checkpointing off) with ``optimizer#fused: true``."""
+    label = f"{bundle.name} paper, fused AdamW"
+    try:
+        timed = _time_bundle_steps(bundle, True, False, batch_size, device, repeats, warmup, data_dir,
+                                   {"optimizer#fused": True})  # fmt: skip
+    except Exception as err:  # noqa: BLE001 - e.g. out of memory: record it and go on
+        return {label: _error(err)}
+    return {label: timed[1]} if timed is not None else {}
 
 
 #: PRIOR's matching shapes at the paper settings: (bundle, reports per GPU, queries = padded targets, width)
@@ -716,6 +797,12 @@ def to_markdown(report: dict[str, Any]) -> str:
                     f"\nOfficial/ours latency: {sec['speedup_official_over_ours']:.2f}x; ours/official memory: "
                     f"{_fmt(ratio)}; max |embedding diff| with shared weights: {sec['embedding_max_abs_diff']:.1e}."
                 )
+            if "speedup_official_over_compiled" in sec:
+                lines.append(f"\nOfficial/ours (torch.compile) latency: {sec['speedup_official_over_compiled']:.2f}x; "
+                             f"max |diff| compiled vs eager: {_fmt(sec.get('compile_max_abs_diff'))}.")  # fmt: skip
+            if "sdpa_backends" in sec:
+                allowed = ", ".join(k for k, on in sec["sdpa_backends"].items() if on)
+                lines.append(f"\nAttention: torch SDPA (kernels enabled: {allowed}).")
     if "train_step" in sections:
         sec = sections["train_step"]
         lines += ["", "## Training step (each bundle's own train.yaml)", ""]
@@ -739,6 +826,11 @@ def to_markdown(report: dict[str, Any]) -> str:
                          "steps are longer, so this is an upper bound).")
             columns = [("median_s", "s/batch"), ("step_s", "step s"), ("share_of_step", "share of step")]
             lines += [""] + _case_table(sec["cases"], columns)
+    lines += data_markdown(sections)
+    loads = {name: sec.get("load_average") for name, sec in sections.items() if isinstance(sec, dict)}
+    if any(loads.values()):
+        lines += ["", "1-minute load average before -> after each section: " + "; ".join(
+            f"{name} {load[0]} -> {load[1]}" for name, load in loads.items() if load) + "."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -756,7 +848,7 @@ def _sections(sections: str | Sequence[str]) -> list[str]:
 def run(
     out_dir: str = "benchmark",
     device: str = "cpu",
-    sections: str | Sequence[str] = ",".join(SECTIONS),
+    sections: str | Sequence[str] = ",".join(DEFAULT_SECTIONS),
     repeats: int = 3,
     warmup: int = 1,
     volume: str | None = None,
@@ -764,13 +856,18 @@ def run(
     encoder_input: int | None = None,
     train_batch: int | None = None,
     threads: int | None = None,
+    data_dir: str | None = None,
+    phantoms: int = 3,
+    feeding_iterations: int = 6,
+    compile_encoder: bool | None = None,
 ) -> dict[str, Any]:
     """Run the selected sections and write ``benchmark.json`` and ``benchmark.md`` into ``out_dir``.
 
     Args:
         out_dir: output folder (created).
         device: ``cpu`` or ``cuda`` (``cuda:1`` etc.).
-        sections: comma-separated subset of ``preprocessing,encoder,train_step,matching``.
+        sections: comma-separated subset of ``preprocessing,encoder,train_step,matching`` (the default) and the
+            data-path sections ``decoding,store_format,data_path,loader_feeding`` (``scripts/benchmark_data.py``).
         repeats: timed runs per case (the median is reported).
         warmup: untimed runs before them.
         volume: CT volume for the preprocessing section (default: the shared Lung-PET-CT-Dx case, else a phantom).
@@ -779,6 +876,11 @@ def run(
             192^3 in fp32 takes minutes per forward.
         train_batch: batch size of the training-step section (default: each bundle config's own per-GPU batch).
         threads: ``torch.set_num_threads`` (default: leave torch's choice).
+        data_dir: the real data folder holding ``ct/*.nii.gz`` (default: ``shared/data`` beside the checkout).
+        phantoms: CT-RATE-sized phantoms (512 x 512 x 300 at 0.7 x 0.7 x 1.5 mm) for the ``store_format`` and
+            ``data_path`` sections (0: the real CTs only).
+        feeding_iterations: training iterations per case of the ``loader_feeding`` section.
+        compile_encoder: also time the encoder under ``torch.compile`` (default: on CUDA).
 
     Returns:
         The report written to ``benchmark.json``.
@@ -805,7 +907,7 @@ def run(
     markdown = _write(report, out)
     with tempfile.TemporaryDirectory() as tmp:
         for name in tqdm(names, desc="benchmark", unit="section"):
-            start = time.perf_counter()
+            start, load_before = time.perf_counter(), round(os.getloadavg()[0], 2)
             print(f"[benchmark] {name} ...", flush=True)
             try:
                 if name == "preprocessing":
@@ -818,21 +920,42 @@ def run(
                     result = bench_preprocessing(path, dev, repeats, warmup)
                     result["volume_source"] = source
                 elif name == "encoder":
-                    result = bench_encoder(dev, repeats, warmup, encoder_input, encoder)
+                    result = bench_encoder(dev, repeats, warmup, encoder_input, encoder, compile_encoder)
                 elif name == "matching":
                     result = bench_matching(dev, repeats, warmup, report["sections"].get("train_step"))
-                else:
+                elif name == "train_step":
                     result = bench_train_step(dev, repeats, warmup, train_batch)
+                else:
+                    result = _data_section(name, tmp, data_dir, phantoms, feeding_iterations, repeats)
             except FileNotFoundError:
                 raise
             except Exception as err:  # noqa: BLE001 - one broken section must not hide the others
                 result = _error(err)
             result["section_wall_s"] = time.perf_counter() - start
+            result["load_average"] = [load_before, round(os.getloadavg()[0], 2)]
             report["sections"][name] = result
             print(f"[benchmark] {name} done in {result['section_wall_s']:.1f} s", flush=True)
             markdown = _write(report, out)  # after every section: a run cut short keeps what it measured
     print(markdown)
     return report
+
+
+def _data_section(
+    name: str, tmp: str, data_dir: str | None, phantoms: int, feeding_iterations: int, repeats: int
+) -> dict[str, Any]:
+    """One of the data-path sections of ``scripts/benchmark_data.py`` on the real CTs and CT-RATE-sized phantoms."""
+    real = real_ct_volumes(data_dir)
+    if name == "decoding":
+        return bench_decoding(real, repeats) if real else {"skipped": "no real CTs (shared/data/ct) found"}
+    large = ct_rate_phantoms(tmp, phantoms) if phantoms > 0 else []
+    if name == "store_format":
+        return bench_store_format(real + large, tmp, repeats)
+    if name == "data_path":
+        inputs = {"real CTs": real, "CT-RATE-sized phantoms": large}
+        return bench_data_path({label: volumes for label, volumes in inputs.items() if volumes}, tmp)
+    from common.data.default import default_datalist
+
+    return bench_loader_feeding(default_datalist(None, dims=3), tmp, feeding_iterations)
 
 
 def _write(report: dict[str, Any], out: Path) -> str:
@@ -849,7 +972,6 @@ def _cli_run(*args: Any, **kwargs: Any) -> None:
 def cli() -> None:
     """``medvlp-benchmark`` / ``python scripts/benchmark.py``: :func:`run` on the command line."""
     import functools
-    import sys
 
     import fire
 

@@ -51,7 +51,7 @@ from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from common.data.contract import DataContractError
 
-try:  # Intel ISA-L inflate (python-isal): identical bytes, 2.4x stdlib zlib on a 512x512x64 CT (docs/DATA_PATH.md)
+try:  # Intel ISA-L inflate (python-isal): identical bytes, 2.4x stdlib zlib on a 512x512x64 CT (common/data/DATA_PATH.md)
     from isal import igzip as _gzip
     from isal.isal_zlib import error as _IsalError
 
