@@ -12,14 +12,15 @@ the prefix are cheap and are re-run at training time. Training takes the store w
 **Format.** One folder per entry, ``entries/<id>/<key>.b2nd``: a Blosc2 NDArray (``blosc2``, C-Blosc2's Python
 API), float32 as computed, chunked per 64 slices, Zstd level 5 with byte shuffle (lossless), opened memory-mapped
 (``mmap_mode="r"``); the affine and the source path are in its variable-length metadata. ``store.json`` holds the
-format version, the stored keys, the preprocessing signature and its hash. The choice over zarr (measured with
+format version, the stored keys, the image preprocessing settings and their hash. The choice over zarr (measured with
 ``scripts/benchmark.py --sections store_format``: the same read speed and ratio) is the single file per key, which
 makes an entry a folder that appears atomically (``os.replace``) and keeps 50,000 entries at 50,000 folders.
 
-**Signature.** :func:`preprocessing_signature` flattens the public attributes of the transforms that act on the
-stored keys (class, keys, spacing, window, sizes, reader settings, ...) into ``{"<index>.<Class>.<attr>...":
-value}``; its SHA-256 is the store's hash. Training refuses a store whose hash differs from its own configuration's
-(:class:`StoreMismatchError` names both hashes and the differing keys).
+**Settings.** The store records the ``image`` section of the config's ``preprocessing_record``
+(:mod:`common.engines.preprocessing_record`: the factory and every argument that shapes the values, defaults applied;
+the record checkpoints carry) and its SHA-256. Training (and a resumed build) with other settings is refused:
+:class:`StoreMismatchError` names both hashes and every differing setting with both values. The text settings are
+not part of it: the text transforms run at training time.
 
 **Building** is parallel (``workers`` processes, each parsing the config itself), shows a progress bar, resumes after
 a kill (finished entries are kept, half-written ``.partial-*`` folders are removed and rebuilt) and names unreadable
@@ -55,7 +56,6 @@ __all__ = [
     "VolumeStore",
     "build",
     "entry_id",
-    "preprocessing_signature",
     "signature_hash",
     "store_preprocessing",
     "store_problems",
@@ -80,65 +80,23 @@ class StoreMismatchError(DataContractError):
 # ------------------------------------------------------------------------------------------------- signature
 
 
-def _describe(value: Any, depth: int = 0) -> Any:
-    """A JSON-able description of a transform's settings: public attributes, recursively (no addresses, no state)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (np.generic, np.ndarray, torch.Tensor)):
-        return _describe(np.asarray(value).tolist(), depth)
-    if isinstance(value, (np.dtype, torch.dtype)):
-        return str(value)
-    if isinstance(value, type):
-        return f"{value.__module__}.{value.__qualname__}"
-    if depth > 6:
-        return type(value).__qualname__
-    if isinstance(value, Mapping):
-        return {str(k): _describe(v, depth + 1) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, (list, tuple)):
-        return [_describe(v, depth + 1) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted(str(_describe(v, depth + 1)) for v in value)
-    if callable(value) and not hasattr(value, "__dict__"):
-        return getattr(value, "__qualname__", type(value).__qualname__)
-    attributes = getattr(value, "__dict__", None)
-    if attributes is None:
-        return type(value).__qualname__
-    public = {k: v for k, v in attributes.items() if not k.startswith("_")}
-    return {"class": type(value).__qualname__, **{k: _describe(v, depth + 1) for k, v in sorted(public.items())}}
-
-
-def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
-    if isinstance(value, dict) and value:
-        for key, item in value.items():
-            _flatten(item, f"{prefix}.{key}", out)
-    else:
-        out[prefix] = value
-
-
 def _acts_on(transform: Any, keys: Iterable[Hashable]) -> bool:
     return isinstance(transform, MapTransform) and bool(set(transform.keys) & set(keys))
 
 
-def preprocessing_signature(transforms: Sequence[Any], keys: Sequence[Hashable]) -> dict[str, Any]:
-    """Flat description ``{"<index>.<Class>.<attribute>...": value}`` of the transforms that act on ``keys``."""
-    out: dict[str, Any] = {}
-    for index, transform in enumerate(transforms):
-        if _acts_on(transform, keys):
-            _flatten(_describe(transform), f"{index}.{type(transform).__qualname__}", out)
-    return out
+def _image_settings(record: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``image`` section of a config's ``preprocessing_record`` (what the store's arrays depend on)."""
+    if not isinstance(record, Mapping) or not isinstance(record.get("image"), Mapping):
+        raise TypeError(
+            "the config defines no preprocessing_record with an 'image' section "
+            "(common.engines.preprocessing_record.describe_preprocessing); the store cannot check its settings"
+        )
+    return dict(record["image"])
 
 
-def signature_hash(signature: Mapping[str, Any]) -> str:
-    """SHA-256 of the signature's canonical JSON."""
-    return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()
-
-
-def _differences(built: Mapping[str, Any], wanted: Mapping[str, Any], shown: int = 8) -> str:
-    keys = sorted(k for k in set(built) | set(wanted) if built.get(k, "<absent>") != wanted.get(k, "<absent>"))
-    listed = "; ".join(
-        f"{k}: store {built.get(k, '<absent>')!r}, config {wanted.get(k, '<absent>')!r}" for k in keys[:shown]
-    )
-    return listed + (f"; and {len(keys) - shown} more" if len(keys) > shown else "")
+def signature_hash(settings: Mapping[str, Any]) -> str:
+    """SHA-256 of the image settings' canonical JSON."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------- entries
@@ -178,7 +136,7 @@ class VolumeStore:
             )
         self.keys: list[str] = list(self.manifest["keys"])
         self.hash: str = self.manifest["hash"]
-        self.signature: dict[str, Any] = self.manifest["signature"]
+        self.settings: dict[str, Any] = self.manifest["preprocessing"]
 
     def entry_dir(self, image: str | os.PathLike) -> Path:
         return self.root / ENTRIES / entry_id(image)
@@ -194,14 +152,19 @@ class VolumeStore:
         with open(path, newline="", encoding="utf-8") as f:
             return {row["image"]: row["problem"] for row in csv.DictReader(f)}
 
-    def check(self, signature: Mapping[str, Any]) -> None:
-        """Refuse a configuration whose preprocessing differs from the one the store was built with."""
-        wanted = signature_hash(signature)
+    def check(self, record: Mapping[str, Any] | None) -> None:
+        """Refuse a configuration whose ``preprocessing_record`` image settings differ from the store's."""
+        from common.engines.preprocessing_record import preprocessing_differences
+
+        settings = _image_settings(record)
+        wanted = signature_hash(settings)
         if wanted != self.hash:
+            differences = preprocessing_differences({"image": self.settings}, {"image": settings})
+            listed = "; ".join(d.replace(": trained with ", ": store built with ") for d in differences)
             raise StoreMismatchError(
                 self.root,
                 f"built with other preprocessing settings (store hash {self.hash[:16]}, this configuration "
-                f"{wanted[:16]}): {_differences(self.signature, signature)}; rebuild the store or use its settings",
+                f"{wanted[:16]}): {listed or 'settings differ'}; rebuild the store or use its settings",
             )
 
     def read(self, image: str | os.PathLike) -> dict[str, MetaTensor]:
@@ -266,11 +229,14 @@ class LoadStoredd(MapTransform):
         return d
 
 
-def store_preprocessing(preprocessing: Compose, store_dir: str | os.PathLike | None) -> Compose:
+def store_preprocessing(
+    preprocessing: Compose, store_dir: str | os.PathLike | None, record: Mapping[str, Any] | None = None
+) -> Compose:
     """The training transform reading the deterministic image preprocessing from a store (``None``: unchanged).
 
     The prefix transforms of ``preprocessing`` that act on the store's keys are replaced by :class:`LoadStoredd`;
-    the other prefix transforms (text, labels) and the random suffix run as before.
+    the other prefix transforms (text, labels) and the random suffix run as before. ``record`` is the config's
+    ``preprocessing_record``; its image settings must be the store's.
 
     Raises:
         StoreMismatchError: the store was built with other settings (both hashes and the differing keys named).
@@ -287,7 +253,7 @@ def store_preprocessing(preprocessing: Compose, store_dir: str | os.PathLike | N
     opaque = [type(t).__qualname__ for t in prefix if not isinstance(t, MapTransform)]
     if opaque:
         raise ValueError(f"cannot tell which keys these preprocessing transforms act on: {opaque}")
-    store.check(preprocessing_signature(prefix, store.keys))
+    store.check(record)
     kept = [t for t in prefix if not _acts_on(t, store.keys)]
     return Compose(
         [LoadStoredd(store.keys, store.root), *kept, *transforms[first:]],
@@ -318,8 +284,11 @@ def store_problems(store_dir: str | os.PathLike, images: Sequence[str]) -> list[
 _worker: dict[str, Any] = {}
 
 
-def _parse_preprocessing(config_file: str | Sequence[str], overrides: Mapping[str, Any]) -> Compose:
+def _parse(config_file: str | Sequence[str], overrides: Mapping[str, Any]) -> tuple[Compose, dict[str, Any]]:
+    """The config's ``train#preprocessing`` and the image settings of its ``preprocessing_record``."""
     from monai.bundle import ConfigParser
+
+    from common.engines.preprocessing_record import record_from_config
 
     parser = ConfigParser()
     parser.read_config(config_file)
@@ -327,14 +296,14 @@ def _parse_preprocessing(config_file: str | Sequence[str], overrides: Mapping[st
     preprocessing = parser.get_parsed_content("train#preprocessing")
     if type(preprocessing) is not Compose:
         raise ValueError(f"train#preprocessing must be a Compose, got {type(preprocessing).__name__}")
-    return preprocessing
+    return preprocessing, _image_settings(record_from_config(parser))
 
 
 def _init_worker(config_file: str | Sequence[str], overrides: Mapping[str, Any], root: str) -> None:
     from common.data.dataset import first_random_index
 
     torch.set_num_threads(1)
-    preprocessing = _parse_preprocessing(config_file, overrides)
+    preprocessing, _ = _parse(config_file, overrides)
     _worker.update(prefix=Compose(preprocessing.transforms[: first_random_index(preprocessing)]), root=Path(root))
 
 
@@ -361,14 +330,14 @@ def _build_one(record: Mapping[str, Any]) -> tuple[str, list[str] | None, str | 
     return image, keys, None
 
 
-def _manifest(keys: list[str], signature: Mapping[str, Any], config_file: Any, counts: Mapping[str, int]) -> dict:
+def _manifest(keys: list[str], settings: Mapping[str, Any], config_file: Any, counts: Mapping[str, int]) -> dict:
     import blosc2
 
     return {
         "format": STORE_FORMAT,
         "keys": keys,
-        "hash": signature_hash(signature),
-        "signature": dict(signature),
+        "hash": signature_hash(settings),
+        "preprocessing": dict(settings),
         "config_file": config_file,
         "library": f"blosc2 {blosc2.__version__}",
         "codec": f"zstd clevel {_CLEVEL}, shuffle, chunks of {_CHUNK_SLICES} slices",
@@ -412,15 +381,12 @@ def build(
     Raises:
         StoreMismatchError: ``out`` holds a store built with other settings.
     """
-    from common.data.dataset import first_random_index
-
     root = Path(out)
     (root / ENTRIES).mkdir(parents=True, exist_ok=True)
     for partial in (root / ENTRIES).glob(f"{_PARTIAL}*"):  # half-written by a killed build: rebuilt below
         shutil.rmtree(partial, ignore_errors=True)
     records = load_datalist(datalist, split)
-    preprocessing = _parse_preprocessing(config_file, overrides)
-    prefix = preprocessing.transforms[: first_random_index(preprocessing)]
+    _, settings = _parse(config_file, overrides)
     previous = VolumeStore(root) if (root / MANIFEST).is_file() else None
     todo = [r for r in records if not (root / ENTRIES / entry_id(_image_of(r))).is_dir()]
     counts = {"records": len(records), "reused": len(records) - len(todo), "built": 0, "skipped": 0}
@@ -434,16 +400,13 @@ def build(
             return
         if keys is None:
             keys = built_keys
-            signature = preprocessing_signature(prefix, keys)
-            _write_json(root / MANIFEST, _manifest(keys, signature, config_file, counts))
-            if previous is not None:
-                previous.check(signature)
+            _write_json(root / MANIFEST, _manifest(keys, settings, config_file, counts))
         elif built_keys != keys:
             raise DataContractError(image, f"preprocessing produced arrays {built_keys}, the store holds {keys}")
         counts["built"] += 1
 
     if previous is not None:
-        previous.check(preprocessing_signature(prefix, previous.keys))
+        previous.check({"image": settings})
     initargs = (config_file, overrides, str(root))
     if workers <= 1:
         _init_worker(*initargs)
@@ -459,7 +422,7 @@ def build(
         writer.writerow(["image", "problem"])
         writer.writerows(sorted(skipped.items()))
     if keys is not None:
-        _write_json(root / MANIFEST, _manifest(keys, preprocessing_signature(prefix, keys), config_file, counts))
+        _write_json(root / MANIFEST, _manifest(keys, settings, config_file, counts))
     print(
         f"{root}: {counts['built']} built, {counts['reused']} already there, {counts['skipped']} unreadable "
         f"skipped" + (f" (listed in {root / SKIPPED})" if skipped else "")

@@ -107,13 +107,10 @@ def test_other_settings_refused_naming_hashes_and_keys(datalist: Path, built: tu
     assert mismatch is not None, caught.value
     message = str(mismatch)
     built_hash = json.loads((root / "store.json").read_text())["hash"]
-    assert built_hash[:16] in message
-    preprocessing = parser.get_parsed_content("train#preprocessing")
-    from common.data.dataset import first_random_index
-
-    prefix = preprocessing.transforms[: first_random_index(preprocessing)]
-    assert store.signature_hash(store.preprocessing_signature(prefix, ["image"]))[:16] in message
-    assert "CentredSpacingd.spacing.pixdim" in message and "12.0" in message and "10.0" in message
+    wanted_hash = store.signature_hash(parser.get_parsed_content("preprocessing_record")["image"])
+    assert built_hash != wanted_hash and built_hash[:16] in message and wanted_hash[:16] in message
+    assert "image.pixdim: store built with 12, this config 10" in message
+    assert "spatial_size" not in message  # only what differs
     # the text settings are not part of the image store: another report length still trains from it
     _parser(datalist, store_dir=str(root), max_text_length=40).get_parsed_content("train#dataset")
 
@@ -166,7 +163,7 @@ def test_resume_after_interrupted_build(datalist: Path, built: tuple[Path, dict]
 
 def test_build_refuses_other_settings_in_an_existing_store(datalist: Path, built: tuple[Path, dict]) -> None:
     root, _ = built
-    with pytest.raises(store.StoreMismatchError, match="spatial_size|CentralCropd"):
+    with pytest.raises(store.StoreMismatchError, match="image.spatial_size: store built with 32, this config 24"):
         store.build(CONFIGS, str(datalist), str(root), workers=1, **{**TINY, "spatial_size": 24})
 
 
