@@ -17,7 +17,7 @@ from torch import nn
 
 from common.networks.two_tower import TwoTowerModel
 
-__all__ = ["DenseZeroShotHeads", "LocalZeroShotClassifier", "ZeroShotClassifier"]
+__all__ = ["DenseZeroShotHeads", "LocalDenseZeroShotHeads", "LocalZeroShotClassifier", "ZeroShotClassifier"]
 
 
 def _prompt_pairs(prompt_set: Any) -> tuple[list[str], list[list[str]], list[list[str]]]:
@@ -335,22 +335,56 @@ class LocalZeroShotClassifier(ZeroShotClassifier):
         """Sentence-patch maps ``(B, K, *spatial)`` on the input grid: for each finding, the sigmoid attention of every
         local token to the positive prompts' sentences minus that to the negative ones (mean over prompt pairs), in
         ``[-1, 1]``, upsampled (bi/trilinear) from the token grid to the input size."""
-        feature_map = self.image_encoder.backbone(x)
+        return self._maps(self.image_encoder.backbone(x), x.shape[2:])
+
+    def _maps(self, feature_map: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        b = feature_map.shape[0]
         k, p, _ = self.prompt_sentences_pos.shape
         attention = self._attend(feature_map, self._prompt_sentences()).image_attention
-        pos, neg = attention[..., 0].reshape(x.shape[0], 2, k, p, -1).unbind(dim=1)  # (B, K, P, N) each
-        maps = (pos - neg).mean(dim=2).reshape(x.shape[0], k, *feature_map.shape[2:])
+        pos, neg = attention[..., 0].reshape(b, 2, k, p, -1).unbind(dim=1)  # (B, K, P, N) each
+        maps = (pos - neg).mean(dim=2).reshape(b, k, *feature_map.shape[2:])
         mode = "trilinear" if maps.ndim == 5 else "bilinear"
-        return F.interpolate(maps, size=x.shape[2:], mode=mode, align_corners=False)
+        return F.interpolate(maps, size=tuple(size), mode=mode, align_corners=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-finding probabilities ``(B, K)`` for images ``(B, C, *spatial)``."""
-        encoder = self.image_encoder
-        feature_map = encoder.backbone(x)
-        probabilities = self.probabilities(encoder.pool(feature_map))
+    def _combined_probabilities(self, feature_map: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        probabilities = self.probabilities(embedding)
         if self.local_weight == 0:
             return probabilities
         k, p, _ = self.prompt_sentences_pos.shape
         pos, neg = self.local_scores(feature_map, self._prompt_sentences()).reshape(-1, 2, k, p).unbind(dim=1)
         local = torch.sigmoid(pos - neg).mean(dim=2)
         return (probabilities + self.local_weight * local) / (1.0 + self.local_weight)
+
+    def dense_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One backbone pass: ``embedding`` ``(B, D)``, ``probabilities`` ``(B, K)`` (as :meth:`forward`) and the
+        sentence-patch maps ``similarity`` ``(B, K, *spatial)`` (as :meth:`local_maps`)."""
+        feature_map = self.image_encoder.backbone(x)
+        embedding = self.image_encoder.pool(feature_map)
+        return {
+            "embedding": embedding,
+            "probabilities": self._combined_probabilities(feature_map, embedding),
+            "similarity": self._maps(feature_map, x.shape[2:]),
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-finding probabilities ``(B, K)`` for images ``(B, C, *spatial)``."""
+        feature_map = self.image_encoder.backbone(x)
+        return self._combined_probabilities(feature_map, self.image_encoder.pool(feature_map))
+
+
+class LocalDenseZeroShotHeads(nn.Module):
+    """The embedding network (``embed.yaml``) of a :class:`LocalZeroShotClassifier` (PRIOR): images ->
+    ``{"embedding", "probabilities", "similarity"}``, the last being the sentence-patch maps on the input grid
+    (:meth:`LocalZeroShotClassifier.dense_outputs`). The classifier's ``forward`` stays the inference path.
+
+    Args:
+        classifier: the trained (exported) classifier.
+    """
+
+    def __init__(self, classifier: LocalZeroShotClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.finding_keys = classifier.finding_keys
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.classifier.dense_outputs(x)

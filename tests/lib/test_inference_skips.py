@@ -18,6 +18,7 @@ from common.bundle_support import discover_bundles
 from common.data.contract import DataContractError
 from common.data.dataset import InferenceDataset, pretraining_collate
 from common.data.readers import LoadVolumed
+from common.transforms.text import prompt_pairs
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -150,7 +151,14 @@ def test_bundle_embed_skips_and_lists(tmp_path: Path, bundle, monkeypatch) -> No
     parser["on_bad_sample"] = "skip"
     model_path = Path(parser.get_parsed_content("model_path"))
     model_path.parent.mkdir(parents=True)
-    torch.save(parser.get_parsed_content("model").state_dict(), model_path)
+    model = parser.get_parsed_content("model")
+    if "build_classifier" in parser:  # PRIOR's embed.yaml also reads the exported zero-shot network (models/model.pt)
+        prompts = prompt_pairs(parser.get_parsed_content("findings"))
+        classifier = parser.get_parsed_content("build_classifier")(
+            model, parser.get_parsed_content("tokenizer"), prompts
+        )
+        torch.save(classifier.state_dict(), parser.get_parsed_content("classifier_path"))
+    torch.save(model.state_dict(), model_path)
     parser.get_parsed_content("evaluator").run()
     out = Path(parser.get_parsed_content("embed_output_dir"))
     ids = np.load(out / "embeddings.npz")["ids"].tolist()

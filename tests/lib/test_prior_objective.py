@@ -26,7 +26,7 @@ from common.networks.sentence_pool import SentencePooler, single_sentence_index
 from common.networks.set_matching import hungarian_match, match_predictions
 from common.networks.two_tower import ImageTower, TextTower, TwoTowerModel
 from common.networks.unet import UNetEncoder
-from common.networks.zero_shot import LocalZeroShotClassifier
+from common.networks.zero_shot import LocalDenseZeroShotHeads, LocalZeroShotClassifier
 from common.transforms.sentences import TokenizeSentencesd, records_with_min_sentences, sentence_token_ids
 
 D = 32
@@ -341,6 +341,11 @@ def test_local_zero_shot_classifier_rule():
         grid.append(diff.reshape(2, *fmap.shape[2:]))
     expected = F.interpolate(torch.stack(grid, 1), size=(64, 64), mode="bilinear", align_corners=False)
     torch.testing.assert_close(maps, expected, rtol=1e-5, atol=1e-6)
+    dense = LocalDenseZeroShotHeads(clf)(images)  # embed.yaml's network: one backbone pass for all three
+    assert dense.keys() == {"embedding", "probabilities", "similarity"} and dense["similarity"].shape == (2, 2, 64, 64)
+    torch.testing.assert_close(dense["embedding"], model.image_encoder(images))
+    torch.testing.assert_close(dense["probabilities"], probs)
+    torch.testing.assert_close(dense["similarity"], maps)
 
 
 def test_released_resnet50_layout_loads_with_no_missing_or_unexpected_key(tmp_path):
