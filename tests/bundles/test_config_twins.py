@@ -60,6 +60,10 @@ ALLOWED_DIFFERENCES: dict[str, set[str]] = {
         "student_backbone#drop_path_rate", "student_backbone#embed_dim", "student_backbone#img_size",
         "student_backbone#init_values", "student_backbone#init_weights", "student_backbone#num_heads",
         "student_backbone#patch_size", "student_backbone#size", "student_backbone#spatial_dims",
+        # validation: 2D normalises the whole radiograph as evaluate.yaml does; 3D takes the training preprocessing
+        "validate#image_preprocessing", "validate#image_preprocessing#_target_", "validate#image_preprocessing#keys",
+        "validate#image_preprocessing#spatial_size", "validate#image_preprocessing#mean",
+        "validate#image_preprocessing#std",
     },
 }
 
