@@ -1,11 +1,13 @@
 """The dataset a bundle uses when the user gives none: the embedded chest phantoms, generated once into a cache.
 
-``default_datalist(dataset_dir)`` returns ``dataset_dir``'s datalist when one is given; otherwise it generates
-:mod:`common.data.phantom` cases into ``$MEDVLP_CACHE/phantoms-v2`` (named after the generator version; default cache
-root ``~/.cache/medvlp``) the first time and returns the cached datalist afterwards. Generation writes into a temporary sibling folder that is
-renamed into place only when complete, under a file lock (:class:`filelock.FileLock`), so concurrent processes
-(e.g. all ranks of a ``torchrun`` job) generate once and never see a half-written dataset. The generator is imported
-only when the phantoms are asked for, so an inference bundle given its own data never loads it.
+``default_datalist(dataset_dir)`` returns ``dataset_dir``'s datalist when one is given; otherwise it generates the
+embedded phantoms as a miniature CT-RATE and a miniature MIMIC-CXR-JPG and builds their datalists with the ``ct_rate``
+and ``mimic_cxr`` builders (:mod:`common.data.phantom_published`), into ``$MEDVLP_CACHE/phantoms-v2.1`` (named after
+:data:`~common.data.phantom_published.DATASET_VERSION`; default cache root ``~/.cache/medvlp``) the first time, and
+returns the cached datalist afterwards. Generation writes into a temporary sibling folder that is renamed into place
+only when complete, under a file lock (:class:`filelock.FileLock`), so concurrent processes (e.g. all ranks of a
+``torchrun`` job) generate once and never see a half-written dataset. The generator is imported only when the
+phantoms are asked for, so an inference bundle given its own data never loads it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def default_datalist(
     num_workers: int = 1,
     **sizes: int,
 ) -> str:
-    """Path of the datalist to train on: the user's, or the embedded phantoms' (generated on first use).
+    """Path of the datalist to train on: the user's, or the embedded phantoms' (generated on first use, in the
+    published layouts, read by the builders).
 
     Args:
         dataset_dir: a folder holding ``datalist.json`` (or ``datalist_{dims}d.json``), or a datalist file itself.
@@ -68,9 +71,9 @@ def default_datalist(
     unknown = set(sizes) - set(DEFAULT_SIZES)
     if unknown:
         raise ValueError(f"unknown dataset sizes {sorted(unknown)}; expected some of {list(DEFAULT_SIZES)}")
-    phantom = _phantom_generator()
+    published = _phantom_generator()
     sizes = {**DEFAULT_SIZES, **sizes}
-    name = phantom.GENERATOR_VERSION
+    name = published.DATASET_VERSION
     if sizes != DEFAULT_SIZES or seed != 0:
         name += "-" + "-".join(str(sizes[k]) for k in DEFAULT_SIZES) + f"-seed{seed}"
     root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
@@ -83,7 +86,7 @@ def default_datalist(
         if not _complete(target):  # another process may have finished while we waited
             staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
             try:
-                phantom.generate_dataset(staging, seed=seed, num_workers=num_workers, **sizes)
+                published.write_published_phantoms(staging, seed=seed, num_workers=num_workers, **sizes)
                 _publish(staging, target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -104,29 +107,28 @@ def _user_datalist(path: Path, dims: int) -> str:
 
 
 def _phantom_generator() -> ModuleType:
-    """:mod:`common.data.phantom`, imported on demand; an exported inference bundle ships without it.
+    """:mod:`common.data.phantom_published`, imported on demand; an exported inference bundle ships without it.
 
     Raises:
         DataContractError: the generator is not installed (e.g. a Model Zoo inference export) and no data were given.
     """
     try:
-        from common.data import phantom
+        from common.data import phantom_published
     except ImportError as err:
         raise DataContractError(
             "dataset_dir", "no dataset_dir given, and the embedded phantom generator is not part of this installation"
         ) from err
-    return phantom
+    return phantom_published
 
 
 def _complete(folder: Path) -> bool:
-    """True when ``folder`` holds a finished phantom dataset of this generator version."""
-    version = _phantom_generator().GENERATOR_VERSION
-
+    """True when ``folder`` holds a finished phantom dataset of this dataset version."""
+    version = _phantom_generator().DATASET_VERSION
     manifest = folder / "phantoms.json"
     if not (manifest.is_file() and (folder / "datalist_3d.json").is_file() and (folder / "datalist_2d.json").is_file()):
         return False
     try:
-        return json.loads(manifest.read_text(encoding="utf-8")).get("generator") == version
+        return json.loads(manifest.read_text(encoding="utf-8")).get("dataset") == version
     except (OSError, json.JSONDecodeError):
         return False
 

@@ -149,3 +149,26 @@ def test_unknown_label_column_and_missing_table(mimic: Path, tmp_path: Path) -> 
     (mimic / "mimic-cxr-2.0.0-split.csv.gz").unlink()
     with pytest.raises(DataContractError, match="no mimic-cxr-2.0.0-split.csv or mimic-cxr-2.0.0-split.csv.gz"):
         build_mimic_cxr(mimic, tmp_path / "d.json", quiet=True)
+
+
+def test_extra_label_columns_and_side_folder_of_masks(mimic: Path, tmp_path: Path) -> None:
+    """``extra_labels`` admits columns beyond the 14 (MIMIC-CXR-LT names); ``masks`` gives paired images a mask."""
+    rows = [{"subject_id": "10000032", "study_id": "50414267", "Emphysema": "1.0", "Pleural Effusion": "0.0"}]
+    _write_csv(
+        mimic / "mimic-cxr-2.0.0-chexpert.csv", ["subject_id", "study_id", "Pleural Effusion", "Emphysema"], rows
+    )
+    masks = tmp_path / "masks" / "nested"
+    masks.mkdir(parents=True)
+    for name in ("d1.png", "d4.png", "unknown.png"):  # d4 is image-only: its mask stays out of the datalist
+        Image.fromarray(np.zeros((24, 20), np.uint8)).save(masks / name)
+    out = tmp_path / "datalist.json"
+    with pytest.raises(DataContractError, match=r"unknown label column\(s\) \['Emphysema'\]"):
+        build_mimic_cxr(mimic, out, quiet=True)
+    summary = build_mimic_cxr(mimic, out, extra_labels=["Emphysema"], masks=str(tmp_path / "masks"), quiet=True)
+    records = _by_dicom(out)
+    assert records["d1"][1]["labels"] == {"pleural_effusion": 0, "emphysema": 1}
+    assert Path(out.parent / records["d1"][1]["mask"]).resolve() == (masks / "d1.png").resolve()
+    assert "mask" not in records["d4"][1] and "mask" not in records["d3"][1]
+    assert summary.notes["mask file(s) without an image (unused)"] == 1
+    with pytest.raises(DataContractError, match="mask folder does not exist"):
+        build_mimic_cxr(mimic, out, extra_labels=["Emphysema"], masks=str(tmp_path / "nowhere"), quiet=True)

@@ -39,7 +39,7 @@ def test_round_trip(phantoms: Path, tmp_path: Path) -> None:
     }
     for section in ("training", "test"):
         for record in load_datalist(out, section):
-            source_section, source = original[Path(sources[record["meta"]["volume_name"]])]
+            source_section, source = original[(phantoms.parent / sources[record["meta"]["volume_name"]]).resolve()]
             assert (section == "test") == (source_section == "test")
             assert Path(record["image"]).resolve() == Path(source["image"]).resolve()
             if "report" in source:
@@ -52,7 +52,7 @@ def test_round_trip(phantoms: Path, tmp_path: Path) -> None:
     build_ct_rate(layout, out, splits=str(layout / "splits.csv"), masks=str(layout / "masks"), quiet=True)
     for section in ("training", "validation", "test"):
         rebuilt, source = load_datalist(out, section), load_datalist(phantoms, section)
-        assert [Path(sources[r["meta"]["volume_name"]]) for r in rebuilt] == [
+        assert [(phantoms.parent / sources[r["meta"]["volume_name"]]).resolve() for r in rebuilt] == [
             Path(r["image"]).resolve() for r in source
         ]
         assert [Path(r["mask"]).resolve() if "mask" in r else None for r in rebuilt] == [

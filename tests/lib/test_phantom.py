@@ -25,6 +25,7 @@ from common.data.phantom import (
     make_phantom,
     project_radiograph,
 )
+from common.data.phantom_published import write_published_phantoms
 from common.data.radiograph_findings import CXR_FINDINGS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -281,7 +282,12 @@ def test_devices_are_metal_or_radio_opaque():
         region = _mask_region(positive, "medical_material")
         assert np.percentile(positive.hu[region], 90) > 250
         assert set(positive.details["medical_material"]["devices"]) <= {
-            "pacemaker", "central venous catheter", "sternotomy wires", "port catheter", "endotracheal tube"}
+            "pacemaker",
+            "central venous catheter",
+            "sternotomy wires",
+            "port catheter",
+            "endotracheal tube",
+        }
 
 
 def test_labels_are_the_co_occurrence_models_draws():
@@ -422,13 +428,19 @@ def test_default_datalist_generates_once_into_the_cache(tmp_path, monkeypatch):
     sizes = {"num_train": 1, "num_image_only": 1, "num_val": 0, "num_test": 1}
     path = Path(default_datalist(None, dims=3, **sizes))
     assert path.parent.parent == tmp_path.resolve() and path.name == "datalist_3d.json"
-    assert len(load_datalist(path, "training")) == 2
+    assert path.parent.name == "phantoms-v2.1-1-1-0-1-seed0"  # not the phantoms-v2 cache of earlier versions
+    training = load_datalist(path, "training")
+    assert len(training) == 2 and all("/ct_rate/train_fixed/" in r["image"] for r in training)  # via the builder
+    assert [("report" in r, r["meta"]["volume_name"]) for r in training] == [
+        (True, "train_1_a_1"),
+        (False, "train_2_a_1"),
+    ]
     before = _hashes(path.parent)
 
     def fail(*args, **kwargs):
         raise AssertionError("regenerated a cached dataset")
 
-    monkeypatch.setattr("common.data.phantom.generate_dataset", fail)
+    monkeypatch.setattr("common.data.phantom_published.write_published_phantoms", fail)
     assert Path(default_datalist("", dims=2, **sizes)) == path.parent / "datalist_2d.json"
     assert _hashes(path.parent) == before
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
@@ -455,7 +467,7 @@ def test_default_datalist_is_safe_when_processes_race(tmp_path):
         subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
-    paths = [racer.communicate(timeout=120)[0].strip() for racer in racers]
+    paths = [racer.communicate(timeout=600)[0].strip() for racer in racers]  # generous: a loaded shared box
     assert [racer.returncode for racer in racers] == [0, 0]
     assert paths[0] == paths[1] and paths[0].endswith("datalist_3d.json")
     folders = [p for p in tmp_path.iterdir() if p.is_dir()]
@@ -467,7 +479,7 @@ def test_publish_keeps_a_finished_dataset_and_replaces_a_broken_one(tmp_path):
 
     def staged(name: str) -> Path:
         folder = tmp_path / name
-        generate_dataset(folder, num_train=0, num_image_only=0, num_val=0, num_test=1)
+        write_published_phantoms(folder, num_train=0, num_image_only=0, num_val=0, num_test=1, image_size_2d=32)
         (folder / "marker").write_text(name)
         return folder
 
@@ -477,5 +489,3 @@ def test_publish_keeps_a_finished_dataset_and_replaces_a_broken_one(tmp_path):
     (target / "phantoms.json").unlink()  # now incomplete
     _publish(staged("fresh"), target)
     assert (target / "marker").read_text() == "fresh" and (target / "phantoms.json").is_file()
-
-

@@ -47,6 +47,7 @@ from common.data.sources.records import (
     check_label_columns,
     csv_files,
     heading_report,
+    index_masks,
     parse_labels,
     read_csv,
     write_datalist,
@@ -137,22 +138,6 @@ def _fixed_splits(path: Path, volumes: dict[str, Any], log: BuildLog) -> dict[st
             log.row_problem(where, "unknown split", f"{row.get('split')!r}; expected one of {sorted(SPLIT_NAMES)}")
         else:
             out[name] = section
-    return out
-
-
-def _masks(folder: Path, volumes: dict[str, Any], log: BuildLog) -> dict[str, Path]:
-    """``{volume name: mask file}`` of a mask folder (files named like the volumes, at any depth)."""
-    if not folder.is_dir():
-        raise DataContractError(folder, "mask folder does not exist")
-    out: dict[str, Path] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.name.endswith((".nii.gz", ".nii"))):
-        name = path.name.split(".nii")[0]
-        if name not in volumes:
-            log.note("mask file(s) without a volume (unused)", example=str(path))
-        elif name in out:
-            log.row_problem(str(path), "second mask file for one volume", f"first at {out[name]}")
-        else:
-            out[name] = path
     return out
 
 
@@ -270,7 +255,7 @@ def build_ct_rate(
     if not reports:
         log.note("volume(s) and no report CSV: every record is image-only")
     fixed_split = _fixed_splits(Path(splits).expanduser(), volumes, log) if splits else {}
-    mask_of = _masks(Path(masks).expanduser().resolve(), volumes, log) if masks else {}
+    mask_of = index_masks(Path(masks).expanduser().resolve(), volumes, log, (".nii.gz", ".nii")) if masks else {}
 
     candidates: dict[tuple[str, str], list[Candidate]] = {}
     for name in tqdm(sorted(volumes, key=_natural_order), desc="ct_rate: volumes", unit="volume", disable=quiet):

@@ -15,6 +15,11 @@ keyed in snake case (``pleural_effusion``) with ``1``/``0`` kept and ``-1`` / bl
 ``blank`` policies, ``meta`` subject, study, dicom id and view. The official split gives the sections (``validate``
 -> ``validation``); a subject found in two splits is moved whole to the more held-out one (counted).
 
+Beyond the published layout, two side inputs: ``extra_labels`` names label columns the labels CSV may hold besides
+the 14 (e.g. the MIMIC-CXR-LT / CXR-LT 2023 classes ``Emphysema``, ``Hernia``, ``Calcification of the Aorta``, as the
+embedded phantoms' labels CSV does), and ``masks`` a folder of segmentation masks named ``<dicom_id>.png`` (or
+``.jpg``, ``.nii.gz``) at any depth, given to the paired records as ``mask``.
+
 Named problems (file and row; counted skips, or errors with ``on_bad="raise"``): an image missing on disk, a split
 row without a metadata row, an unselected or missing view (counted as not selected), a label value other than
 1/0/-1/blank (the study's images are skipped), two label rows for one study. A label CSV with columns other than
@@ -38,6 +43,7 @@ from common.data.sources.records import (
     Candidate,
     at,
     check_label_columns,
+    index_masks,
     label_key,
     parse_labels,
     read_csv,
@@ -55,6 +61,7 @@ CHEXPERT_LABELS: tuple[str, ...] = (
 FRONTAL_VIEWS: tuple[str, ...] = ("PA", "AP")
 #: the official split names -> datalist sections
 SPLIT_SECTIONS: dict[str, str] = {"train": "training", "validate": "validation", "test": "test"}
+_MASK_SUFFIXES = (".png", ".jpg", ".nii.gz", ".nii")
 
 
 def find_table(root: Path, stem: str, required: bool = True) -> Path | None:
@@ -80,12 +87,12 @@ def _reports_root(root: Path, reports_root: str | os.PathLike | None) -> Path | 
 
 
 def _study_labels(
-    path: Path, uncertain: str, blank: str, log: BuildLog
+    path: Path, uncertain: str, blank: str, log: BuildLog, names: Sequence[str] = CHEXPERT_LABELS
 ) -> dict[str, tuple[str, dict[str, int] | None]]:
-    """``{study_id: (where, labels or None when bad)}`` of the CheXpert labels CSV."""
+    """``{study_id: (where, labels or None when bad)}`` of the CheXpert labels CSV (label columns among ``names``)."""
     columns, rows = read_csv(path, ("subject_id", "study_id"))
-    check_label_columns(path, columns, CHEXPERT_LABELS, ("subject_id", "study_id"))
-    label_columns = {c: label_key(c) for c in columns if c in CHEXPERT_LABELS}
+    check_label_columns(path, columns, names, ("subject_id", "study_id"))
+    label_columns = {c: label_key(c) for c in columns if c in names}
     out: dict[str, tuple[str, dict[str, int] | None]] = {}
     for line, row in rows:
         where = at(path, line)
@@ -110,6 +117,8 @@ def build_mimic_cxr(
     uncertain: str = "ignore",
     blank: str = "zeros",
     image_only: bool = True,
+    extra_labels: Sequence[str] = (),
+    masks: str | None = None,
     open_images: bool = False,
     on_bad: str = "skip",
     quiet: bool = False,
@@ -125,6 +134,9 @@ def build_mimic_cxr(
         uncertain: ``-1`` labels: ``ignore`` (unknown, omitted), ``zeros``, ``ones`` (the CheXpert U-policies).
         blank: blank labels (not mentioned): ``zeros`` (default, the usual reading) or ``ignore``, ``ones``.
         image_only: keep images of studies without a report as image-only records; False skips them (counted).
+        extra_labels: label columns accepted besides the 14 CheXpert ones (e.g. CXR-LT's ``Emphysema``).
+        masks: optional folder of masks named ``<dicom_id>.png`` / ``.jpg`` / ``.nii.gz`` (at any depth): a paired
+            image with one gets it as ``mask``.
         open_images: read every image with the validating readers (slow).
         on_bad: ``skip`` or ``raise``.
         quiet: print nothing.
@@ -141,13 +153,16 @@ def build_mimic_cxr(
     _, metadata_rows = read_csv(metadata_path, ("dicom_id", "ViewPosition"))
     view_of = {row["dicom_id"]: row["ViewPosition"].upper() for _, row in metadata_rows}
     label_path = find_table(root, "mimic-cxr-2.0.0-chexpert", required=False)
-    labels = _study_labels(label_path, uncertain, blank, log) if label_path is not None else {}
+    extra = (extra_labels,) if isinstance(extra_labels, str) else tuple(str(name) for name in extra_labels)
+    names = (*CHEXPERT_LABELS, *extra)
+    labels = _study_labels(label_path, uncertain, blank, log, names) if label_path is not None else {}
     if label_path is None:
         log.note("no chexpert CSV: no labels")
     reports = _reports_root(root, reports_root)
     if reports is None:
         log.note("no report files found: every record is image-only")
     _, split_rows = read_csv(split_path, ("dicom_id", "study_id", "subject_id", "split"))
+    mask_of = index_masks(Path(masks).expanduser().resolve(), view_of, log, _MASK_SUFFIXES) if masks else {}
     candidates = []
     for line, row in tqdm(split_rows, desc="mimic_cxr: images", unit="image", disable=quiet):
         where = at(split_path, line)
@@ -175,6 +190,8 @@ def build_mimic_cxr(
             report = report_file.read_text(encoding="utf-8", errors="replace").strip()
         if report:
             record["report"] = report
+            if dicom in mask_of:
+                record["mask"] = str(mask_of[dicom])
         elif not image_only:
             log.problem(where, "study without a report (image_only=False)", str(report_file))
             continue

@@ -25,7 +25,7 @@ import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ __all__ = [
     "check_label_columns",
     "csv_files",
     "heading_report",
+    "index_masks",
     "label_key",
     "parse_label",
     "parse_labels",
@@ -234,6 +235,28 @@ def check_label_columns(path: Path, columns: Sequence[str], labels: Sequence[str
     unknown = [c for c in columns if c not in labels and c not in others]
     if unknown:
         raise DataContractError(path, f"unknown label column(s) {unknown}; this source's labels are {list(labels)}")
+
+
+def index_masks(folder: Path, names: Container[str], log: BuildLog, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """``{name: mask file}`` of a side folder of masks named like the images (``<name><suffix>``, at any depth).
+
+    A mask whose name is not among ``names`` is counted as unused; a second mask for one name is a bad row.
+
+    Raises:
+        DataContractError: the folder does not exist.
+    """
+    if not folder.is_dir():
+        raise DataContractError(folder, "mask folder does not exist")
+    out: dict[str, Path] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes)):
+        name = path.name[: -len(next(s for s in suffixes if path.name.lower().endswith(s)))]
+        if name not in names:
+            log.note("mask file(s) without an image (unused)", example=str(path))
+        elif name in out:
+            log.row_problem(str(path), "second mask file for one image", f"first at {out[name]}")
+        else:
+            out[name] = path
+    return out
 
 
 def csv_files(folder: Path, what: str) -> list[Path]:
