@@ -10,7 +10,7 @@ Usage::
 
     python scripts/compare_predictions.py run --findings cxr --reference full=runs/full/predictions.csv \\
         --others "{'stage 1 only': 'runs/s1/predictions.csv', 'no local': 'runs/nolocal/predictions.csv'}" \\
-        --datalist ~/.cache/medvlp/phantoms-v2/datalist_2d.json --out comparison.json
+        --datalist ~/.cache/medvlp/phantoms-v2.1/datalist_2d.json --out comparison.json
 """
 
 from __future__ import annotations

@@ -479,7 +479,7 @@ def test_publish_keeps_a_finished_dataset_and_replaces_a_broken_one(tmp_path):
 
     def staged(name: str) -> Path:
         folder = tmp_path / name
-        write_published_phantoms(folder, num_train=0, num_image_only=0, num_val=0, num_test=1, image_size_2d=32)
+        write_published_phantoms(folder, num_train=1, num_image_only=0, num_val=0, num_test=0, image_size_2d=32)
         (folder / "marker").write_text(name)
         return folder
 
