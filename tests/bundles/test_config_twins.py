@@ -44,6 +44,16 @@ ALLOWED_DIFFERENCES: dict[str, set[str]] = {
         "image_backbone#spatial_dims", "objective_def#image_decoder#spatial_dims", "image_decoder_blocks",
         "pool_grid", "num_prototypes", "num_queries",
     },
+    "mpma": {
+        # 3D: Primus-M on the common CT preprocessing, smaller batches of volumes, longer CT reports
+        "bundle_root", "datalist", "imports", "findings", "batch_size", "max_text_length",
+        "orientation", "pixdim", "spatial_size", "hu_range",
+        "image_preprocessing#_target_", "image_preprocessing#hu_range", "image_preprocessing#orientation",
+        "image_preprocessing#pixdim", "augmentation#spatial_dims",
+        "image_backbone#_target_", "image_backbone#depth", "image_backbone#embed_dim", "image_backbone#num_heads",
+        "image_backbone#patch_size", "image_backbone#spatial_dims", "drop_path_rate", "mae_decoder#spatial_dims",
+        "mae_decoder_heads",
+    },
     "raddino": {
         # 2D: Hugging Face Dinov2Model (fine-tuned from dinov2-base, as RAD-DINO); 3D: EVA ViT from scratch
         "bundle_root", "datalist", "imports", "findings", "batch_size", "num_workers", "activation_checkpointing",
@@ -78,6 +88,7 @@ PREPROCESSING_RECORD = {
     "g2d": ("orientation", "pixdim", "hu_range", "resize_size", "mean", "std"),
     "prior": ("orientation", "pixdim", "hu_range", "resize_size", "mean", "std"),
     "raddino": ("orientation", "pixdim", "hu_range", "spatial_size", "mean", "std"),
+    "mpma": ("orientation", "pixdim", "hu_range"),
 }
 for _method, _keys in PREPROCESSING_RECORD.items():
     ALLOWED_DIFFERENCES[_method] |= CT_READER_CHECKS | {"preprocessing_record#image_transform"}

@@ -18,23 +18,26 @@ def tiny_dataset(tmp_path_factory) -> Path:
     from common.data.phantom import generate_dataset
 
     out = tmp_path_factory.mktemp("phantoms")
-    generate_dataset(out, num_train=6, num_image_only=2, num_val=1, num_test=3, seed=3, dims=2)
+    for dims in (2, 3):
+        generate_dataset(out, num_train=6, num_image_only=2, num_val=1, num_test=3, seed=3, dims=dims)
     return out
 
 
-SMALL = {"max_epochs": 1, "batch_size": 4, "max_text_length": 32, "spatial_size": 64, "n_bootstrap": 10,
-         "fusion_dim": 32, "fusion_heads": 4, "fusion_depth": 1, "memory_slots": 4, "text_num_layers": 2,
-         "text_frozen_layers": 1}  # fmt: skip
+SMALL = {"max_epochs": 1, "batch_size": 4, "max_text_length": 32, "n_bootstrap": 10, "fusion_dim": 32,
+         "fusion_heads": 4, "fusion_depth": 1, "memory_slots": 4, "text_num_layers": 2, "text_frozen_layers": 1}  # fmt: skip
+SIZES = {2: {"spatial_size": 64}, 3: {"spatial_size": 32, "pixdim": 12.0, "segmentation_epochs": 1}}
 
 
 @pytest.mark.slow
-def test_train_export_infer_evaluate(tiny_dataset: Path, tmp_path: Path, bundle_workflow, scratch_bundle_root,
-                                     monkeypatch):  # fmt: skip
+@pytest.mark.parametrize("bundle,dims", [("mpma_cxr", 2), ("mpma_ct", 3)])
+def test_train_export_infer_evaluate(bundle: str, dims: int, tiny_dataset: Path, tmp_path: Path, bundle_workflow,
+                                     scratch_bundle_root, monkeypatch):  # fmt: skip
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    datalist = tiny_dataset / "datalist_2d.json"
-    bundle_root = scratch_bundle_root("mpma_cxr")
-    train = bundle_workflow("mpma_cxr", ["train.yaml", "demo.yaml"], "train", bundle_root=str(bundle_root),
-                            dataset_dir=str(datalist), **SMALL)  # fmt: skip
+    datalist = tiny_dataset / f"datalist_{dims}d.json"
+    bundle_root = scratch_bundle_root(bundle)
+    small = {**SMALL, **SIZES[dims]}
+    train = bundle_workflow(bundle, ["train.yaml", "demo.yaml"], "train", bundle_root=str(bundle_root),
+                            dataset_dir=str(datalist), **{k: v for k, v in small.items() if k != "segmentation_epochs"})  # fmt: skip
     train.run()
     trainer = train.parser.get_parsed_content("train#trainer")
     assert trainer.state.iteration == 2  # 8 training records (6 paired + 2 image-only), batch 4
@@ -44,8 +47,9 @@ def test_train_export_infer_evaluate(tiny_dataset: Path, tmp_path: Path, bundle_
         state = torch.load(bundle_root / "models" / name, weights_only=True)
         assert state and all(isinstance(v, torch.Tensor) for v in state.values())
 
-    infer = bundle_workflow("mpma_cxr", ["inference.yaml", "demo.yaml"], "infer", bundle_root=str(bundle_root),
-                            dataset_dir=str(datalist), spatial_size=SMALL["spatial_size"])  # fmt: skip
+    image_size = {k: v for k, v in SIZES[dims].items() if k != "segmentation_epochs"}
+    infer = bundle_workflow(bundle, ["inference.yaml", "demo.yaml"], "infer", bundle_root=str(bundle_root),
+                            dataset_dir=str(datalist), **image_size)  # fmt: skip
     infer.run()
     with open(bundle_root / "eval" / "predictions.csv") as handle:
         rows = list(csv.reader(handle))
@@ -55,12 +59,13 @@ def test_train_export_infer_evaluate(tiny_dataset: Path, tmp_path: Path, bundle_
     assert ((probs >= 0) & (probs <= 1)).all()
 
     out = tmp_path / "evaluation"
-    evaluate = bundle_workflow("mpma_cxr", ["train.yaml", "demo.yaml", "evaluate.yaml"], None,
+    evaluate = bundle_workflow(bundle, ["train.yaml", "demo.yaml", "evaluate.yaml"], None,
                                bundle_root=str(bundle_root), dataset_dir=str(datalist), eval_output_dir=str(out),
-                               eval_train_split="training", **SMALL)  # fmt: skip
+                               eval_train_split="training", **small)  # fmt: skip
     evaluate.run()
     sections = set(json.loads((out / "results.json").read_text())["results"])
     assert {"zero_shot", "retrieval", "linear_probe"} <= sections
+    assert ("segmentation" in sections) == (dims == 3)
     multimodal = json.loads((out / "multimodal.json").read_text())
     assert set(multimodal["linear_probe"]) == {"image", "text", "fused"}
     assert {"fused_vs_image", "fused_vs_text"} <= set(multimodal)
@@ -76,7 +81,7 @@ def test_config_switches_and_resume(tiny_dataset: Path, bundle_workflow, scratch
 
     def run(**override):
         workflow = bundle_workflow("mpma_cxr", ["train.yaml", "demo.yaml"], "train", bundle_root=str(bundle_root),
-                                   dataset_dir=str(datalist), **{**SMALL, **override})  # fmt: skip
+                                   dataset_dir=str(datalist), **{**SMALL, **SIZES[2], **override})  # fmt: skip
         workflow.run()
         return workflow.parser.get_parsed_content("train#trainer"), workflow.parser.get_parsed_content("objective_def")
 

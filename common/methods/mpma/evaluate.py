@@ -3,7 +3,7 @@ text-only probes, and the masked-token accuracy of the report reconstruction on 
 
 The abstract claims gains on "uni-modal, cross-modal and multi-modal" tasks; the uni- and cross-modal ones run through
 the common harness (``common.evaluation.two_tower``); this is the multi-modal one on data we have: image + report ->
-findings. The objective (with its fusion stack and MLM head) comes from the newest training checkpoint.
+findings. The objective (with its fusion stack and MLM head) is the one training exports (``models/mpma_objective.pt``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from monai.data import DataLoader, Dataset
 
-from common.engines.checkpoint import latest_checkpoint, load_checkpoint
 from common.evaluation.metrics import multilabel_auroc, paired_auroc_difference
 from common.evaluation.probes import linear_probe_scores
 from common.evaluation.report import to_jsonable
@@ -63,22 +62,8 @@ def encode_pairs(objective: MPMAPretraining, loader: Any, device: torch.device |
     return result
 
 
-def _load_objective(objective: MPMAPretraining, checkpoint: str | os.PathLike) -> Path:
-    path = Path(checkpoint)
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"{path}: no training checkpoint (train first)")
-        path, content = found
-    else:
-        content = load_checkpoint(path)
-    objective.load_state_dict(content["objects"]["objective"], strict=True)
-    return path
-
-
 def evaluate_multimodal(
     objective: MPMAPretraining,
-    checkpoint: str | os.PathLike,
     train_records: Sequence[Mapping[str, Any]],
     test_records: Sequence[Mapping[str, Any]],
     transform: Callable[[Mapping[str, Any]], Mapping[str, Any]],
@@ -92,8 +77,7 @@ def evaluate_multimodal(
     """Probe image-only, text-only and fused embeddings for the findings; write ``multimodal.json``.
 
     Args:
-        objective: the MPMA objective as configured for training (weights come from ``checkpoint``).
-        checkpoint: a training checkpoint, or the folder of them (the newest is used).
+        objective: the trained MPMA objective (e.g. ``load_weights(objective_def, objective_path)``).
         train_records, test_records: paired records with ``labels`` (probe training / testing).
         transform: record -> ``image``, ``input_ids``, ``attention_mask``, ``mlm_input_ids``, ``mlm_labels``,
             ``labels_vector`` (preprocessing, tokenisation and :class:`common.transforms.mlm.RandWholeWordMaskd`).
@@ -105,7 +89,6 @@ def evaluate_multimodal(
         ``{"linear_probe": {"image"|"text"|"fused": macro AUROC dict}, "fused_vs_image": paired difference,
         "fused_vs_text": ..., "masked_token_accuracy": ...}``.
     """
-    used = _load_objective(objective, checkpoint)
     objective.to(device)
     names = [getattr(f, "name", str(f)) for f in findings]
     paired = lambda records: [r for r in records if r.get("report") and "labels" in r]
@@ -120,7 +103,6 @@ def evaluate_multimodal(
         for view in ("image", "text", "fused")
     }
     results: dict[str, Any] = {
-        "checkpoint": str(used),
         "n_train": len(train["labels"]),
         "n_test": len(test["labels"]),
         "linear_probe": {
