@@ -436,9 +436,14 @@ def _cli_build(*args: Any, **kwargs: Any) -> None:
     build(*args, **kwargs)  # counts are printed; returning them would make fire print them again
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``medvlp-store`` / ``python -m common.data.store``: :func:`build` on the command line."""
     import functools
 
     import fire
 
     fire.Fire({"build": functools.wraps(build)(_cli_build)})
+
+
+if __name__ == "__main__":
+    cli()
