@@ -58,7 +58,7 @@ def test_raddino_cxr_train_then_infer(tmp_path):
     assert len(rows) == 6
     width = weights["backbone.model.embeddings.cls_token"].shape[-1]
     for row in rows:
-        assert Path(row[0]).suffix == ".png" and len(row) == 1 + width
+        assert Path(row[0]).suffix == ".jpg" and len(row) == 1 + width  # the default data: a miniature MIMIC-CXR-JPG
         assert all(map(lambda v: abs(float(v)) < 1e4, row[1:]))
     assert rows[0][1:] != rows[1][1:]
 
