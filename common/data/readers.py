@@ -408,7 +408,24 @@ def _read_nifti(path: Path, dims: int) -> tuple[np.ndarray, np.ndarray]:
         array = image.get_fdata(dtype=np.float32, caching="unchanged")
     except (ValueError, nib.filebasedimages.ImageFileError, *_GZIP_ERRORS) as err:
         raise DataContractError(path, f"truncated or corrupt image data ({err})") from err
-    return array.reshape(shape), affine
+    del image  # the decompressed bytes go before the copy below
+    array = array.reshape(shape)
+    return (_c_order(array) if dims == 3 else array), affine
+
+
+def _c_order(array: np.ndarray) -> np.ndarray:
+    """A C-ordered copy of a Fortran-ordered (NIfTI) volume, made one ``[:, j, :]`` plane at a time.
+
+    MONAI's ``LoadImage`` makes every array C-contiguous; numpy's whole-array transposing copy strides through the
+    volume and costs about 1.5 CPU s for 512 x 512 x 300 float32, the plane-wise copy (which stays in cache) 0.3 s
+    (common/data/DATA_PATH.md). The values are the same; an array already in C order is returned as it is.
+    """
+    if array.flags.c_contiguous or array.ndim != 3:
+        return array
+    out = np.empty(array.shape, dtype=array.dtype)
+    for j in range(array.shape[1]):
+        out[:, j, :] = array[:, j, :]
+    return out
 
 
 def _gunzipped_nifti(path: Path, header: nib.Nifti1Header, image_class: type[nib.Nifti1Image]) -> nib.Nifti1Image:
