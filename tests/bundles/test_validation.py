@@ -40,6 +40,7 @@ BUNDLES = {
     "colipri_ct": (3, {**TEXT, "spatial_size": 32, "pixdim": 12.0}, {"views/image", "mae", "similarity_map"}),
     "g2d_cxr": (2, {**TEXT, "spatial_size": 64, "resize_size": 64}, {"views/image", "pseudo_mask"}),
     "g2d_ct": (3, {**TEXT, "spatial_size": 64, "pixdim": 12.0}, {"views/image", "pseudo_mask"}),
+    "mpma_ct": (3, {**TEXT, "spatial_size": 32, "pixdim": 12.0}, {"views/image"}),
     "mpma_cxr": (2, {**TEXT, "spatial_size": 64}, {"views/image"}),
     "prior_cxr": (2, {**prior_small(2), "max_epochs": 2}, {"views/image"}),
     "prior_ct": (3, {**prior_small(3), "max_epochs": 2}, {"views/image"}),
