@@ -50,9 +50,7 @@ def encode_pairs(objective: MPMAPretraining, loader: Any, device: torch.device |
         out["labels"].append(torch.as_tensor(batch["labels_vector"]).float().numpy())
         if objective.mlm_head is not None:
             labels = batch["mlm_labels"].to(device)
-            image_tokens = model.image_encoder.backbone.forward_tokens(image)["tokens"]
-            states = model.text_encoder.token_embeddings(batch["mlm_input_ids"].to(device), mask)
-            fused = objective.fusion(image_tokens, states, text_mask=mask.to(torch.bool))
+            fused = objective.fuse(image, batch["mlm_input_ids"].to(device), mask)
             selected = labels != IGNORE_INDEX
             if bool(selected.any()):
                 hits, count = masked_token_accuracy(objective.mlm_head(fused.text[selected]), labels[selected])

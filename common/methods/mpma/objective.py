@@ -33,7 +33,7 @@ from common.losses.clip_loss import ClipLoss
 from common.losses.masked_patch_mse_loss import MaskedPatchMSELoss
 from common.losses.masked_token_loss import IGNORE_INDEX, MaskedTokenLoss, masked_token_accuracy
 from common.losses.token_patch_alignment_loss import TokenPatchAlignmentLoss
-from common.networks.co_attention import CoAttentionFusion
+from common.networks.co_attention import CoAttentionFusion, FusedTokens
 from common.networks.decoders import MAEDecoder
 from common.networks.eva import patchify, random_keep_indices
 from common.networks.two_tower import TwoTowerModel
@@ -208,6 +208,14 @@ class MPMAPretraining(nn.Module):
         self._accuracy = masked_token_accuracy(logits, labels[selected])
         return self.mlm_loss(logits, labels[selected])
 
+    def fuse(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> FusedTokens:
+        """Fused tokens of whole images (no patch dropped) and the given (masked or unmasked) reports."""
+        if self.fusion is None:
+            raise RuntimeError("this MPMA objective has no fusion stack (both reconstruction weights are 0)")
+        image_tokens = self.model.image_encoder.backbone.forward_tokens(image)["tokens"]
+        text_states = self.model.text_encoder.token_embeddings(input_ids, attention_mask)
+        return self.fusion(image_tokens, text_states, text_mask=attention_mask.to(torch.bool))
+
     @torch.no_grad()
     def fused_embedding(
         self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -217,12 +225,7 @@ class MPMAPretraining(nn.Module):
         The mean of the fused image tokens next to the fused first ([CLS]) text token (M3AE concatenates the two
         modality poolers' outputs).
         """
-        if self.fusion is None:
-            raise RuntimeError("this MPMA objective has no fusion stack (both reconstruction weights are 0)")
-        input_ids, attention_mask = trim_padding(input_ids, attention_mask)
-        image_tokens = self.model.image_encoder.backbone.forward_tokens(image)["tokens"]
-        text_states = self.model.text_encoder.token_embeddings(input_ids, attention_mask)
-        fused = self.fusion(image_tokens, text_states, text_mask=attention_mask.to(torch.bool))
+        fused = self.fuse(image, *trim_padding(input_ids, attention_mask))
         return torch.cat([fused.image.mean(dim=1), fused.text[:, 0]], dim=-1)
 
     def log_values(self) -> dict[str, float]:
