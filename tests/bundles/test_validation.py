@@ -47,8 +47,8 @@ BUNDLES = {
     "raddino_cxr": (2, RADDINO_2D, {"views/global_crops", "views/local_crops"}),
     "raddino_ct": (3, RADDINO_3D, {"views/global_crops", "views/local_crops"}),
 }
-#: evaluate.yaml section and metric that the validation's key metric must reproduce
-EVALUATED = {"val_zero_shot_auroc": ("zero_shot", "macro", "auroc"), "val_knn_auroc": ("knn_probe", "macro", "auroc")}
+#: one paired and one image-only bundle: evaluate.yaml's section and metric that the key metric must reproduce
+EVALUATED = {"colipri_cxr": ("zero_shot", "macro", "auroc"), "raddino_cxr": ("knn_probe", "macro", "auroc")}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,9 @@ def test_validation_logs_key_metric_keeps_best_model_and_images(
     train.run()
     evaluator = train.parser.get_parsed_content("validate#evaluator")
     key = evaluator.state.key_metric_name
-    runs = root / "runs"
+    runs = Path(train.parser.get_parsed_content("train#rank0_handlers#1#log_dir"))  # PRIOR: runs/stage<N>
+    checkpoints = Path(train.parser.get_parsed_content("checkpoint_dir"))
+    assert runs.is_relative_to(root) and checkpoints.is_relative_to(root)
 
     history = _scalars(runs, key)
     assert [step for step, _ in history] == [1, 2]  # one point per validation, at the training epoch
@@ -103,8 +105,8 @@ def test_validation_logs_key_metric_keeps_best_model_and_images(
     assert evaluator.state.best_metric == pytest.approx(max(values))
     assert evaluator.state.best_metric_epoch == values.index(max(values)) + 1
 
-    best = runs / "checkpoints" / "best_model.pt"
-    assert best.is_file() and list((runs / "checkpoints").glob("checkpoint_*.pt"))  # beside the latest
+    best = checkpoints / "best_model.pt"
+    assert best.is_file() and list(checkpoints.glob("checkpoint_*.pt"))  # beside the latest
     network = evaluator.network
     load_weights(copy.deepcopy(network), best)  # strict: every key, every shape
     if evaluator.state.best_metric_epoch == 2:  # the last validation's weights are the final ones
@@ -114,7 +116,7 @@ def test_validation_logs_key_metric_keeps_best_model_and_images(
     tags = {tag.removeprefix("train/").removesuffix("_HW") for tag in _image_tags(runs)}
     assert images <= tags
 
-    if key in EVALUATED and dims == 2:  # the same number through evaluate.yaml on the validation split
+    if bundle in EVALUATED:  # the same number through evaluate.yaml on the validation split
         out = tmp_path / "evaluation"
         evaluate = bundle_workflow(
             bundle,
@@ -128,7 +130,7 @@ def test_validation_logs_key_metric_keeps_best_model_and_images(
             **{**COMMON, **tiny},
         )
         evaluate.run()
-        section, *path = EVALUATED[key]
+        section, *path = EVALUATED[bundle]
         value = json.loads((out / "results.json").read_text())["results"][section]
         for step in path:
             value = value[step]
