@@ -6,9 +6,28 @@ row, text terms only the paired ones.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
-__all__ = ["paired_rows", "trim_padding"]
+__all__ = ["paired_rows", "report_mask", "scatter_rows", "trim_padding"]
+
+
+def report_mask(batch: Mapping[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """The batch's ``has_report`` as a ``(B,)`` bool on ``like``'s device; all True when the key is absent (a
+    paired-only pipeline), ``B`` being ``like``'s first dimension."""
+    flags = batch.get("has_report")
+    if flags is None:
+        return torch.ones(like.shape[0], dtype=torch.bool, device=like.device)
+    return flags.to(device=like.device, dtype=torch.bool).reshape(-1)
+
+
+def scatter_rows(values: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
+    """``values`` computed on ``rows`` of a batch placed back into a zero ``(size, ...)`` tensor (the identity when
+    ``rows`` is every row in order), so that batch-wide losses can mask the other rows."""
+    if rows.numel() == size and bool((rows == torch.arange(size, device=rows.device)).all()):
+        return values
+    return values.new_zeros(size, *values.shape[1:]).index_copy(0, rows, values)
 
 
 def paired_rows(has_report: torch.Tensor) -> torch.Tensor:

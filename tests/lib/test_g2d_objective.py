@@ -123,3 +123,26 @@ def test_a_batch_of_one_trains_the_token_projection_batchnorm() -> None:
     out = objective(_batch(2))  # BatchNorm statistics over every token position, not over [CLS] vectors alone
     tokens = objective.model.encode_text(_batch(1)["input_ids"], _batch(1)["attention_mask"], pool=False)
     assert tokens.shape == (1, 12, WIDTH) and torch.isfinite(out["loss"])
+
+
+def test_paired_only_batch_equals_the_paper_path_and_image_only_rows_feed_only_the_pixel_term() -> None:
+    """Issue 26: ``has_report`` all True is the paper's objective; an image-only row's text changes nothing, its image
+    changes the pseudo-segmentation term only, and the contrastive term is the paired rows' alone."""
+    objective = _objective().eval()  # eval: BatchNorm uses running statistics, so rows do not interact through it
+    batch = _batch()
+    with torch.no_grad():
+        paper = objective({k: v for k, v in batch.items() if k != "has_report"})
+        assert all(torch.equal(objective(batch)[k], paper[k]) for k in paper)
+        mixed = {**batch, "has_report": torch.tensor([True, False, True, True])}
+        out = objective(mixed)
+        subset = objective({k: v[[0, 2, 3]] for k, v in batch.items()})
+        torch.testing.assert_close(out["contrastive"], subset["contrastive"])
+        assert not torch.allclose(out["contrastive"], paper["contrastive"])
+        other_text = {**mixed, "input_ids": mixed["input_ids"].clone()}
+        other_text["input_ids"][1] = torch.randint(5, 100, (12,))
+        assert all(torch.equal(objective(other_text)[k], out[k]) for k in out)
+        other_image = {**mixed, "image": mixed["image"].clone()}
+        other_image["image"][1] = torch.randn(1, SIZE, SIZE)
+        changed = objective(other_image)
+        assert torch.equal(changed["contrastive"], out["contrastive"])
+        assert not torch.equal(changed["segmentation"], out["segmentation"])

@@ -390,3 +390,45 @@ def test_prototype_bank_initialised_from_sentence_kmeans():
     objective.pooler.prototypes = SentencePrototypeBank(D, 64)
     with pytest.raises(ValueError, match="cannot initialise 64 prototypes"):
         initialise_prototypes_from_sentences(objective, [batch])
+
+
+def _with_image_only_row(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``batch`` plus a last image-only row (an empty report: [CLS] [SEP], no sentence; ``has_report`` False)."""
+    g = torch.Generator().manual_seed(5)
+    ids, mask, index = (batch[k] for k in ("input_ids", "attention_mask", "sentence_index"))
+    empty_mask = torch.zeros_like(mask[:1])
+    empty_mask[0, :2] = 1
+    return {
+        "image": torch.cat([batch["image"], torch.randn(batch["image"][:1].shape, generator=g)]),
+        "input_ids": torch.cat([ids, torch.randint(1, 64, ids[:1].shape, generator=g) * empty_mask]),
+        "attention_mask": torch.cat([mask, empty_mask]),
+        "sentence_index": torch.cat([index, torch.full_like(index[:1], -1)]),
+        "has_report": torch.tensor([True] * ids.shape[0] + [False]),
+    }
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_image_only_rows_feed_only_the_untexted_reconstruction(stage: int):
+    """Issue 26: ``has_report`` all True is the paper's objective; with an image-only row every text-side term equals
+    the paired rows' alone, its text changes nothing and its image changes only stage 3's image reconstruction."""
+    objective = _objective(stage).eval()  # eval: no dropout, BatchNorm running statistics, deterministic prototypes
+    paired = _batch()
+    with torch.no_grad():
+        paper = objective(paired)
+        flagged = objective({**paired, "has_report": torch.ones(3, dtype=torch.bool)})
+        assert all(torch.equal(flagged[k], paper[k]) for k in paper)
+        mixed = _with_image_only_row(paired)
+        out = objective(mixed)
+        for name in set(paper) - {"loss", "image_reconstruction"}:
+            torch.testing.assert_close(out[name], paper[name], msg=name)
+        other_text = {**mixed, "input_ids": mixed["input_ids"].clone()}
+        other_text["input_ids"][-1, 2:] = 7
+        assert all(torch.equal(objective(other_text)[k], out[k]) for k in out)
+        other_image = {**mixed, "image": mixed["image"].clone()}
+        other_image["image"][-1] += 1.0
+        changed = objective(other_image)
+        image_side = {"image_reconstruction", "loss"} if stage == 3 else set()
+        assert all(torch.equal(changed[k], out[k]) for k in set(out) - image_side)
+        assert all(not torch.equal(changed[k], out[k]) for k in image_side)
+    with pytest.raises(ValueError, match="at least one paired record"):
+        objective({**mixed, "has_report": torch.zeros(4, dtype=torch.bool)})

@@ -17,6 +17,10 @@ Deviations from the release (and why) are listed in the bundles' ``docs/README.m
 sigmoid probabilities (the release's Dice on raw logits is a bug), the contrastive loss averages its two directions
 (the release sums them), and negatives are gathered across ranks (the release uses the per-GPU batch).
 
+Image-only records (``has_report`` False; their share of each batch is the ``image_only_share`` knob of
+:class:`~common.data.mixing.ImageOnlyShareSampler`, 0 in the paper configs) feed the pseudo-segmentation term only:
+its masks come from the image's own attention pooling. The contrastive term uses the paired rows only.
+
 The paper's two controls are switches: ``segmentation_weight=0`` (contrastive only) and a pseudo-mask module built with
 ``shuffle=True`` (Table 8: each image learns another image's mask).
 """
@@ -29,7 +33,7 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-from common.data.batch import paired_rows, trim_padding
+from common.data.batch import paired_rows, report_mask, scatter_rows, trim_padding
 from common.losses.clip_loss import ClipLoss
 from common.networks.two_tower import TwoTowerModel
 
@@ -115,15 +119,12 @@ class G2DPretraining(nn.Module):
         return terms
 
     def _contrastive_term(self, batch: Mapping[str, torch.Tensor], image_emb: torch.Tensor) -> torch.Tensor:
-        has_report = batch.get("has_report")
-        if has_report is None:
-            has_report = torch.ones(image_emb.shape[0], dtype=torch.bool, device=image_emb.device)
-        has_report = has_report.to(device=image_emb.device, dtype=torch.bool).reshape(-1)
+        has_report = report_mask(batch, image_emb)
         # text runs on the paired rows only; with none, one row still runs (masked out) so every parameter takes part
         rows = paired_rows(has_report)
         input_ids, attention_mask = trim_padding(batch["input_ids"][rows], batch["attention_mask"][rows])
         text = self.model.encode_text(input_ids, attention_mask)
-        text_emb = image_emb.new_zeros(image_emb.shape[0], text.shape[-1]).index_copy(0, rows, text.to(image_emb))
+        text_emb = scatter_rows(text.to(image_emb), rows, image_emb.shape[0])
         return self.clip_loss(image_emb, text_emb, valid=has_report)
 
     def masks(self, image: torch.Tensor, attention: torch.Tensor, body: torch.Tensor | None = None) -> torch.Tensor:

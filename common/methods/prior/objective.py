@@ -18,6 +18,13 @@ sentence), ``g_v`` / ``g_t`` the global embeddings:
   matched predictions') and ``L_gpa`` (InfoNCE between the attention-pooled prototypes of the matched predictions and
   ``g_t``); the release weights ``L_g`` by 10 in this stage.
 
+Image-only records (``has_report`` False; their share of each batch is the ``image_only_share`` knob of
+:class:`~common.data.mixing.ImageOnlyShareSampler`, 0 in the paper configs, i.e. the paper's paired-only objective)
+feed one term: stage 3's image reconstruction, with the sentence-attended half of the decoder input set to zero (no
+text conditioning; the channel-dropped image features remain). Every other term needs a report (the SimSiam local
+term compares image tokens with their sentence-attended context) and uses the paired rows only; in stages 1 and 2
+image-only rows therefore feed nothing.
+
 Modules a stage does not use (the bank in stage 1, both decoders before stage 3) are frozen, so every trainable
 parameter receives a gradient (DDP without ``find_unused_parameters``) and every stage's checkpoint has the same keys.
 Deviations from the release (spatial token flattening, matching permutation, deterministic inference prototypes,
@@ -33,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.data.batch import trim_padding
+from common.data.batch import paired_rows, report_mask, scatter_rows, trim_padding
 from common.losses.clip_loss import ClipLoss
 from common.losses.local_alignment_loss import LocalImageSimSiamLoss, LocalSentenceContrastiveLoss
 from common.losses.prototype_generation_loss import PrototypeGenerationLoss
@@ -159,10 +166,15 @@ class PRIORPretraining(nn.Module):
         feature_map = tower.backbone(image)
         image_emb = tower.pool(feature_map)
         local_image = self.local_tokens(feature_map)
+        has_report = report_mask(batch, image_emb)
+        if not bool(has_report.any()):
+            raise ValueError("a PRIOR batch needs at least one paired record (lower image_only_share)")
+        rows = paired_rows(has_report)  # the text-side terms see the paired rows only
+        paired_image = local_image[rows]
 
         text = self.model.text_encoder
-        input_ids, attention_mask = trim_padding(batch["input_ids"], batch["attention_mask"])
-        sentence_index = batch["sentence_index"][..., : input_ids.shape[-1]]
+        input_ids, attention_mask = trim_padding(batch["input_ids"][rows], batch["attention_mask"][rows])
+        sentence_index = batch["sentence_index"][rows][..., : input_ids.shape[-1]]
         tokens = text.projector(text.token_embeddings(input_ids, attention_mask))
         sentences, mask = self.pooler.sentences(tokens, attention_mask, sentence_index)
         if self.stage == 3:  # the decoder predicts at most num_queries sentences
@@ -176,26 +188,31 @@ class PRIORPretraining(nn.Module):
             sentences, bank_out = self.pooler.quantise(sentences, mask)
             terms["prototype"] = bank_out.loss
         text_emb = self.pooler.attention(sentences, mask)
-        terms["global"] = self.clip_loss(image_emb, text_emb)
+        size = image.shape[0]
+        terms["global"] = self.clip_loss(image_emb, scatter_rows(text_emb, rows, size), valid=has_report)
 
-        attended = self.cross_attention(local_image, sentences, text_mask=mask)
+        attended = self.cross_attention(paired_image, sentences, text_mask=mask)
         terms["local_image"] = self.local_image_loss(
-            self.predictor(local_image), self.predictor(attended.image_context), local_image, attended.image_context
+            self.predictor(paired_image), self.predictor(attended.image_context), paired_image, attended.image_context
         )
         terms["local_text"] = self.local_text_loss(sentences, attended.text_context, mask)
         if self.stage == 3:
-            terms["image_reconstruction"] = self._image_reconstruction(image, feature_map, local_image, attended)
-            terms.update(self._sentence_generation(local_image, sentences, mask, bank_out.logits, text_emb))
+            # image-only rows are reconstructed without text conditioning: their sentence-attended half is zero
+            context = scatter_rows(attended.image_context, rows, size)
+            terms["image_reconstruction"] = self._image_reconstruction(image, feature_map, local_image, context)
+            terms.update(
+                self._sentence_generation(paired_image, sentences, mask, bank_out.logits, text_emb, has_report)
+            )
         out = {name: self.weights[name] * value for name, value in terms.items() if name in self.weights}
         out["loss"] = torch.stack(list(out.values())).sum()
         return out
 
     def _image_reconstruction(
-        self, image: torch.Tensor, feature_map: torch.Tensor, local_image: torch.Tensor, attended
+        self, image: torch.Tensor, feature_map: torch.Tensor, local_image: torch.Tensor, image_context: torch.Tensor
     ) -> torch.Tensor:
         grid = feature_map.shape[2:]
         as_map = lambda tokens: tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
-        fused = torch.cat([self.feature_dropout(as_map(local_image)), as_map(attended.image_context)], dim=1)
+        fused = torch.cat([self.feature_dropout(as_map(local_image)), as_map(image_context)], dim=1)
         reconstruction = self.image_decoder(fused).float()
         target = image.float()
         if target.shape[2:] != reconstruction.shape[2:]:
@@ -210,17 +227,30 @@ class PRIORPretraining(nn.Module):
         mask: torch.Tensor,
         target_logits: torch.Tensor,
         text_emb: torch.Tensor,
+        has_report: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """The stage-3 generation terms of the paired rows (``has_report``: where they sit in the batch, so that the
+        alignment term is masked batch-wide as the global one; ``None``: every row is paired)."""
         generated = self.generation_loss(
             self.sentence_decoder(local_image), prototypes, mask, target_logits, self.pooler.prototypes.logits
         )
         predicted_prototypes, _ = self.pooler.quantise(generated.matched, generated.mask)
-        predicted_emb = self.pooler.attention(predicted_prototypes, generated.mask)
         return {
             "sentence_generation": generated.l1,
             "prototype_kl": generated.kl,
-            "prediction_alignment": self.clip_loss(predicted_emb, text_emb),
+            "prediction_alignment": self._masked_clip_loss(
+                self.pooler.attention(predicted_prototypes, generated.mask), text_emb, has_report
+            ),
         }
+
+    def _masked_clip_loss(
+        self, image_emb: torch.Tensor, text_emb: torch.Tensor, has_report: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Global InfoNCE of paired-row embeddings, placed back into the batch and masked where it has no report."""
+        if has_report is None:
+            return self.clip_loss(image_emb, text_emb)
+        rows, size = paired_rows(has_report), has_report.numel()
+        return self.clip_loss(scatter_rows(image_emb, rows, size), scatter_rows(text_emb, rows, size), valid=has_report)
 
     def log_values(self) -> dict[str, float]:
         """The learned global and local logit scales."""

@@ -1,0 +1,72 @@
+"""Issue 26: g2d_ct and prior_ct train on image-only and paired records in one run (``image_only_share``).
+
+Tiny phantom runs through the bundles' configs: every batch holds the requested number of image-only rows, an epoch
+is one pass over the paired records, the terms are finite, and a mixed G2D run resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_prior_bundles import _small as prior_small  # PRIOR's tiny sizes
+
+from common.data.contract import load_datalist
+from common.data.phantom import generate_dataset
+from common.methods.prior.objective import STAGE_WEIGHTS
+from common.transforms.sentences import records_with_min_sentences
+
+MIXED = {"image_only_share": 0.5, "batch_size": 4, "max_epochs": 1, "val_interval": 0, "num_workers": 0}
+#: bundle -> (configs, tiny settings, terms its output must hold)
+BUNDLES = {
+    "g2d_ct": (
+        ["train.yaml", "demo.yaml"],
+        {"max_text_length": 32, "spatial_size": 64, "pixdim": 12.0, "warmup_iterations": 0},
+        {"contrastive", "segmentation"},
+    ),
+    "prior_ct": (
+        ["train.yaml", "stage3.yaml", "demo.yaml"],
+        {**prior_small(3), "init_objective_path": "$None"},
+        set(STAGE_WEIGHTS[3]),
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("phantoms")
+    generate_dataset(out, num_train=6, num_image_only=3, num_val=1, num_test=1, seed=4, dims=3)
+    return out / "datalist_3d.json"
+
+
+def _paired(bundle: str, datalist: Path, tiny: dict) -> int:
+    records = load_datalist(str(datalist), "training")
+    if bundle.startswith("prior"):
+        return len(records_with_min_sentences(records, tiny["min_sentences"]))
+    return sum(1 for r in records if r.get("report"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", sorted(BUNDLES))
+def test_mixed_run_feeds_image_only_rows_and_resumes(
+    bundle: str, phantoms: Path, bundle_workflow, scratch_bundle_root, monkeypatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    configs, tiny, terms = BUNDLES[bundle]
+    root = scratch_bundle_root(bundle)
+
+    def train(**override):
+        workflow = bundle_workflow(
+            bundle, configs, "train", bundle_root=str(root), dataset_dir=str(phantoms), **{**tiny, **MIXED, **override}
+        )
+        workflow.run()
+        return workflow.parser.get_parsed_content("train#trainer")
+
+    trainer = train()
+    assert trainer.state.iteration == _paired(bundle, phantoms, tiny) // 2  # two paired rows per batch of 4
+    assert trainer.state.batch["has_report"].tolist() == [False, False, True, True]  # image-only rows first
+    assert terms <= set(trainer.state.output)
+    assert all(torch.isfinite(torch.as_tensor(trainer.state.output[k])) for k in terms)
+    if bundle == "g2d_ct":
+        assert train(resume="true", max_epochs=2).state.iteration == 2 * trainer.state.iteration
