@@ -48,7 +48,7 @@ def test_order_is_a_function_of_seed_and_epoch_and_resumes_at_an_offset() -> Non
 
 def test_image_only_share_one_and_missing_kinds() -> None:
     only_images = ImageOnlyShareSampler(RECORDS, 5, image_only_share=1.0)
-    assert len(only_images) == 10 and not set(int(i) for i in only_images) & PAIRED
+    assert len(only_images) == 10 and not {int(i) for i in only_images} & PAIRED
     paired_only = [r for r in RECORDS if "report" in r]
     assert len(ImageOnlyShareSampler(paired_only, 4, image_only_share=0.5)) == 20  # no image-only: paired batches
     with pytest.raises(DataContractError, match="cannot fill one batch"):
