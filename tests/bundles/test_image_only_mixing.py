@@ -1,7 +1,8 @@
 """Issue 26: g2d_ct and prior_ct train on image-only and paired records in one run (``image_only_share``).
 
 Tiny phantom runs through the bundles' configs: every batch holds the requested number of image-only rows, an epoch
-is one pass over the paired records, the terms are finite, and a mixed G2D run resumes from its checkpoint.
+is one pass over the paired records, the terms are finite, a mixed G2D run resumes from its checkpoint, and both run
+under the torchrun overlay on two CPU ranks.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import test_multi_gpu
 import torch
 from test_prior_bundles import _small as prior_small  # PRIOR's tiny sizes
 
@@ -17,6 +19,7 @@ from common.data.phantom import generate_dataset
 from common.methods.prior.objective import STAGE_WEIGHTS
 from common.transforms.sentences import records_with_min_sentences
 
+tiny_text_encoder = test_multi_gpu.tiny_text_encoder  # the two-layer BERT fixture of the torchrun tests
 MIXED = {"image_only_share": 0.5, "batch_size": 4, "max_epochs": 1, "val_interval": 0, "num_workers": 0}
 #: bundle -> (configs, tiny settings, terms its output must hold)
 BUNDLES = {
@@ -70,3 +73,15 @@ def test_mixed_run_feeds_image_only_rows_and_resumes(
     assert all(torch.isfinite(torch.as_tensor(trainer.state.output[k])) for k in terms)
     if bundle == "g2d_ct":
         assert train(resume="true", max_epochs=2).state.iteration == 2 * trainer.state.iteration
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", sorted(BUNDLES))
+def test_mixed_torchrun_two_ranks(bundle: str, phantoms: Path, tiny_text_encoder: Path, tmp_path: Path) -> None:
+    """Every rank gets the same number of image-only rows per batch (masked contrastive gathers stay aligned)."""
+    extra = {"image_only_share": 0.5, "batch_size": 4}
+    overrides = test_multi_gpu._overrides(bundle, phantoms.parent, tiny_text_encoder, tmp_path / "bundle", extra)
+    run = test_multi_gpu._torchrun(bundle, overrides, tmp_path / "logs", tmp_path)
+    logs = test_multi_gpu._rank_logs(tmp_path / "logs")
+    assert run.returncode == 0, run.stderr[-3000:] + logs[0][-3000:] + logs[1][-3000:]
+    assert "batches of 4 per rank and epoch, 2 image-only each" in logs[0] + run.stderr, logs[0][-3000:]
