@@ -59,6 +59,7 @@ __all__ = [
     "DurableDiskSaver",
     "GeneratorStates",
     "atomic_save",
+    "atomic_write_bytes",
     "capture_rng_state",
     "export_inference_weights",
     "find_checkpoints",
@@ -105,6 +106,11 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary sibling, fsync, rename)."""
+    return _atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -465,7 +471,7 @@ def export_inference_weights(
         tensors[name] = value.detach().to("cpu").contiguous().clone()
     path = Path(path)
     if preprocessing is not None:
-        write_record(path, preprocessing, lambda target, data: _atomic_write(target, lambda f: f.write(data)))
+        write_record(path, preprocessing, atomic_write_bytes)
     else:  # a record left by an earlier export would describe other weights
         record_path(path).unlink(missing_ok=True)
     if path.suffix == ".safetensors":

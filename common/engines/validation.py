@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,11 +35,13 @@ import torch
 from ignite.engine import Engine
 from ignite.metrics import Metric
 from monai.engines import Evaluator
+from monai.handlers import CheckpointSaver
 from monai.networks.utils import eval_mode
 from torch import nn
 
 from common.data.findings import FINDINGS, Finding
-from common.engines.checkpoint import capture_rng_state, restore_rng_state
+from common.engines.checkpoint import atomic_write_bytes, capture_rng_state, restore_rng_state
+from common.engines.preprocessing_record import write_record
 from common.engines.trainer import prepare_dict_batch, unwrap_module
 from common.evaluation.encoder import finding_names
 from common.evaluation.extract import extract_features
@@ -47,6 +52,7 @@ from common.evaluation.zero_shot import zero_shot_auroc, zero_shot_scores
 from common.networks.two_tower import encode_texts
 
 __all__ = [
+    "BestModelSaver",
     "EmbeddingEvaluator",
     "EmbeddingMetric",
     "KnnProbeAUROC",
@@ -311,3 +317,71 @@ class KnnProbeAUROC(EmbeddingMetric):
             n_bootstrap=0,
         )
         return result["macro"]["auroc"]
+
+
+class BestModelSaver(CheckpointSaver):
+    """MONAI's key-metric ``CheckpointSaver`` for ``validate#handlers``: keeps the best model as one file.
+
+    Three things MONAI's saver does not do:
+
+    * a NaN key metric (e.g. a validation split in which no finding has both classes) ranks below every number,
+      so it never stays "best" (ignite compares priorities with ``<``, which is false for NaN);
+    * its ranking is a ``state_dict``: the resumable training checkpoint carries it (``CheckpointHandler``
+      ``objects``), so the first validation after a resume does not overwrite a better ``best_model.pt``;
+    * the run's preprocessing record is written beside the file (``best_model.preprocessing.json``), so
+      ``evaluate.yaml --model_path .../best_model.pt`` checks it as it checks an export.
+
+    Args:
+        save_dir: folder of the file (the run's checkpoint folder).
+        model: the module saved (its ``state_dict``, flat, as ``models/model.pt``).
+        filename: name of the file.
+        preprocessing: the run's preprocessing record (config id ``preprocessing_record``), or None.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        model: nn.Module,
+        filename: str = "best_model.pt",
+        preprocessing: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            save_dir=str(save_dir),
+            save_dict={"model": model},
+            save_key_metric=True,
+            key_metric_n_saved=1,
+            key_metric_filename=filename,
+        )
+        self.filename = filename
+        self.preprocessing = dict(preprocessing) if preprocessing is not None else None
+        checkpoint = self._key_metric_checkpoint
+        score = checkpoint.score_function
+
+        def finite_score(engine: Engine) -> float:
+            value = float(score(engine))
+            if math.isnan(value):
+                logger.warning("key metric is NaN: ranked below every number for the best model")
+                return -math.inf
+            return value
+
+        checkpoint.score_function = finite_score
+
+    @property
+    def best_path(self) -> Path:
+        """Path of the best model (written at the first validation)."""
+        return Path(self.save_dir) / self.filename
+
+    def metrics_completed(self, engine: Engine) -> None:
+        """Rank this validation and, when it is the best so far, save the model and its preprocessing record."""
+        before = self.state_dict()
+        super().metrics_completed(engine)
+        if self.preprocessing is not None and self.state_dict() != before:
+            write_record(self.best_path, self.preprocessing, atomic_write_bytes)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The ranking of the saved best model (ignite's ``(priority, filename)`` list)."""
+        return dict(self._key_metric_checkpoint.state_dict())
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore the ranking, so a resumed run saves only a validation better than the best before the stop."""
+        super().load_state_dict(dict(state_dict))

@@ -240,9 +240,11 @@ def test_inference_export_carries_only_what_inference_needs(bundle: str, zoo_exp
     assert set(summary["vendored"]) <= set(full_summary["vendored"])
     # no training or evaluation code, no phantom generator nor the report writer it uses; raddino_cxr not even the
     # label model (colipri_cxr's inference reaches it: its radiograph findings import the label model's prevalences)
+    # inference checks the weights' preprocessing record, so the record module (and its package) is needed there
     generator = ["report_writer"] + (["label_model"] if bundle == "raddino_cxr" else [])
+    record = {"engines/__init__.py", "engines/preprocessing_record.py"}
     unneeded = [f for f in vendored if f.startswith(("losses/", "engines/", "evaluation/", "methods/"))
-                or Path(f).stem.startswith("phantom") or Path(f).stem in generator]  # fmt: skip
+                and f not in record or Path(f).stem.startswith("phantom") or Path(f).stem in generator]  # fmt: skip
     assert not unneeded, f"an inference export carries training / evaluation / phantom code: {sorted(unneeded)}"
     assert "phantom data are generated" not in (out / "docs" / "data_license.txt").read_text()
     # the same inference as the full export, without the repository
