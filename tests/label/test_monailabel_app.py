@@ -8,6 +8,8 @@ Runs in ``.venv-label`` (``bash scripts/setup_label_env.sh``); skipped where mon
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ pytest.importorskip("monailabel")
 
 import httpx
 import torch
-from label_app import BUNDLE, OVERRIDES, REPO, Server, app_modules
+from label_app import APP, BUNDLE, OVERRIDES, REPO, Server, app_conf, app_modules
 from monai.bundle import ConfigParser
 
 
@@ -97,3 +99,29 @@ def test_a_bundle_folder_is_enough(tmp_path: Path):
     assert spec.root == tmp_path / "new_method_ct" and spec.overrides == {"spatial_size": 32, "pixdim": 12}
     assert [p.name for p in spec.overlays] == ["demo.yaml"]
     assert spec.parser("inference").get_parsed_content("spatial_size") == 32
+
+
+def test_weights_trained_with_other_preprocessing_are_refused(bundles_dir: Path, tmp_path: Path):
+    """The app's network loader checks the record the training run wrote beside model.pt, as inference.yaml does."""
+    sys.path.insert(0, str(APP))
+    try:
+        from lib.infers.bundle_network import load_network
+    finally:
+        sys.path.remove(str(APP))
+    from common.engines.preprocessing_record import PreprocessingMismatchError, _sha256, read_record, write_record
+
+    bundle_specs, _ = app_modules()
+    trained = bundles_dir / BUNDLE / "models"
+    assert read_record(trained / "model.pt") is not None  # the app's train task wrote it
+    load_network(bundle_specs(app_conf(bundles_dir))[BUNDLE])  # the served config matches the training run
+
+    copy = tmp_path / BUNDLE
+    (copy / "models").mkdir(parents=True)
+    (copy / "configs").symlink_to(bundles_dir / BUNDLE / "configs", target_is_directory=True)
+    shutil.copy(trained / "model.pt", copy / "models" / "model.pt")
+    record = read_record(trained / "model.pt")
+    record["image"] = {**record["image"], "pixdim": 0.5}
+    record["sha256"] = _sha256(record)
+    write_record(copy / "models" / "model.pt", record, lambda path, data: path.write_bytes(data))
+    with pytest.raises(PreprocessingMismatchError, match="pixdim"):
+        load_network(bundle_specs(app_conf(tmp_path))[BUNDLE])

@@ -19,6 +19,7 @@ from monai.transforms import Compose
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from common.engines.preprocessing_record import check_preprocessing
 from common.networks.weights import load_weights
 from lib.configs import BundleSpec
 
@@ -30,10 +31,16 @@ __all__ = ["BundleEmbeddingInfer", "BundleFindingsInfer", "BundleNetworkInfer", 
 def load_network(spec: BundleSpec, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The bundle's inference ``network_def`` with ``models/model.pt`` loaded (strict), in eval mode.
 
+    The preprocessing record beside the weights (``model.preprocessing.json``) is compared with the inference
+    config's ``preprocessing_record``, as ``inference.yaml``'s ``initialize`` does: weights trained with other
+    preprocessing are refused (no record: a warning).
+
     Raises:
         WeightsError: the file is unreadable, not a state dict, or its keys / shapes do not match ``network_def``.
+        PreprocessingMismatchError: the weights were trained with other preprocessing than the config applies.
     """
     parser = spec.parser("inference")
+    check_preprocessing(spec.model_path, parser.get_parsed_content("preprocessing_record", lazy=False))
     network = parser.get_parsed_content("network_def", lazy=False)
     return load_weights(network, spec.model_path).to(device).eval()
 
