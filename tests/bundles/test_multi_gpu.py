@@ -161,6 +161,9 @@ def test_torchrun_two_ranks(bundle: str, phantoms: Path, tiny_text_encoder: Path
     records = len(paths.get_parsed_content("train_records"))  # the bundle's own selection (PRIOR: paired only)
     assert 0 < records <= RECORDS
     steps = records // (WORLD_SIZE * BATCH)
+    if str(paths["train#sampler"]["_target_"]).endswith("ImageOnlyShareSampler"):  # an epoch: one pass over the paired
+        paths["train#sampler#rank"], paths["train#sampler#world_size"] = 0, WORLD_SIZE
+        steps = len(paths.get_parsed_content("train#sampler")) // BATCH
     assert "Epoch[1] Complete" in logs[0] and "saved checkpoint" in logs[0]
     assert "Epoch[1] Complete" not in logs[1] and "saved checkpoint" not in logs[1]
     events_dir = Path(paths.get_parsed_content("train#rank0_handlers#1#log_dir"))
