@@ -125,12 +125,18 @@ def destroy_distributed() -> None:
     The barrier first: a gloo rank that destroys its group and exits while a peer still works (rank 0 exporting)
     aborts now and then at interpreter exit ("terminate called without an active exception"; 2 in 20 two-rank
     launches on one core without it, 0 in 40 with it). Called while an exception propagates (a ``finally``), it
-    skips the barrier: the peers may never reach it.
+    skips the barrier: the peers may never reach it. Afterwards ignite's distributed context is synchronised, so
+    the process can go on (tests, notebooks) as a single process.
     """
     if is_enabled():
         if sys.exc_info()[0] is None:
             dist.barrier()
         dist.destroy_process_group()
+        # ignite keeps the native model it saw while the group lived (checkpoints, MONAI metrics ask it for the
+        # rank): without a sync, any later ignite call in this process fails with "process group not initialized"
+        import ignite.distributed as idist
+
+        idist.sync()
 
 
 def local_device() -> torch.device:

@@ -291,6 +291,11 @@ def test_ddp_wrapped_objective(tmp_path, monkeypatch):
         assert set(state) == set(inner.state_dict())  # no "module." prefix
     finally:
         distributed.destroy_distributed()
+    # the process goes on single-process: ignite (checkpoints, MONAI metrics) no longer sees the destroyed group
+    trainer, optimizer = make_trainer(ToyObjective(), epoch_length=2)
+    CheckpointHandler(tmp_path / "after", {"optimizer": optimizer}).attach(trainer)
+    trainer.run()
+    assert find_checkpoints(tmp_path / "after")
 
 
 # -------------------------------------------------------------------------------------------------- schedules
