@@ -14,13 +14,8 @@ from common.methods.mpma.objective import TERMS
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    from common.data.phantom import generate_dataset
-
-    out = tmp_path_factory.mktemp("phantoms")
-    for dims in (2, 3):
-        generate_dataset(out, num_train=6, num_image_only=2, num_val=1, num_test=3, seed=3, dims=dims)
-    return out
+def tiny_dataset(make_phantoms) -> Path:
+    return make_phantoms(num_train=6, num_image_only=2, num_val=1, num_test=3, seed=3)
 
 
 SMALL = {"max_epochs": 1, "batch_size": 4, "max_text_length": 32, "n_bootstrap": 10, "fusion_dim": 32,

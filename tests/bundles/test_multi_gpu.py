@@ -23,7 +23,6 @@ import torch
 from monai.bundle import ConfigParser
 
 from common.bundle_support import component_arguments, discover_bundles
-from common.data.phantom import generate_dataset
 from common.networks.text_encoder import resolve_text_encoder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,11 +63,8 @@ def _sharded(bundle: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def phantoms(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("phantoms")
-    for dims in (2, 3):
-        generate_dataset(out, num_train=6, num_image_only=2, num_val=0, num_test=0, seed=3, dims=dims)
-    return out
+def phantoms(make_phantoms) -> Path:
+    return make_phantoms(num_train=6, num_image_only=2, num_val=0, num_test=0, seed=3)
 
 
 @pytest.fixture(scope="module")

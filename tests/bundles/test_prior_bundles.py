@@ -9,17 +9,13 @@ import pytest
 import torch
 
 from common.data.contract import load_datalist
-from common.data.phantom import generate_dataset
 from common.methods.prior.objective import STAGE_WEIGHTS
 from common.transforms.sentences import records_with_min_sentences
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("phantoms")
-    for dims in (2, 3):
-        generate_dataset(out, num_train=8, num_image_only=2, num_val=1, num_test=2, seed=5, dims=dims)
-    return out
+def tiny_dataset(make_phantoms) -> Path:
+    return make_phantoms(num_train=8, num_image_only=2, num_val=1, num_test=2, seed=5)
 
 
 def _small(dims: int) -> dict:

@@ -18,7 +18,6 @@ import pytest
 import torch
 from test_prior_bundles import _small as prior_small  # PRIOR's tiny sizes
 
-from common.data.phantom import generate_dataset
 from common.networks.weights import load_weights
 
 COMMON = {"max_epochs": 2, "batch_size": 4, "val_interval": 1, "image_log_interval": 1, "n_bootstrap": 10}
@@ -52,11 +51,8 @@ EVALUATED = {"colipri_cxr": ("zero_shot", "macro", "auroc"), "raddino_cxr": ("kn
 
 
 @pytest.fixture(scope="module")
-def phantoms(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("phantoms")
-    for dims in (2, 3):
-        generate_dataset(out, num_train=6, num_image_only=2, num_val=6, num_test=2, seed=3, dims=dims)
-    return out
+def phantoms(make_phantoms) -> Path:
+    return make_phantoms(num_train=6, num_image_only=2, num_val=6, num_test=2, seed=3)
 
 
 def _events(log_dir: Path) -> list:
