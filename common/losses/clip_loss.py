@@ -15,7 +15,7 @@ from torch import nn
 
 from common import distributed
 
-__all__ = ["ClipLoss", "gather_features"]
+__all__ = ["ClipLoss", "LogitScaled", "gather_features"]
 
 
 def gather_features(
@@ -48,7 +48,27 @@ def gather_features(
     return torch.cat([gathered[: rank * batch], features, gathered[(rank + 1) * batch :]], dim=0)
 
 
-class ClipLoss(nn.Module):
+class LogitScaled(nn.Module):
+    """Base of the InfoNCE losses with a logit scale ``s`` kept in log space and clamped at ``max_logit_scale`` on use
+    (``log_logit_scale``: a parameter when learnable, else a buffer)."""
+
+    def _init_logit_scale(self, init_logit_scale: float, max_logit_scale: float, learnable: bool = True) -> None:
+        if not 0 < init_logit_scale <= max_logit_scale:
+            raise ValueError(f"init_logit_scale must be in (0, {max_logit_scale}], got {init_logit_scale}")
+        log_scale = torch.tensor(math.log(init_logit_scale), dtype=torch.float32)
+        if learnable:
+            self.log_logit_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_logit_scale", log_scale)
+        self.max_logit_scale = max_logit_scale
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """The scale used in the logits (scalar tensor, clamped, differentiable)."""
+        return self.log_logit_scale.exp().clamp(max=self.max_logit_scale)
+
+
+class ClipLoss(LogitScaled):
     """Symmetric InfoNCE between L2-normalised image and text embeddings with a learnable logit scale.
 
     ``loss = (CE(s * I T^T, y) + CE(s * T I^T, y)) / 2`` over the batch gathered from all ranks, ``y`` the
@@ -94,26 +114,14 @@ class ClipLoss(nn.Module):
         world_size: int | None = None,
     ) -> None:
         super().__init__()
-        if not 0 < init_logit_scale <= max_logit_scale:
-            raise ValueError(f"init_logit_scale must be in (0, {max_logit_scale}], got {init_logit_scale}")
+        self._init_logit_scale(init_logit_scale, max_logit_scale, learnable)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        log_scale = torch.tensor(math.log(init_logit_scale), dtype=torch.float32)
-        if learnable:
-            self.log_logit_scale = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_logit_scale", log_scale)
         self.gather_with_grad = gather_with_grad
         self.local_loss = local_loss
         self.label_smoothing = label_smoothing
-        self.max_logit_scale = max_logit_scale
         self.rank = rank
         self.world_size = world_size
-
-    @property
-    def logit_scale(self) -> torch.Tensor:
-        """The scale used in the logits (scalar tensor, clamped, differentiable)."""
-        return self.log_logit_scale.exp().clamp(max=self.max_logit_scale)
 
     def forward(
         self, image_emb: torch.Tensor, text_emb: torch.Tensor, valid: torch.Tensor | None = None

@@ -9,11 +9,10 @@ Padding tokens and hidden patches are left out of both the max and the mean.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from common.losses.clip_loss import LogitScaled
 
 __all__ = ["TokenPatchAlignmentLoss", "late_interaction_similarities"]
 
@@ -53,7 +52,7 @@ def late_interaction_similarities(
     return image_to_text, text_to_image
 
 
-class TokenPatchAlignmentLoss(nn.Module):
+class TokenPatchAlignmentLoss(LogitScaled):
     """Symmetric InfoNCE on FILIP's late-interaction similarities, learnable logit scale.
 
     ``loss = (CE(s * S_i2t, y) + CE(s * S_t2i^T, y)) / 2``, ``y`` the diagonal, over the rows with ``valid``.
@@ -67,14 +66,7 @@ class TokenPatchAlignmentLoss(nn.Module):
 
     def __init__(self, init_logit_scale: float = 1 / 0.07, max_logit_scale: float = 100.0) -> None:
         super().__init__()
-        if not 0 < init_logit_scale <= max_logit_scale:
-            raise ValueError(f"init_logit_scale must be in (0, {max_logit_scale}], got {init_logit_scale}")
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(init_logit_scale)))
-        self.max_logit_scale = max_logit_scale
-
-    @property
-    def logit_scale(self) -> torch.Tensor:
-        return self.log_logit_scale.exp().clamp(max=self.max_logit_scale)
+        self._init_logit_scale(init_logit_scale, max_logit_scale)
 
     def forward(
         self,
