@@ -496,13 +496,14 @@ def _time_trainer_steps(
 
 
 def _phantom_datalist(directory: str, dims: int) -> str:
-    """A few embedded phantom cases (paired), generated once per run: the datalist for ``dims``."""
-    from common.data.phantom import generate_dataset
+    """A few embedded phantom cases (paired), generated once per run as a miniature CT-RATE and MIMIC-CXR-JPG read by
+    the builders (the default dataset's path): the datalist for ``dims``."""
+    from common.data.phantom_published import write_published_phantoms
 
     folder = os.path.join(directory, "phantoms")
     datalist = os.path.join(folder, f"datalist_{dims}d.json")
     if not os.path.exists(datalist):
-        generate_dataset(folder, num_train=_RECORDS, num_image_only=0, num_val=0, num_test=0, seed=0, dims=dims)
+        write_published_phantoms(folder, num_train=_RECORDS, num_image_only=0, num_val=0, num_test=0, seed=0)
     return datalist
 
 

@@ -1,5 +1,5 @@
-"""Shared helpers of the bundle tests: build a bundle's ConfigWorkflow from its configs, a scratch bundle root,
-phantom datasets of both kinds."""
+"""Shared helpers of the bundle tests: build a bundle's ConfigWorkflow from its configs, a scratch bundle root. The
+phantom datasets come from ``make_phantoms`` (``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -45,21 +45,5 @@ def scratch_bundle_root(tmp_path: Path) -> Callable[[str], Path]:
             (REPO / "bundles" / bundle / "configs" / "metadata.json").read_text()
         )
         return root
-
-    return make
-
-
-@pytest.fixture(scope="session")
-def make_phantoms(tmp_path_factory) -> Callable[..., Path]:
-    """``make_phantoms(**sizes)``: a new folder holding the 2D and the 3D phantom datalists, generated with
-    :func:`common.data.phantom.generate_dataset` and ``sizes`` (``num_train``, ..., ``seed``)."""
-
-    def make(**sizes) -> Path:
-        from common.data.phantom import generate_dataset
-
-        out = tmp_path_factory.mktemp("phantoms")
-        for dims in (2, 3):
-            generate_dataset(out, dims=dims, **sizes)
-        return out
 
     return make

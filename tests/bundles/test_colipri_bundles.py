@@ -10,14 +10,11 @@ import pytest
 import torch
 
 from common.data.findings import FINDINGS
-from common.data.phantom import generate_dataset
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("phantoms")
-    generate_dataset(out, num_train=6, num_image_only=2, num_val=1, num_test=2, seed=3, dims=3)
-    return out
+def tiny_dataset(make_phantoms) -> Path:
+    return make_phantoms(num_train=6, num_image_only=2, num_val=1, num_test=2, seed=3)
 
 
 @pytest.mark.slow

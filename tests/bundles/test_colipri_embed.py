@@ -15,7 +15,6 @@ from monai.bundle import ConfigWorkflow
 from monai.transforms import Compose
 from PIL import Image
 
-from common.data.phantom import generate_dataset
 from common.engines.handlers import case_id
 from common.inferers import PatchSlidingWindowInferer
 from common.transforms.patch_grid import PatchGridd, ResampleToOriginald, WindowGridPad, sliding_window_preprocessing
@@ -25,10 +24,13 @@ SMALL = {3: {"spatial_size": 32, "pixdim": 12.0}, 2: {"spatial_size": 64}}  # 4^
 
 
 @pytest.fixture(scope="module")
-def phantoms(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("phantoms")
-    generate_dataset(out, num_train=1, num_image_only=0, num_val=0, num_test=2, seed=5, dims=3, image_size_2d=128)
-    return out
+def phantoms(make_phantoms) -> Path:
+    return make_phantoms(num_train=1, num_image_only=0, num_val=0, num_test=2, seed=5, image_size_2d=128)
+
+
+def _test_image(phantoms: Path, dims: int) -> Path:
+    """The first test case's volume or radiograph."""
+    return phantoms / json.loads((phantoms / f"datalist_{dims}d.json").read_text())["test"][0]["image"]
 
 
 def _configs(bundle: str, *names: str) -> list[str]:
@@ -159,7 +161,7 @@ def test_maps_land_on_the_original_grid(dims: int, phantoms: Path, tmp_path: Pat
     from common.transforms.xray import xray_preprocessing
 
     if dims == 3:
-        src = nib.load(phantoms / "ct" / "test_00000.nii.gz")
+        src = nib.load(_test_image(phantoms, 3))
         path = tmp_path / "flipped.nii.gz"  # LPS-like storage and an offset origin: orientation must be undone
         affine = src.affine @ np.diag([-1.0, -1.0, 1.0, 1.0])
         affine[:3, 3] += [10.0, -7.0, 3.0]
@@ -168,7 +170,7 @@ def test_maps_land_on_the_original_grid(dims: int, phantoms: Path, tmp_path: Pat
         pre = sliding_window_preprocessing(ct_preprocessing(pixdim=12.0, spatial_size=roi), roi, 8)
     else:
         path = tmp_path / "landscape.png"  # 80 x 128 px: resized to 64 x 102, padded to 64 x 104, 2 windows
-        Image.fromarray(np.asarray(Image.open(phantoms / "cxr" / "test_00000.png"))[24:104]).save(path)
+        Image.fromarray(np.asarray(Image.open(_test_image(phantoms, 2)))[24:104]).save(path)
         shape, roi = (80, 128), 64
         pre = sliding_window_preprocessing(xray_preprocessing(spatial_size=roi), roi, 8)
     image = Compose(pre)({"image": str(path)})["image"]

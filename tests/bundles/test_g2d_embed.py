@@ -13,7 +13,6 @@ import torch
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
-from common.data.phantom import generate_dataset
 from common.engines.handlers import case_id
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,10 +20,9 @@ CONFIGS = REPO / "bundles" / "g2d_cxr" / "configs"
 
 
 @pytest.mark.slow
-def test_embed_writes_png_and_nifti_maps(tmp_path: Path, monkeypatch) -> None:
+def test_embed_writes_png_and_nifti_maps(tmp_path: Path, make_phantoms, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    phantoms = tmp_path / "phantoms"
-    generate_dataset(phantoms, num_train=1, num_image_only=0, num_val=0, num_test=1, seed=5, dims=3, image_size_2d=128)
+    phantoms = make_phantoms(num_train=1, num_image_only=0, num_val=0, num_test=1, seed=5, image_size_2d=128)
     record = json.loads((phantoms / "datalist_2d.json").read_text())["test"][0]
     portrait = tmp_path / "portrait.png"
     pixels = np.asarray(Image.open(phantoms / record["image"]))

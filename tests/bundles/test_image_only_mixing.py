@@ -15,7 +15,6 @@ import torch
 from test_prior_bundles import _small as prior_small  # PRIOR's tiny sizes
 
 from common.data.contract import load_datalist
-from common.data.phantom import generate_dataset
 from common.methods.prior.objective import STAGE_WEIGHTS
 from common.transforms.sentences import records_with_min_sentences
 
@@ -37,10 +36,8 @@ BUNDLES = {
 
 
 @pytest.fixture(scope="module")
-def phantoms(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("phantoms")
-    generate_dataset(out, num_train=6, num_image_only=3, num_val=1, num_test=1, seed=4, dims=3)
-    return out / "datalist_3d.json"
+def phantoms(make_phantoms) -> Path:
+    return make_phantoms(num_train=6, num_image_only=3, num_val=1, num_test=1, seed=4) / "datalist_3d.json"
 
 
 def _paired(bundle: str, datalist: Path, tiny: dict) -> int:

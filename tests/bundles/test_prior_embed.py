@@ -14,7 +14,6 @@ import torch
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
-from common.data.phantom import generate_dataset
 from common.engines.handlers import case_id
 from common.transforms.text import prompt_pairs
 
@@ -22,10 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = {"max_text_length": 32, "embed_dim": 32, "pool_heads": 4, "sentence_pool_heads": 4, "num_prototypes": 16}
 
 
-def _input_case(tmp_path: Path, dims: int) -> tuple[Path, tuple[int, ...], str]:
+def _input_case(phantoms: Path, tmp_path: Path, dims: int) -> tuple[Path, tuple[int, ...], str]:
     """One phantom test case as the embed input: a 128 x 80 px portrait radiograph (rows != columns) or a volume."""
-    phantoms = tmp_path / "phantoms"
-    generate_dataset(phantoms, num_train=1, num_image_only=0, num_val=0, num_test=1, seed=5, dims=3, image_size_2d=128)
     record = json.loads((phantoms / f"datalist_{dims}d.json").read_text())["test"][0]
     if dims == 3:
         image = phantoms / record["image"]
@@ -38,9 +35,10 @@ def _input_case(tmp_path: Path, dims: int) -> tuple[Path, tuple[int, ...], str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle,dims", [("prior_cxr", 2), ("prior_ct", 3)])
-def test_embed_writes_sentence_patch_maps(bundle: str, dims: int, tmp_path: Path, monkeypatch) -> None:
+def test_embed_writes_sentence_patch_maps(bundle: str, dims: int, tmp_path: Path, make_phantoms, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    image, shape, report = _input_case(tmp_path, dims)
+    phantoms = make_phantoms(num_train=1, num_image_only=0, num_val=0, num_test=1, seed=5, image_size_2d=128)
+    image, shape, report = _input_case(phantoms, tmp_path, dims)
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps({"test": [{"image": str(image), "report": report}]}))
     configs = REPO / "bundles" / bundle / "configs"

@@ -23,7 +23,6 @@ import yaml
 from monai.bundle import ConfigParser
 
 from common.bundle_support import discover_bundles
-from common.data.phantom import generate_dataset
 from common.engines.preprocessing_record import read_record, record_from_config, write_record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,12 +38,10 @@ def exporter():
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> Path:
-    """One phantom case: ``ct/test_00000.nii.gz``, ``cxr/test_00000.png`` and their datalists (``datalist_3d.json``,
-    ``datalist_2d.json``)."""
-    out = tmp_path_factory.mktemp("zoo_inputs")
-    generate_dataset(out, num_train=0, num_image_only=0, num_val=0, num_test=1, seed=5, image_size_2d=128)
-    return out
+def inputs(make_phantoms) -> Path:
+    """Phantoms as a miniature CT-RATE and MIMIC-CXR-JPG with one test case each (a training case the layouts
+    need), and their datalists (``datalist_3d.json``, ``datalist_2d.json``): inference reads the test section."""
+    return make_phantoms(num_train=1, num_image_only=0, num_val=0, num_test=1, seed=5, image_size_2d=128)
 
 
 def _editable_finders() -> list[str]:
@@ -178,7 +175,7 @@ def _prediction_rows(out: Path) -> list[list[str]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle", sorted(BUNDLES))
-def test_exported_bundle_runs_without_the_repository(bundle: str, zoo_exports):
+def test_exported_bundle_runs_without_the_repository(bundle: str, zoo_exports, inputs: Path):
     out, summary, report = zoo_exports[bundle]
 
     # layout, metadata, weights and their large_files.yml entry
@@ -221,7 +218,8 @@ def test_exported_bundle_runs_without_the_repository(bundle: str, zoo_exports):
     assert all(torch.equal(scripted.state_dict()[k], v) for k, v in state.items())
     assert scripted(torch.rand(summary["input_shape"])).shape == (1, pred_channels)
     rows = _prediction_rows(out)
-    assert len(rows) == 1 and Path(rows[0][0]).name.startswith("test_00000")
+    test_case = json.loads(_inference_input(inputs, bundle).read_text())["test"][0]["image"]  # valid_1_a_1.nii.gz
+    assert len(rows) == 1 and Path(rows[0][0]).name.startswith(Path(test_case).name.split(".")[0])
     values = torch.tensor([float(v) for v in rows[0][1:]])
     assert values.numel() == pred_channels and values.isfinite().all()
     if meta["network_data_format"]["outputs"]["pred"]["type"] == "probabilities":

@@ -1,0 +1,30 @@
+"""Fixtures shared by every test folder: the embedded phantoms as a user's data, in the published layouts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def make_phantoms(tmp_path_factory) -> Callable[..., Path]:
+    """``make_phantoms(**sizes)``: a folder of phantoms written as a miniature CT-RATE and MIMIC-CXR-JPG and read back
+    by the ``ct_rate`` / ``mimic_cxr`` builders (:func:`common.data.phantom_published.write_published_phantoms`, the
+    path of the default dataset and of a user's data), holding ``datalist_3d.json`` and ``datalist_2d.json``.
+
+    ``sizes``: ``num_train``, ``num_image_only``, ``num_val``, ``num_test``, ``seed``, ``image_size_2d``. One folder per
+    distinct ``sizes`` per session, shared by the tests that ask for it: treat it as read-only.
+    """
+    made: dict[tuple, Path] = {}
+
+    def make(**sizes) -> Path:
+        from common.data.phantom_published import write_published_phantoms
+
+        key = tuple(sorted(sizes.items()))
+        if key not in made:
+            made[key] = write_published_phantoms(tmp_path_factory.mktemp("phantoms"), **sizes)
+        return made[key]
+
+    return make
