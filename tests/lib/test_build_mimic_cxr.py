@@ -135,6 +135,8 @@ def test_labels_reports_and_policies(mimic: Path, tmp_path: Path) -> None:
     records = _by_dicom(out)
     assert records["d1"][1]["labels"] == {"cardiomegaly": 1, "edema": 0, "pleural_effusion": 1}
     assert "d2" in records
+    build_mimic_cxr(mimic, out, views="lateral", quiet=True)  # one view, in any case, as typed on the command line
+    assert set(_by_dicom(out)) == {"d2"}
 
 
 def test_raise_names_the_row(mimic: Path, tmp_path: Path) -> None:

@@ -146,7 +146,7 @@ def build_mimic_cxr(
     """
     root = Path(root).expanduser().resolve()
     log = BuildLog("mimic_cxr", on_bad)
-    views = (views,) if isinstance(views, str) else tuple(str(v).upper() for v in views)
+    views = tuple(str(v).upper() for v in ((views,) if isinstance(views, str) else views))  # --views lateral too
     split_path = find_table(root, "mimic-cxr-2.0.0-split")
     metadata_path = find_table(root, "mimic-cxr-2.0.0-metadata")
     assert split_path is not None and metadata_path is not None  # required tables
