@@ -1,11 +1,24 @@
-"""Fixtures shared by every test folder: the embedded phantoms as a user's data, in the published layouts."""
+"""Fixtures shared by every test folder: the embedded phantoms as a user's data (in the published layouts), the
+Model Zoo exporter."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def exporter():
+    """``scripts/export_zoo_bundle.py`` as a module (the Model Zoo exporter)."""
+    spec = importlib.util.spec_from_file_location("export_zoo_bundle", REPO / "scripts" / "export_zoo_bundle.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """Issue 26: g2d_ct and prior_ct train on image-only and paired records in one run (``image_only_share``).
 
 Tiny phantom runs through the bundles' configs: every batch holds the requested number of image-only rows, an epoch
-is one pass over the paired records, the terms are finite, a mixed G2D run resumes from its checkpoint, and both run
-under the torchrun overlay on two CPU ranks.
+is one pass over the paired records, the terms are finite, a mixed run resumes from its checkpoint and its zero-shot
+network exports as a Model Zoo bundle, and both run under the torchrun overlay on two CPU ranks.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import test_multi_gpu
 import torch
+import yaml
 from test_prior_bundles import _small as prior_small  # PRIOR's tiny sizes
 
 from common.data.contract import load_datalist
+from common.engines.preprocessing_record import preprocessing_differences, read_record
 from common.methods.prior.objective import STAGE_WEIGHTS
 from common.transforms.sentences import records_with_min_sentences
 
@@ -49,8 +51,8 @@ def _paired(bundle: str, datalist: Path, tiny: dict) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle", sorted(BUNDLES))
-def test_mixed_run_feeds_image_only_rows_and_resumes(
-    bundle: str, phantoms: Path, bundle_workflow, scratch_bundle_root, monkeypatch
+def test_mixed_run_feeds_image_only_rows_resumes_and_exports(
+    bundle: str, phantoms: Path, bundle_workflow, scratch_bundle_root, exporter, tmp_path: Path, monkeypatch
 ):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     configs, tiny, terms = BUNDLES[bundle]
@@ -61,15 +63,27 @@ def test_mixed_run_feeds_image_only_rows_and_resumes(
             bundle, configs, "train", bundle_root=str(root), dataset_dir=str(phantoms), **{**tiny, **MIXED, **override}
         )
         workflow.run()
-        return workflow.parser.get_parsed_content("train#trainer")
+        return workflow.parser
 
-    trainer = train()
+    parser = train()
+    trainer = parser.get_parsed_content("train#trainer")
     assert trainer.state.iteration == _paired(bundle, phantoms, tiny) // 2  # two paired rows per batch of 4
     assert trainer.state.batch["has_report"].tolist() == [False, False, True, True]  # image-only rows first
     assert terms <= set(trainer.state.output)
     assert all(torch.isfinite(torch.as_tensor(trainer.state.output[k])) for k in terms)
-    if bundle == "g2d_ct":
-        assert train(resume="true", max_epochs=2).state.iteration == 2 * trainer.state.iteration
+    resumed = train(resume="true", max_epochs=2).get_parsed_content("train#trainer")
+    assert resumed.state.iteration == 2 * trainer.state.iteration
+
+    # the Model Zoo export of the mixed run's zero-shot network (demo + the tiny sizes as overlays)
+    weights = Path(parser.get_parsed_content("classifier_path"))
+    sizes = tmp_path / "tiny.yaml"
+    sizes.write_text(yaml.safe_dump(tiny))
+    summary = exporter.export(bundle, str(tmp_path / "zoo"), weights=str(weights), overlay=["demo", str(sizes)])
+    served = tmp_path / "zoo" / "models" / "model.pt"
+    trained, exported = (torch.load(p, weights_only=True) for p in (weights, served))
+    assert exported.keys() == trained.keys() and all(torch.equal(exported[k], v) for k, v in trained.items())
+    assert summary["preprocessing_sha256"] == read_record(served)["sha256"]
+    assert not preprocessing_differences(read_record(weights), read_record(served))  # served as the mixed run trained
 
 
 @pytest.mark.slow

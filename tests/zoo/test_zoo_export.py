@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import csv
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -27,14 +26,6 @@ from common.engines.preprocessing_record import read_record, record_from_config,
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = {b.name: b for b in discover_bundles(REPO / "bundles", configs=["inference"])}  # every bundle
-
-
-@pytest.fixture(scope="module")
-def exporter():
-    spec = importlib.util.spec_from_file_location("export_zoo_bundle", REPO / "scripts" / "export_zoo_bundle.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
