@@ -22,15 +22,13 @@ import time
 from pathlib import Path
 
 import pytest
-from label_app import APP, BUNDLE, REAL_CT, REPO, Server, app_conf, app_modules
+from label_app import APP, BUNDLE, REAL_CT, Server, app_conf, app_modules, bundle_folder
 
 
 @pytest.fixture(scope="session")
-def phantoms(tmp_path_factory) -> Path:
-    from common.data.phantom import generate_dataset
-
-    out = tmp_path_factory.mktemp("phantoms")
-    return Path(generate_dataset(out, num_train=4, num_image_only=1, num_val=0, num_test=0, seed=5, dims=3))
+def phantoms(make_phantoms) -> Path:
+    """The CT datalist of 4 paired and 1 image-only phantoms (a miniature CT-RATE read by its builder)."""
+    return make_phantoms(num_train=4, num_image_only=1, num_val=0, num_test=0, seed=5) / "datalist_3d.json"
 
 
 @pytest.fixture(scope="session")
@@ -40,20 +38,25 @@ def ct_image(phantoms: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bundles_dir(tmp_path_factory, phantoms: Path) -> Path:
-    """A bundles folder whose colipri_ct (the repository's configs) gets its model.pt from the app's train task."""
+def train_datastore(tmp_path_factory, phantoms: Path):
+    """MONAI Label's stock ``LocalDatastore`` holding the phantoms' training volumes, each paired one with its report
+    in the image info (as a client uploads it); the image-only volume has none."""
     from monailabel.datastore.local import LocalDatastore  # the stock datastore: the training images are ours
 
-    root = tmp_path_factory.mktemp("bundles")
-    (root / BUNDLE).mkdir()
-    (root / BUNDLE / "configs").symlink_to(REPO / "bundles" / BUNDLE / "configs", target_is_directory=True)
     studies = tmp_path_factory.mktemp("train_studies")
     datastore = LocalDatastore(str(studies), extensions=("*.nii.gz",), auto_reload=False)
     for record in json.loads(phantoms.read_text())["training"]:
         image = phantoms.parent / record["image"]
         info = {"report": record["report"]} if "report" in record else {}
         datastore.add_image(image.name.replace(".nii.gz", ""), str(image), info)
+    return datastore
 
+
+@pytest.fixture(scope="session")
+def bundles_dir(tmp_path_factory, train_datastore) -> Path:
+    """A bundles folder whose colipri_ct (the repository's configs) gets its model.pt from the app's train task."""
+    root = bundle_folder(tmp_path_factory.mktemp("bundles"), BUNDLE)
+    datastore = train_datastore
     bundle_specs, BundlePretrainTask = app_modules()
     task = BundlePretrainTask(bundle_specs(app_conf(root))[BUNDLE])
     with pytest.MonkeyPatch.context() as mp:  # the training subprocess inherits these

@@ -32,15 +32,25 @@ def app_modules():
     return bundle_specs, BundlePretrainTask
 
 
-def app_conf(bundles_dir: Path) -> dict[str, str]:
-    """The ``--conf`` options of the test server (and of the train task run in the test process)."""
+def app_conf(
+    bundles_dir: Path, bundle: str = BUNDLE, overlays: str = "demo", overrides: dict | None = None
+) -> dict[str, str]:
+    """The ``--conf`` options of the test server (and of the train task run in the test process): by default
+    :data:`BUNDLE` with the demo overlay and :data:`OVERRIDES`."""
     return {
-        "bundles": BUNDLE,
+        "bundles": bundle,
         "bundles_dir": str(bundles_dir),
-        "overlays": "demo",
-        "overrides": json.dumps(OVERRIDES),
+        "overlays": overlays,
+        "overrides": json.dumps(OVERRIDES if overrides is None else overrides),
         "max_upload_mb": str(MAX_UPLOAD_MB),
     }
+
+
+def bundle_folder(root: Path, bundle: str) -> Path:
+    """``root`` holding ``bundle`` with the repository's configs (linked) and its own ``models/`` and ``runs/``."""
+    (root / bundle).mkdir()
+    (root / bundle / "configs").symlink_to(REPO / "bundles" / bundle / "configs", target_is_directory=True)
+    return root
 
 
 @dataclass(frozen=True)
