@@ -1,24 +1,36 @@
-"""Fixtures shared by every test folder: the embedded phantoms as a user's data (in the published layouts), the
-Model Zoo exporter."""
+"""Fixtures shared by every test folder: the embedded phantoms as a user's data (in the published layouts), scripts
+imported as modules (the Model Zoo exporter among them)."""
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def exporter():
-    """``scripts/export_zoo_bundle.py`` as a module (the Model Zoo exporter)."""
-    spec = importlib.util.spec_from_file_location("export_zoo_bundle", REPO / "scripts" / "export_zoo_bundle.py")
+def _script_module(name: str) -> ModuleType:
+    """``scripts/<name>.py`` imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def script_module() -> Callable[[str], ModuleType]:
+    """``script_module(name)``: ``scripts/<name>.py`` imported as a module."""
+    return _script_module
+
+
+@pytest.fixture(scope="session")
+def exporter() -> ModuleType:
+    """``scripts/export_zoo_bundle.py`` (the Model Zoo exporter) as a module."""
+    return _script_module("export_zoo_bundle")
 
 
 @pytest.fixture(scope="session")

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("probe_trajectory", ROOT / "scripts" / "probe_trajectory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(script_module):
+    return script_module("probe_trajectory")
 
 
 def _write(log_dir: Path, scalars: dict[str, list[tuple[int, float]]]) -> None:
