@@ -141,9 +141,14 @@ class SentencePooler(nn.Module):
         return gather_sentences(tokens, sentence_index, self.max_sentences)
 
     def quantise(self, sentences: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Prototypes of the real sentences (padding stays zero) and the bank's output on them (loss, logits)."""
+        """Prototypes of the real sentences (padding stays zero) and the bank's output on them (loss, logits).
+
+        The prototypes are cast to the sentences' dtype: under bf16 autocast the bank's matmuls return bf16 while the
+        sentences may be float32 (stage 3's matched predictions).
+        """
         out = self.prototypes(sentences[mask])
-        quantised = sentences.new_zeros(sentences.shape).index_put((*mask.nonzero(as_tuple=True),), out.prototypes)
+        prototypes = out.prototypes.to(sentences.dtype)
+        quantised = sentences.new_zeros(sentences.shape).index_put((*mask.nonzero(as_tuple=True),), prototypes)
         return quantised, out
 
     def forward(

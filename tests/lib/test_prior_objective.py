@@ -105,6 +105,18 @@ def test_stage_terms_weights_and_gradients(stage: int):
     assert (decoders & trainable) == (decoders if stage == 3 else set())
 
 
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_every_stage_runs_under_bf16_autocast(stage: int):
+    """The trainer's ``amp_dtype: bf16`` (paper config on GPU, demos on CPU): stage 3 quantises the matched float32
+    predictions with a bank whose matmuls autocast to bf16, and mixing the two once failed (index_put dtypes)."""
+    objective = _objective(stage)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = objective(_batch())
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert all(p.grad is not None for p in objective.parameters() if p.requires_grad)
+
+
 def test_stage_checkpoints_share_keys_and_weights_override():
     assert _objective(1).state_dict().keys() == _objective(3).state_dict().keys()
     objective = _objective(3, weights={"image_reconstruction": 0.0, "global": 2.0})
