@@ -45,9 +45,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from monai.config import DtypeLike, KeysCollection, PathLike
-from monai.data import ImageReader
+from monai.data import ImageReader, MetaTensor, get_track_meta
 from monai.transforms import LoadImage, MapTransform
-from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys, ensure_tuple, get_equivalent_dtype
 
 from common.data.contract import DataContractError
 
@@ -310,6 +310,8 @@ def ct_problems(path: PathLike, array: np.ndarray) -> list[str]:
 
 
 def _check_finite(path: Path, array: np.ndarray, unit: str) -> None:
+    if array.dtype.kind in "iub":  # integers are finite
+        return
     finite = np.isfinite(array)
     if finite.all():
         return
@@ -401,43 +403,82 @@ def _read_nifti(path: Path, dims: int) -> tuple[np.ndarray, np.ndarray]:
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     try:
         if _suffix(path) == ".nii.gz":
-            image = _gunzipped_nifti(path, header, image_class)
+            image, array = _gunzipped_nifti(path, header, image_class)
         else:
             image = image_class.from_filename(path)  # the class is known: no content sniffing of a damaged file
+            array = _stored_voxels(image)
         affine = np.asarray(image.affine, dtype=np.float64)
-        array = image.get_fdata(dtype=np.float32, caching="unchanged")
     except (ValueError, nib.filebasedimages.ImageFileError, *_GZIP_ERRORS) as err:
         raise DataContractError(path, f"truncated or corrupt image data ({err})") from err
-    del image  # the decompressed bytes go before the copy below
-    array = array.reshape(shape)
-    return (_c_order(array) if dims == 3 else array), affine
+    return array.reshape(shape), affine
 
 
-def _c_order(array: np.ndarray) -> np.ndarray:
-    """A C-ordered copy of a Fortran-ordered (NIfTI) volume, made one ``[:, j, :]`` plane at a time.
-
-    MONAI's ``LoadImage`` makes every array C-contiguous; numpy's whole-array transposing copy strides through the
-    volume and costs about 1.5 CPU s for 512 x 512 x 300 float32, the plane-wise copy (which stays in cache) 0.3 s
-    (common/data/DATA_PATH.md). The values are the same; an array already in C order is returned as it is.
-    """
-    if array.flags.c_contiguous or array.ndim != 3:
-        return array
-    out = np.empty(array.shape, dtype=array.dtype)
-    for j in range(array.shape[1]):
-        out[:, j, :] = array[:, j, :]
-    return out
+#: Stored voxel types every value of which is a float32 exactly: such data are read as stored (no copy) and
+#: converted once at the end of :func:`read_volume` (nibabel's ``get_fdata`` would copy them first).
+_EXACT_IN_FLOAT32 = frozenset(np.dtype(t) for t in ("int8", "uint8", "int16", "uint16", "float32"))
 
 
-def _gunzipped_nifti(path: Path, header: nib.Nifti1Header, image_class: type[nib.Nifti1Image]) -> nib.Nifti1Image:
-    """A ``.nii.gz`` image decompressed in one pass by :data:`GZIP_BACKEND` and handed to nibabel in memory.
+def _unscaled_exact(image: nib.Nifti1Image) -> bool:
+    """Whether the stored values of a NIfTI image are its float32 values exactly (no scaling, a type of
+    :data:`_EXACT_IN_FLOAT32`)."""
+    proxy = image.dataobj
+    exact = np.dtype(proxy.dtype).newbyteorder("=") in _EXACT_IN_FLOAT32
+    return exact and float(proxy.slope) == 1.0 and float(proxy.inter) == 0.0
 
-    nibabel's own opener inflates through the standard library's zlib; reading the bytes here (no more than the
-    header implies) and giving nibabel a ``FileHolder`` over them yields the same image, header and scaling.
-    """
+
+def _stored_voxels(image: nib.Nifti1Image, data: np.ndarray | None = None) -> np.ndarray:
+    """The voxel values of a NIfTI image: as stored if :func:`_unscaled_exact` (from ``data``, the inflated bytes
+    of a ``.nii.gz`` file, as a view: NIfTI voxels are Fortran-ordered), else ``get_fdata(dtype=float32)``."""
+    if not _unscaled_exact(image):
+        return image.get_fdata(dtype=np.float32, caching="unchanged")
+    proxy = image.dataobj
+    if data is None:
+        array = np.asarray(proxy.get_unscaled())
+    else:
+        array = np.ndarray(proxy.shape, dtype=proxy.dtype, buffer=data, offset=int(proxy.offset), order="F")
+    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
+
+
+#: Bytes inflated per call when a ``.nii.gz`` file is decoded into its buffer (small enough to stay in the heap).
+_INFLATE_CHUNK = 1 << 20
+
+
+def _gunzip(path: Path, size: int) -> np.ndarray:
+    """The first ``size`` bytes (or fewer, if the stream ends) of a gzip file, inflated by :data:`GZIP_BACKEND`
+    straight into one writable buffer, a chunk at a time (no second copy of the whole volume)."""
+    buffer = np.empty(size, dtype=np.uint8)
+    view, filled = memoryview(buffer), 0
     with _gzip.open(path, "rb") as f:
-        data = f.read(_nifti_file_size(header))
-    holders = {name: nib.FileHolder(filename=str(path), fileobj=io.BytesIO(data)) for name in ("header", "image")}
-    return image_class.from_file_map(holders)
+        while filled < size:
+            count = f.readinto(view[filled : filled + _INFLATE_CHUNK])
+            if not count:
+                break
+            filled += count
+    return buffer[:filled]
+
+
+def _gunzipped_nifti(
+    path: Path, header: nib.Nifti1Header, image_class: type[nib.Nifti1Image]
+) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """A ``.nii.gz`` image inflated in one pass by :data:`GZIP_BACKEND`, and its voxel values (see
+    :func:`_stored_voxels`).
+
+    nibabel's own opener inflates through the standard library's zlib; inflating here (no more than the header
+    implies) and giving nibabel the header in memory yields the same header, affine and scaling. Unscaled voxels
+    are a view of the inflated buffer, not a copy.
+    """
+    size = _nifti_file_size(header)
+    data = _gunzip(path, size)
+    if len(data) < size:
+        raise DataContractError(
+            path, f"truncated or corrupt image data: the stream ends after {len(data):,} of the {size:,} bytes"
+        )
+    head = io.BytesIO(data[: max(int(header["vox_offset"]), 544)].tobytes())
+    image = image_class.from_file_map({name: nib.FileHolder(str(path), head) for name in ("header", "image")})
+    if not _unscaled_exact(image):  # nibabel scales the voxels: it reads them from (a copy of) the bytes
+        whole = io.BytesIO(data.tobytes())
+        image = image_class.from_file_map({name: nib.FileHolder(str(path), whole) for name in ("header", "image")})
+    return image, _stored_voxels(image, data)
 
 
 def _sitk_affine(direction: Sequence[float], spacing: Sequence[float], origin: Sequence[float]) -> np.ndarray:
@@ -762,7 +803,14 @@ def read_volume(path: PathLike, series_uid: str | None = None) -> tuple[np.ndarr
     _check_affine(path, affine)
     _check_orthogonal(path, affine)
     _check_finite(path, array, "voxel")
-    return array, affine
+    return _writable_float32(array), affine
+
+
+def _writable_float32(array: np.ndarray) -> np.ndarray:
+    """``array`` as a writable float32 array in the same memory order (a Fortran-ordered NIfTI volume stays so)."""
+    if array.dtype == np.float32 and array.flags.writeable:
+        return array
+    return array.astype(np.float32, order="K")
 
 
 def _read_dicom_radiograph(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -853,7 +901,7 @@ def _read_any_radiograph(path: Path) -> tuple[np.ndarray, np.ndarray]:
     suffix = _suffix(path)
     if suffix in NIFTI_SUFFIXES or suffix in ITK_SUFFIXES:
         array, affine = (_read_nifti if suffix in NIFTI_SUFFIXES else _read_itk)(path, dims=2)
-        return np.ascontiguousarray(array.T), np.linalg.norm(affine[:3, :2], axis=0)[::-1]
+        return np.array(array.T, dtype=np.float32, order="C"), np.linalg.norm(affine[:3, :2], axis=0)[::-1]
     if suffix in DICOM_SUFFIXES or _is_dicom_file(path):
         return _read_dicom_radiograph(path)
     if suffix in PIL_SUFFIXES:
@@ -999,8 +1047,11 @@ class _LoadValidatedd(MapTransform):
         for key in self.key_iterator(d):
             if not isinstance(d[key], (list, tuple)):  # LoadImage would turn "" into "."
                 _given_path(d[key], str(key))
-            d[key] = self.loader(d[key], reader=self.reader)
+            d[key] = self._load(d[key])
         return d
+
+    def _load(self, path: Sequence[PathLike] | PathLike) -> torch.Tensor:
+        return self.loader(path, reader=self.reader)
 
 
 class LoadVolumed(_LoadValidatedd):
@@ -1038,6 +1089,23 @@ class LoadVolumed(_LoadValidatedd):
         self.ct_checks = ct_checks
         self.ct_keys = set(ensure_tuple(ct_keys))
         self._warned: set[str] = set()  # warn once per file, not once per epoch
+
+    def _load(self, path: Sequence[PathLike] | PathLike) -> torch.Tensor:
+        """What ``LoadImage`` (+ ``EnsureChannelFirst``) makes of :class:`VolumeReader`'s output: the same values,
+        metadata and affine, in the array's own memory order.
+
+        ``LoadImage`` copies every array into C order; a NIfTI volume is Fortran-ordered, and that whole-array
+        transposing copy cost 1.5 CPU s for 512 x 512 x 300 voxels (common/data/DATA_PATH.md). The resampling that
+        follows reads any memory order, so the volume is wrapped as it is.
+        """
+        array, meta = self.reader.get_data(self.reader.read(path))
+        meta[ImageMetaKey.FILENAME_OR_OBJ] = f"{ensure_tuple(path)[0]}"
+        tensor = torch.from_numpy(array)
+        if self.loader.dtype is not None:
+            tensor = tensor.to(get_equivalent_dtype(self.loader.dtype, torch.Tensor))
+        if self.loader.ensure_channel_first:
+            tensor = tensor.unsqueeze(0)
+        return MetaTensor(tensor, meta=meta) if get_track_meta() else tensor
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         paths = {key: data.get(key) for key in self.ct_keys}

@@ -47,15 +47,21 @@ from monai.transforms import (
 from monai.utils import convert_to_numpy, ensure_tuple, ensure_tuple_rep
 
 from common.data.readers import LoadVolumed
-from common.transforms.spatial import ApplyPendingResampled, CentralCropd, CentralPadd, apply_pending_fast
+from common.transforms.spatial import (
+    ApplyPendingResampled,
+    CentralCropd,
+    CentralPadd,
+    FusedResampled,
+    apply_pending_fast,
+)
 
 __all__ = [
-    "centred_grid",
     "CentredSpacing",
     "CentredSpacingd",
-    "load_volume",
-    "ct_preprocessing",
+    "centred_grid",
     "colipri_preprocessing",
+    "ct_preprocessing",
+    "load_volume",
 ]
 
 Loader = Callable[[Sequence[Hashable]], Transform]
@@ -280,11 +286,16 @@ def ct_preprocessing(
         raise ValueError(f"hu_range must be increasing, got {hu_range}")
     modes = ("bilinear",) * len(image_keys) + ("nearest",) * len(label_keys)
     transforms: list[Transform] = [] if loader is None else [loader(spatial_keys)]
-    transforms += [
+    spatial = [
         Orientationd(spatial_keys, axcodes=orientation, labels=None, lazy=lazy),
         CentredSpacingd(spatial_keys, pixdim=pixdim, mode=modes, padding_mode="border", lazy=lazy),
         CentralCropd(spatial_keys, spatial_size, odd_voxel="start", lazy=lazy),
-        ApplyPendingResampled(spatial_keys, mode=modes, padding_mode="border", device=device),
+    ]
+    if lazy:  # one interpolation over the cropped field of view, also inside MONAI's default Compose(lazy=False)
+        transforms.append(FusedResampled(spatial, mode=modes, padding_mode="border", device=device))
+    else:
+        transforms += [*spatial, ApplyPendingResampled(spatial_keys, mode=modes, padding_mode="border", device=device)]
+    transforms += [
         ScaleIntensityRanged(
             image_keys, a_min=hu_range[0], a_max=hu_range[1], b_min=out_range[0], b_max=out_range[1], clip=True
         ),

@@ -7,6 +7,8 @@
 * :func:`apply_pending_fast` / :class:`ApplyPendingResampled`: run MONAI's pending lazy spatial operations as ONE
   interpolation with explicit settings. Axis-aligned voxel maps (orientation, spacing, crop, flips) are resampled
   separably by :func:`resample_axis_aligned` (same values as ``grid_sample``); anything else (rotations) by MONAI.
+* :class:`FusedResampled`: a chain of spatial transforms run that way inside any ``Compose`` (MONAI's default
+  ``Compose(lazy=False)`` would run them one by one, interpolating voxels a later crop discards).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, get_track_meta
 from monai.data.utils import to_affine_nd
-from monai.transforms import Crop, Cropd, MapTransform, Pad, Padd, TraceableTransform
+from monai.transforms import Crop, Cropd, InvertibleTransform, MapTransform, Pad, Padd, TraceableTransform
 from monai.transforms.lazy.functional import apply_pending
 from monai.transforms.lazy.utils import affine_from_pending, combine_transforms
 from monai.transforms.traits import LazyTrait
@@ -28,14 +30,15 @@ from monai.transforms.utils import create_translate
 from monai.utils import LazyAttr, convert_to_numpy, convert_to_tensor, ensure_tuple_rep
 
 __all__ = [
-    "OddVoxel",
+    "ApplyPendingResampled",
     "CentralCrop",
     "CentralCropd",
     "CentralPad",
     "CentralPadd",
-    "resample_axis_aligned",
+    "FusedResampled",
+    "OddVoxel",
     "apply_pending_fast",
-    "ApplyPendingResampled",
+    "resample_axis_aligned",
 ]
 
 OddVoxel = Literal["start", "end"]
@@ -233,12 +236,14 @@ def resample_axis_aligned(
 
     Output voxel ``j`` along output axis ``b`` samples input axis ``plan[b][0]`` at ``scale * j + offset``: the
     same values as ``grid_sample(..., padding_mode="border", align_corners=False)`` for the equivalent grid, computed
-    one axis at a time (most-shrinking axis first, in the input's memory layout) instead of through a dense
-    sampling grid. Non-contiguous axes are gathered with ``index_select``; the contiguous last axis, where a gather
-    is slow, with a small banded matrix product.
+    one axis at a time instead of through a dense sampling grid. The input is first narrowed (a view) to the voxels
+    the output reads (a crop after resampling costs nothing) and taken in its own memory order (a Fortran-ordered
+    volume is not copied); then the most-shrinking axis goes first. Values are converted to float32 only once
+    gathered, so integer input (int16 CT) is read as stored. Non-contiguous axes are gathered with
+    ``index_select``; the contiguous last axis, where a gather is slow, with a small banded matrix product.
 
     Args:
-        img: ``(C, *spatial)`` tensor (any real dtype; interpolation happens in float32).
+        img: ``(C, *spatial)`` tensor, any strides (any real dtype; interpolation happens in float32).
         plan: per output axis ``(input axis, scale, offset)`` (see :func:`_axis_aligned_plan`).
         spatial_size: output spatial shape.
         mode: ``"bilinear"`` or ``"nearest"`` (round half to even, like ``grid_sample``).
@@ -247,32 +252,40 @@ def resample_axis_aligned(
         ``(C, *spatial_size)`` float32 tensor.
     """
     rank = len(plan)
-    x = img.contiguous()
-    per_input_axis = {axis: (b, scale, offset) for b, (axis, scale, offset) in enumerate(plan)}
-    order = sorted(range(rank), key=lambda a: spatial_size[per_input_axis[a][0]] / x.shape[1 + a])
-    for a in order:
-        b, scale, offset = per_input_axis[a]
-        dim, n, m = 1 + a, x.shape[1 + a], int(spatial_size[b])
-        coords = (torch.arange(m, dtype=torch.float64) * scale + offset).clamp_(0, n - 1)
+    memory = sorted(range(rank), key=lambda a: -img.stride(1 + a))  # input axes, largest stride first
+    x = img.permute(0, *(1 + a for a in memory))
+    samplers: dict[int, tuple[torch.Tensor, ...]] = {}  # axis of x -> (index,) or (low, high, weight)
+    for b, (axis, scale, offset) in enumerate(plan):
+        dim, n = 1 + memory.index(axis), img.shape[1 + axis]
+        coords = (torch.arange(int(spatial_size[b]), dtype=torch.float64) * scale + offset).clamp_(0, n - 1)
         if mode == "nearest" or bool(torch.all(coords == coords.round())):
-            index = coords.round().long()
-            if m == n and bool(torch.all(index == torch.arange(n))):
-                continue
-            if m > 1 and bool(torch.all(index.diff() == 1)):
-                x = x.narrow(dim, int(index[0]), m)
-            else:
-                x = x.index_select(dim, index.to(x.device))
+            taps: tuple[torch.Tensor, ...] = (coords.round().long(),)
+        else:
+            taps = _linear_taps(coords, n)
+        first = min(int(t.min()) for t in taps[:2])
+        last = max(int(t.max()) for t in taps[:2])
+        x = x.narrow(dim, first, last - first + 1)
+        samplers[dim] = (*(t - first for t in taps[:2]), *taps[2:])
+    # the gathers first, most-shrinking first; the banded product of the contiguous axis last, on the fewest rows
+    order = sorted(samplers, key=lambda dim: (len(samplers[dim][0]) / x.shape[dim], dim == x.ndim - 1))
+    for dim in order:
+        taps = samplers[dim]
+        if len(taps) == 1:
+            if not (len(taps[0]) == x.shape[dim] and bool(torch.all(taps[0] == torch.arange(x.shape[dim])))):
+                x = x.index_select(dim, taps[0].to(x.device))
             continue
-        low, high, weight = _linear_taps(coords, n)
+        low, high, weight = taps
+        n, m = x.shape[dim], len(low)
         if dim == x.ndim - 1:  # a gather along the contiguous axis is slow: use a banded matrix product
-            x = _banded_interpolation(x.reshape(-1, n).to(torch.float32), low, high, weight).reshape(*x.shape[:-1], m)
+            rows = x.to(torch.float32).contiguous().view(-1, n)
+            x = _banded_interpolation(rows, low, high, weight).view(*x.shape[:-1], m)
             continue
         shape = [1] * x.ndim
         shape[dim] = -1
         lower = x.index_select(dim, low.to(x.device)).to(torch.float32)
         upper = x.index_select(dim, high.to(x.device)).to(torch.float32)
         x = torch.lerp(lower, upper, weight.to(x.device).view(shape))
-    order_out = [1 + plan[b][0] for b in range(rank)]
+    order_out = [1 + memory.index(plan[b][0]) for b in range(rank)]
     return x.permute(0, *order_out).to(torch.float32).contiguous()
 
 
@@ -396,4 +409,49 @@ class ApplyPendingResampled(MapTransform, LazyTrait):
                 d[key] = apply_pending_fast(
                     img, str(mode), str(padding_mode), self.dtype, self.align_corners, self.device
                 )
+        return d
+
+
+class FusedResampled(MapTransform, InvertibleTransform):
+    """Spatial dictionary transforms run lazily and executed as ONE interpolation, whatever ``Compose`` runs them.
+
+    ``Compose(lazy=False)`` (MONAI's default, and what the bundles' training configs build) calls every transform
+    eagerly: a re-orientation copies the volume, the resampling covers the whole input and a crop then discards
+    part of it. Here the steps always accumulate as pending operations and :class:`ApplyPendingResampled` applies
+    them at once, so only the voxels that survive the crop are interpolated (separably where the voxel map is
+    axis-aligned). The output carries the steps' applied operations; :meth:`inverse` undoes the steps in reverse.
+
+    Args:
+        transforms: lazy-capable spatial dictionary transforms (e.g. ``Orientationd``, ``Spacingd``, a crop).
+        mode: interpolation mode per key of the union of the transforms' keys, in order (see
+            :class:`ApplyPendingResampled`).
+        padding_mode: ``grid_sample`` padding per key.
+        device: device to resample on; ``None`` keeps the data's device.
+    """
+
+    def __init__(
+        self,
+        transforms: Sequence[MapTransform],
+        mode: Sequence[str] | str = "bilinear",
+        padding_mode: Sequence[str] | str = "border",
+        device: str | torch.device | None = None,
+    ) -> None:
+        keys = tuple(dict.fromkeys(key for t in transforms for key in t.keys))
+        MapTransform.__init__(self, keys, allow_missing_keys=False)
+        for transform in transforms:
+            if not isinstance(transform, LazyTrait):
+                raise TypeError(f"{type(transform).__name__} cannot run lazily, so it cannot be fused")
+        self.transforms = list(transforms)
+        self.apply = ApplyPendingResampled(keys, mode=mode, padding_mode=padding_mode, device=device)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for transform in self.transforms:
+            d = transform(d, lazy=True)
+        return self.apply(d)
+
+    def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for transform in reversed(self.transforms):
+            d = transform.inverse(d)
         return d

@@ -49,7 +49,7 @@ def test_real_ct_arrays_identical_to_nibabel(name: str, real_data_dir: Path) -> 
     array, affine = readers.read_volume(path)
     expected, expected_affine = _nibabel_reference(path)
     assert array.dtype == np.float32
-    assert array.flags.c_contiguous  # copied plane by plane here, so MONAI's LoadImage does not copy it again
+    assert array.flags.f_contiguous  # NIfTI's own order: LoadVolumed wraps it without a transposing copy
     np.testing.assert_array_equal(array, expected)
     np.testing.assert_array_equal(affine, expected_affine)
 
