@@ -179,7 +179,7 @@ def test_any_decoder_error_becomes_a_named_error(tmp_path: Path, write_nifti, mo
     def broken(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(nib.Nifti1Image, "get_fdata", broken)
+    monkeypatch.setattr(nib.Nifti1Image, "from_file_map", broken)  # nibabel's decoding of header and voxels
     with pytest.raises(DataContractError) as caught:
         read_volume(path)
     assert caught.value.source == str(path)

@@ -329,9 +329,17 @@ def test_monai_reader_objects(tmp_path: Path, write_nifti, write_dicom_series) -
 
 
 def test_readers_copy_nothing_twice(tmp_path: Path, write_nifti, monkeypatch) -> None:
-    """Each reader decodes pixel data once: count nibabel's and SimpleITK's data reads."""
-    calls = {"nib": 0, "sitk": 0}
-    original_fdata, original_execute = nib.Nifti1Image.get_fdata, sitk.ImageFileReader.Execute
+    """Each reader decodes pixel data once: count the gzip inflations into a buffer, nibabel's scaled reads and
+    SimpleITK's data reads (unscaled NIfTI voxels are viewed in the inflated buffer, not read again)."""
+    from common.data import readers
+
+    calls = {"inflate": 0, "nib": 0, "sitk": 0}
+    original_inflate, original_fdata = readers._gunzip, nib.Nifti1Image.get_fdata
+    original_execute = sitk.ImageFileReader.Execute
+
+    def inflate(*args, **kwargs):
+        calls["inflate"] += 1
+        return original_inflate(*args, **kwargs)
 
     def fdata(self, *args, **kwargs):
         calls["nib"] += 1
@@ -341,11 +349,18 @@ def test_readers_copy_nothing_twice(tmp_path: Path, write_nifti, monkeypatch) ->
         calls["sitk"] += 1
         return original_execute(self, *args, **kwargs)
 
+    monkeypatch.setattr(readers, "_gunzip", inflate)
     monkeypatch.setattr(nib.Nifti1Image, "get_fdata", fdata)
     monkeypatch.setattr(sitk.ImageFileReader, "Execute", execute)
     path = write_nifti(tmp_path / "v.nii.gz", np.ones((3, 4, 5), np.float32))
     LoadVolumed(keys="image")({"image": str(path)})
+    assert calls == {"inflate": 1, "nib": 0, "sitk": 0}
+    scaled = nib.Nifti1Image(np.ones((3, 4, 5), np.int16), np.eye(4))
+    scaled.header.set_slope_inter(2.0, 1.0)
+    nib.save(scaled, tmp_path / "scaled.nii.gz")
+    read_volume(tmp_path / "scaled.nii.gz")
+    assert calls == {"inflate": 2, "nib": 1, "sitk": 0}
     image = sitk.GetImageFromArray(np.ones((5, 4, 3), np.float32))
     sitk.WriteImage(image, str(tmp_path / "v.mha"))
     read_volume(tmp_path / "v.mha")
-    assert calls == {"nib": 1, "sitk": 1}
+    assert calls == {"inflate": 2, "nib": 1, "sitk": 1}

@@ -1,6 +1,6 @@
 """The preprocessed volume store (common/data/store.py): round trip equal to on-the-fly preprocessing, settings
 mismatch refused, resume after an interrupted build, unreadable inputs skipped and named, the validator's check, and
-a bundle training a few steps from a store."""
+colipri_ct and g2d_ct training an epoch from a store."""
 
 from __future__ import annotations
 
@@ -178,31 +178,58 @@ def test_validator_checks_the_store(datalist: Path, built: tuple[Path, dict], tm
     assert len(missing) == 1 and "store.json is missing" in missing[0].problem
 
 
-def test_bundle_trains_from_a_store(datalist: Path, built: tuple[Path, dict], tmp_path: Path) -> None:
+def _train_one_epoch(bundle: str, configs: list[str], datalist: Path, tmp_path: Path, **settings) -> int:
+    """``bundle`` trains one epoch through its own configs with ``settings`` (e.g. ``store_dir``); its steps."""
     from monai.bundle import ConfigWorkflow
 
-    root, _ = built
-    bundle = REPO / "bundles" / "colipri_ct"
-    bundle_root = tmp_path / "colipri_ct"
+    meta = REPO / "bundles" / bundle / "configs" / "metadata.json"
+    bundle_root = tmp_path / bundle
     (bundle_root / "configs").mkdir(parents=True)
-    (bundle_root / "configs" / "metadata.json").write_text((bundle / "configs" / "metadata.json").read_text())
+    (bundle_root / "configs" / "metadata.json").write_text(meta.read_text())
     workflow = ConfigWorkflow(
-        config_file=CONFIGS,
-        meta_file=str(bundle / "configs" / "metadata.json"),
+        config_file=configs,
+        meta_file=str(meta),
         workflow_type="train",
         bundle_root=str(bundle_root),
         dataset_dir=str(datalist),
-        store_dir=str(root),
         on_bad_sample="skip",
         max_epochs=1,
         batch_size=2,
-        **TINY,
+        **settings,
     )
     workflow.initialize()
     workflow.run()
     trainer = workflow.parser.get_parsed_content("train#trainer")
-    assert trainer.state.iteration == len(workflow.parser.get_parsed_content("train#dataloader")) >= 2
+    assert trainer.state.iteration == len(workflow.parser.get_parsed_content("train#dataloader")) >= 1
     assert torch.isfinite(torch.tensor(trainer.state.output["loss"]))
+    return trainer.state.iteration
+
+
+def test_bundle_trains_from_a_store(datalist: Path, built: tuple[Path, dict], tmp_path: Path) -> None:
+    root, _ = built
+    assert _train_one_epoch("colipri_ct", CONFIGS, datalist, tmp_path, store_dir=str(root), **TINY) >= 2
+
+
+def test_g2d_ct_trains_an_epoch_from_a_store(datalist: Path, tmp_path: Path) -> None:
+    """The knob in a bundle with its own sampler (G2D): samples equal on the fly, and an epoch trains from it."""
+    from monai.bundle import ConfigParser
+
+    configs = [str(REPO / "bundles" / "g2d_ct" / "configs" / c) for c in ("train.yaml", "demo.yaml")]
+    tiny = {"spatial_size": 64, "pixdim": 12.0, "max_text_length": 32, "warmup_iterations": 0}
+    counts = store.build(configs, str(datalist), str(tmp_path / "S"), workers=1, **tiny)
+    assert counts["built"] == 4 and counts["skipped"] == 1
+
+    def samples(**override) -> list[dict]:
+        parser = ConfigParser()
+        parser.read_config(configs)
+        parser.update({**tiny, "dataset_dir": str(datalist), "on_bad_sample": "skip", **override})
+        dataset = parser.get_parsed_content("train#dataset")
+        reads_store = isinstance(dataset.transform.transforms[0], store.LoadStoredd)
+        assert reads_store == ("store_dir" in override)  # the knob reaches the dataset
+        return [dataset[i] for i in range(len(dataset))]
+
+    _assert_same_samples(samples(), samples(store_dir=str(tmp_path / "S")))
+    _train_one_epoch("g2d_ct", configs, datalist, tmp_path, store_dir=str(tmp_path / "S"), **tiny)
 
 
 def test_raddino_ct_round_trip(datalist: Path, tmp_path: Path) -> None:
