@@ -277,7 +277,7 @@ def resample_axis_aligned(
         low, high, weight = taps
         n, m = x.shape[dim], len(low)
         if dim == x.ndim - 1:  # a gather along the contiguous axis is slow: use a banded matrix product
-            rows = x.to(torch.float32).contiguous().view(-1, n)
+            rows = x.to(torch.float32).reshape(-1, n)  # a view where the rows allow it (a narrowed last axis does)
             x = _banded_interpolation(rows, low, high, weight).view(*x.shape[:-1], m)
             continue
         shape = [1] * x.ndim
