@@ -229,6 +229,18 @@ def _banded_interpolation(
     return out
 
 
+def _lerp_slabs(x: torch.Tensor, dim: int, low: torch.Tensor, high: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation along a non-contiguous axis ``dim``: each output slab ``j`` is the ``lerp`` of two input
+    slabs, written in place into the float32 output (no gathered copies of the two neighbours)."""
+    shape = list(x.shape)
+    shape[dim] = len(low)
+    out = torch.empty(shape, dtype=torch.float32, device=x.device)
+    for j, (a, b, w) in enumerate(zip(low.tolist(), high.tolist(), weight.tolist())):
+        lower, upper = x.select(dim, a).to(torch.float32), x.select(dim, b).to(torch.float32)
+        torch.lerp(lower, upper, w, out=out.select(dim, j))
+    return out
+
+
 def resample_axis_aligned(
     img: torch.Tensor, plan: Sequence[tuple[int, float, float]], spatial_size: Sequence[int], mode: str = "bilinear"
 ) -> torch.Tensor:
@@ -238,9 +250,11 @@ def resample_axis_aligned(
     same values as ``grid_sample(..., padding_mode="border", align_corners=False)`` for the equivalent grid, computed
     one axis at a time instead of through a dense sampling grid. The input is first narrowed (a view) to the voxels
     the output reads (a crop after resampling costs nothing) and taken in its own memory order (a Fortran-ordered
-    volume is not copied); then the most-shrinking axis goes first. Values are converted to float32 only once
-    gathered, so integer input (int16 CT) is read as stored. Non-contiguous axes are gathered with
-    ``index_select``; the contiguous last axis, where a gather is slow, with a small banded matrix product.
+    volume is not copied); then the most-shrinking axis goes first, and the volume is put into the output's axis
+    order (one copy) where it is smallest: before the first enlarging pass, or at the end. Values are converted to
+    float32 only once read, so integer input (int16 CT) may come as stored. A non-contiguous axis is interpolated
+    one output slab at a time (``lerp`` of two input slabs into the output, or ``index_select`` for nearest); the
+    contiguous last axis, where a gather is slow, with a small banded matrix product.
 
     Args:
         img: ``(C, *spatial)`` tensor, any strides (any real dtype; interpolation happens in float32).
@@ -254,9 +268,10 @@ def resample_axis_aligned(
     rank = len(plan)
     memory = sorted(range(rank), key=lambda a: -img.stride(1 + a))  # input axes, largest stride first
     x = img.permute(0, *(1 + a for a in memory))
-    samplers: dict[int, tuple[torch.Tensor, ...]] = {}  # axis of x -> (index,) or (low, high, weight)
+    layout = list(memory)  # the input axis each spatial axis of x holds
+    samplers: dict[int, tuple[torch.Tensor, ...]] = {}  # input axis -> (index,) or (low, high, weight)
     for b, (axis, scale, offset) in enumerate(plan):
-        dim, n = 1 + memory.index(axis), img.shape[1 + axis]
+        dim, n = 1 + layout.index(axis), img.shape[1 + axis]
         coords = (torch.arange(int(spatial_size[b]), dtype=torch.float64) * scale + offset).clamp_(0, n - 1)
         if mode == "nearest" or bool(torch.all(coords == coords.round())):
             taps: tuple[torch.Tensor, ...] = (coords.round().long(),)
@@ -265,11 +280,17 @@ def resample_axis_aligned(
         first = min(int(t.min()) for t in taps[:2])
         last = max(int(t.max()) for t in taps[:2])
         x = x.narrow(dim, first, last - first + 1)
-        samplers[dim] = (*(t - first for t in taps[:2]), *taps[2:])
-    # the gathers first, most-shrinking first; the banded product of the contiguous axis last, on the fewest rows
-    order = sorted(samplers, key=lambda dim: (len(samplers[dim][0]) / x.shape[dim], dim == x.ndim - 1))
-    for dim in order:
-        taps = samplers[dim]
+        samplers[axis] = (*(t - first for t in taps[:2]), *taps[2:])
+    # most-shrinking axis first (on a tie, the banded product of the contiguous axis after the other)
+    order = sorted(samplers, key=lambda a: (len(samplers[a][0]) / x.shape[1 + layout.index(a)], layout[-1] == a))
+    target = [axis for axis, _, _ in plan]  # the output's axis order
+    for axis in order:
+        taps = samplers[axis]
+        if layout != target and len(taps[0]) > x.shape[1 + layout.index(axis)]:
+            # the remaining passes only enlarge the volume: take it into the output's order now, while it is smallest
+            x = x.permute(0, *(1 + layout.index(a) for a in target)).contiguous()
+            layout = target
+        dim = 1 + layout.index(axis)
         if len(taps) == 1:
             if not (len(taps[0]) == x.shape[dim] and bool(torch.all(taps[0] == torch.arange(x.shape[dim])))):
                 x = x.index_select(dim, taps[0].to(x.device))
@@ -280,13 +301,8 @@ def resample_axis_aligned(
             rows = x.to(torch.float32).reshape(-1, n)  # a view where the rows allow it (a narrowed last axis does)
             x = _banded_interpolation(rows, low, high, weight).view(*x.shape[:-1], m)
             continue
-        shape = [1] * x.ndim
-        shape[dim] = -1
-        lower = x.index_select(dim, low.to(x.device)).to(torch.float32)
-        upper = x.index_select(dim, high.to(x.device)).to(torch.float32)
-        x = torch.lerp(lower, upper, weight.to(x.device).view(shape))
-    order_out = [1 + memory.index(plan[b][0]) for b in range(rank)]
-    return x.permute(0, *order_out).to(torch.float32).contiguous()
+        x = _lerp_slabs(x, dim, low, high, weight)
+    return x.permute(0, *(1 + layout.index(a) for a in target)).to(torch.float32).contiguous()
 
 
 def apply_pending_fast(
