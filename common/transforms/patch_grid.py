@@ -24,7 +24,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Padd, SpatialResample, Transform
 from monai.utils import convert_to_numpy, ensure_tuple, ensure_tuple_rep
 
-from common.transforms.spatial import CentralCropd, CentralPad, CentralPadd, apply_pending_fast
+from common.transforms.spatial import CentralCropd, CentralPad, CentralPadd, FusedResampled, apply_pending_fast
 
 __all__ = [
     "window_grid_size",
@@ -107,11 +107,19 @@ def sliding_window_preprocessing(
     """A bundle's deterministic preprocessing without its centre crop/pad, padded for sliding windows instead.
 
     Drops every :class:`~common.transforms.spatial.CentralCropd` / :class:`~common.transforms.spatial.CentralPadd` of
-    ``transforms`` (``ct_preprocessing``: orientation, spacing and HU window remain; ``xray_preprocessing``: the
-    shorter edge is still resized to the ROI) and appends :class:`WindowGridPadd`.
+    ``transforms``, also a crop fused into a :class:`~common.transforms.spatial.FusedResampled`
+    (``ct_preprocessing``: orientation, spacing and HU window remain; ``xray_preprocessing``: the shorter edge is
+    still resized to the ROI) and appends :class:`WindowGridPadd`.
     """
-    kept = [t for t in transforms if not isinstance(t, (CentralCropd, CentralPadd))]
-    if len(kept) == len(transforms):
+    kept, dropped = [], False
+    for transform in transforms:
+        if isinstance(transform, FusedResampled) and any(isinstance(t, CentralCropd) for t in transform.transforms):
+            transform, dropped = transform.without(CentralCropd), True  # the crop fused into the resampling
+        if isinstance(transform, (CentralCropd, CentralPadd)):
+            dropped = True
+            continue
+        kept.append(transform)
+    if not dropped:
         raise ValueError("the preprocessing has no CentralCropd/CentralPadd to replace; does it end in a centre crop/pad?")
     return [*kept, WindowGridPadd(keys, roi_size, patch_size, value=value)]
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Literal
@@ -459,6 +460,12 @@ class FusedResampled(MapTransform, InvertibleTransform):
                 raise TypeError(f"{type(transform).__name__} cannot run lazily, so it cannot be fused")
         self.transforms = list(transforms)
         self.apply = ApplyPendingResampled(keys, mode=mode, padding_mode=padding_mode, device=device)
+
+    def without(self, kind: type | tuple[type, ...]) -> FusedResampled:
+        """The same fused step without its transforms of type ``kind`` (e.g. the crop, for sliding windows)."""
+        fused = copy.copy(self)
+        fused.transforms = [t for t in self.transforms if not isinstance(t, kind)]
+        return fused
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
