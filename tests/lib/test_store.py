@@ -210,13 +210,13 @@ def test_bundle_trains_from_a_store(datalist: Path, built: tuple[Path, dict], tm
     assert _train_one_epoch("colipri_ct", CONFIGS, datalist, tmp_path, store_dir=str(root), **TINY) >= 2
 
 
-def test_g2d_ct_trains_an_epoch_from_a_store(datalist: Path, tmp_path: Path) -> None:
-    """The knob in a bundle with its own sampler (G2D): samples equal on the fly, and an epoch trains from it."""
+def _store_round_trip(bundle: str, tiny: dict, datalist: Path, tmp_path: Path) -> tuple[list[str], Path]:
+    """Build ``bundle``'s store at ``tiny`` settings; its samples equal the on-the-fly ones. Its configs and store."""
     from monai.bundle import ConfigParser
 
-    configs = [str(REPO / "bundles" / "g2d_ct" / "configs" / c) for c in ("train.yaml", "demo.yaml")]
-    tiny = {"spatial_size": 64, "pixdim": 12.0, "max_text_length": 32, "warmup_iterations": 0}
-    counts = store.build(configs, str(datalist), str(tmp_path / "S"), workers=1, **tiny)
+    configs = [str(REPO / "bundles" / bundle / "configs" / c) for c in ("train.yaml", "demo.yaml")]
+    root = tmp_path / "S"
+    counts = store.build(configs, str(datalist), str(root), workers=1, **tiny)
     assert counts["built"] == 4 and counts["skipped"] == 1
 
     def samples(**override) -> list[dict]:
@@ -228,24 +228,18 @@ def test_g2d_ct_trains_an_epoch_from_a_store(datalist: Path, tmp_path: Path) -> 
         assert reads_store == ("store_dir" in override)  # the knob reaches the dataset
         return [dataset[i] for i in range(len(dataset))]
 
-    _assert_same_samples(samples(), samples(store_dir=str(tmp_path / "S")))
-    _train_one_epoch("g2d_ct", configs, datalist, tmp_path, store_dir=str(tmp_path / "S"), **tiny)
+    _assert_same_samples(samples(), samples(store_dir=str(root)))
+    return configs, root
+
+
+def test_g2d_ct_trains_an_epoch_from_a_store(datalist: Path, tmp_path: Path) -> None:
+    """The knob in a bundle with its own sampler (G2D): samples equal on the fly, and an epoch trains from it."""
+    tiny = {"spatial_size": 64, "pixdim": 12.0, "max_text_length": 32, "warmup_iterations": 0}
+    configs, root = _store_round_trip("g2d_ct", tiny, datalist, tmp_path)
+    _train_one_epoch("g2d_ct", configs, datalist, tmp_path, store_dir=str(root), **tiny)
 
 
 def test_raddino_ct_round_trip(datalist: Path, tmp_path: Path) -> None:
     """A multi-crop bundle: the DINO views drawn from the store equal those drawn on the fly."""
-    from monai.bundle import ConfigParser
-
-    configs = [str(REPO / "bundles" / "raddino_ct" / "configs" / c) for c in ("train.yaml", "demo.yaml")]
     tiny = {"spatial_size": 32, "pixdim": 12.0, "global_crop_size": 24, "local_crop_size": 12}
-    counts = store.build(configs, str(datalist), str(tmp_path / "S"), workers=1, **tiny)
-    assert counts["built"] == 4 and counts["skipped"] == 1
-
-    def samples(**override) -> list[dict]:
-        parser = ConfigParser()
-        parser.read_config(configs)
-        parser.update({**tiny, "dataset_dir": str(datalist), "on_bad_sample": "skip", **override})
-        dataset = parser.get_parsed_content("train#dataset")
-        return [dataset[i] for i in range(len(dataset))]
-
-    _assert_same_samples(samples(), samples(store_dir=str(tmp_path / "S")))
+    _store_round_trip("raddino_ct", tiny, datalist, tmp_path)
