@@ -23,17 +23,31 @@ def _objective(segmentation_weight: float = 1.0, warmup: int = 0, shuffle: bool 
     torch.manual_seed(0)
     encoder = UNetEncoder(spatial_dims=2, backbone="resnet18")
     tower = ImageTower(
-        encoder, projection_dim=WIDTH,
+        encoder,
+        projection_dim=WIDTH,
         projector=NonLinearProjection(encoder.out_channels, WIDTH, spatial_dims=2),
         pooler=PositionalAttentionPool(WIDTH, grid_size=(SIZE // 32,) * 2, num_heads=4),
     )
-    bert = transformers.BertModel(transformers.BertConfig(
-        vocab_size=100, hidden_size=48, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64))
-    text = TextTower(bert, projection_dim=WIDTH, pooler=FirstTokenPool(), project_tokens=True,
-                     projector=NonLinearProjection(48, WIDTH, spatial_dims=0))
+    bert = transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=100, hidden_size=48, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64
+        )
+    )
+    text = TextTower(
+        bert,
+        projection_dim=WIDTH,
+        pooler=FirstTokenPool(),
+        project_tokens=True,
+        projector=NonLinearProjection(48, WIDTH, spatial_dims=0),
+    )
     decoder = UNetDecoder(2, encoder.feature_channels, out_channels=1, decoder_channels=(32, 16, 16, 8, 8))
-    return G2DPretraining(TwoTowerModel(tower, text), decoder, AttentionPseudoMask(shuffle=shuffle),
-                          segmentation_weight=segmentation_weight, warmup_iterations=warmup)
+    return G2DPretraining(
+        TwoTowerModel(tower, text),
+        decoder,
+        AttentionPseudoMask(shuffle=shuffle),
+        segmentation_weight=segmentation_weight,
+        warmup_iterations=warmup,
+    )
 
 
 def _batch(n: int = 4) -> dict[str, torch.Tensor]:
@@ -41,8 +55,12 @@ def _batch(n: int = 4) -> dict[str, torch.Tensor]:
     ids = torch.randint(5, 100, (n, 12))
     mask = torch.ones(n, 12, dtype=torch.long)
     mask[0, 8:] = 0
-    return {"image": torch.randn(n, 1, SIZE, SIZE), "input_ids": ids, "attention_mask": mask,
-            "has_report": torch.ones(n, dtype=torch.bool)}
+    return {
+        "image": torch.randn(n, 1, SIZE, SIZE),
+        "input_ids": ids,
+        "attention_mask": mask,
+        "has_report": torch.ones(n, dtype=torch.bool),
+    }
 
 
 def test_terms_gradients_and_the_paper_contrastive_term() -> None:
@@ -51,8 +69,12 @@ def test_terms_gradients_and_the_paper_contrastive_term() -> None:
     assert set(out) == {"loss", "contrastive", "segmentation"}
     assert torch.allclose(out["loss"], out["contrastive"] + out["segmentation"])
     out["loss"].backward()
-    for name in ("model.image_encoder.backbone.encoder.conv1.weight", "model.image_encoder.pooler.positional_embedding",
-                 "model.text_encoder.projector.out_proj.weight", "decoder.decoder.blocks.0.convs.conv_0.conv.weight"):
+    for name in (
+        "model.image_encoder.backbone.encoder.conv1.weight",
+        "model.image_encoder.pooler.positional_embedding",
+        "model.text_encoder.projector.out_proj.weight",
+        "decoder.decoder.blocks.0.convs.conv_0.conv.weight",
+    ):
         param = dict(objective.named_parameters()).get(name)
         assert param is not None and param.grad is not None and param.grad.abs().sum() > 0, name
     # the contrastive term is InfoNCE at the fixed temperature 0.07 between the tower outputs
@@ -69,9 +91,15 @@ def test_warmup_is_contrastive_only_then_both() -> None:
     objective, batch = _objective(warmup=3), _batch()
     objective.before_iteration(2)
     early = objective(batch)
-    assert float(early["segmentation"]) == 0.0 and early["segmentation"].requires_grad
+    assert float(early["segmentation"]) == 0.0
+    early["loss"].backward()  # the decoder does not run in the warm-up: no gradient reaches it
+    assert all(p.grad is None for p in objective.decoder.parameters())
+    assert any(p.grad is not None for p in objective.model.image_encoder.parameters())
     objective.before_iteration(3)
-    assert float(objective(batch)["segmentation"]) > 0.0
+    late = objective(batch)
+    assert float(late["segmentation"]) > 0.0
+    late["loss"].backward()
+    assert all(p.grad is not None for p in objective.decoder.parameters() if p.requires_grad)
 
 
 def test_targets_are_the_images_own_attention_masks_without_gradient() -> None:
