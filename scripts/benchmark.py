@@ -218,10 +218,14 @@ def bench_preprocessing(volume: str, device: torch.device, repeats: int, warmup:
         in_memory = Compose(colipri_preprocessing(loader=None, device=dev), lazy=True)
         name = f"ours ({target.type})"
         try:
-            stats, out = _measure(lambda _: with_loading({"image": volume})["image"], target, repeats, warmup)
+            stats, out = _measure(lambda _, f=with_loading: f({"image": volume})["image"], target, repeats, warmup)
             cases[f"{name}, with loading"] = stats
             stats, out = _measure(
-                lambda data: in_memory(data)["image"], target, repeats, warmup, setup=lambda: {"image": preloaded.clone()}
+                lambda data, f=in_memory: f(data)["image"],
+                target,
+                repeats,
+                warmup,
+                setup=lambda: {"image": preloaded.clone()},
             )
             cases[f"{name}, in memory"] = stats
             outputs[name] = out.as_tensor().detach().float().cpu()
@@ -235,7 +239,9 @@ def bench_preprocessing(volume: str, device: torch.device, repeats: int, warmup:
     else:
         try:
             processor = colipri.get_processor(image_only=True)
-            stats, out = _measure(lambda _: processor.process_images(volume)[0].data, torch.device("cpu"), repeats, warmup)
+            stats, out = _measure(
+                lambda _: processor.process_images(volume)[0].data, torch.device("cpu"), repeats, warmup
+            )
             cases["official (TorchIO), with loading"] = stats
             image = tio.ScalarImage(volume)
             image.load()
@@ -260,7 +266,9 @@ def bench_preprocessing(volume: str, device: torch.device, repeats: int, warmup:
             if name == "official":
                 continue
             if ours.shape != outputs["official"].shape:
-                result["agreement"][name] = {"error": f"shape {tuple(ours.shape)} vs {tuple(outputs['official'].shape)}"}
+                result["agreement"][name] = {
+                    "error": f"shape {tuple(ours.shape)} vs {tuple(outputs['official'].shape)}"
+                }
                 continue
             diff = (ours - outputs["official"]).abs()
             result["agreement"][name] = {
@@ -761,9 +769,12 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Benchmark",
         "",
-        f"Machine: {m['cpu']}, {m['cpu_cores']} cores ({m['torch_threads']} torch threads){gpu}; "
-        f"Python {m['python']}, torch {m['torch']}, MONAI {m['monai']}, colipri {m['colipri']}, "
-        f"TorchIO {m['torchio']}. Device: {m['device']}. Times: median of {report['settings']['repeats']} timed run(s) after {report['settings']['warmup']} warm-up.",
+        (
+            f"Machine: {m['cpu']}, {m['cpu_cores']} cores ({m['torch_threads']} torch threads){gpu}; "
+            f"Python {m['python']}, torch {m['torch']}, MONAI {m['monai']}, colipri {m['colipri']}, "
+            f"TorchIO {m['torchio']}. Device: {m['device']}. Times: median of {report['settings']['repeats']} "
+            f"timed run(s) after {report['settings']['warmup']} warm-up."
+        ),
     ]
     sections = report["sections"]
     if "preprocessing" in sections:
@@ -823,8 +834,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         if "skipped" in sec or "error" in sec:
             lines.append(sec.get("skipped") or sec.get("error"))
         else:
-            lines.append("Share: of the bundle's training step in the train_step section (a stage-1 step; stage 3 "
-                         "steps are longer, so this is an upper bound).")
+            lines.append(
+                "Share: of the bundle's training step in the train_step section (a stage-1 step; stage 3 "
+                "steps are longer, so this is an upper bound)."
+            )
             columns = [("median_s", "s/batch"), ("step_s", "step s"), ("share_of_step", "share of step")]
             lines += [""] + _case_table(sec["cases"], columns)
     lines += data_markdown(sections)
@@ -900,9 +913,13 @@ def run(
     report: dict[str, Any] = {
         "machine": machine_info(dev),
         "settings": {
-            "sections": names, "repeats": repeats, "warmup": warmup, "encoder": encoder,
-            "encoder_input": encoder_input, "train_batch": train_batch,
-        },  # fmt: skip
+            "sections": names,
+            "repeats": repeats,
+            "warmup": warmup,
+            "encoder": encoder,
+            "encoder_input": encoder_input,
+            "train_batch": train_batch,
+        },
         "sections": {},
     }
     markdown = _write(report, out)

@@ -27,17 +27,18 @@ from monai.utils import convert_to_numpy, ensure_tuple, ensure_tuple_rep
 from common.transforms.spatial import CentralCropd, CentralPad, CentralPadd, FusedResampled, apply_pending_fast
 
 __all__ = [
-    "window_grid_size",
+    "PatchGridd",
+    "ResampleToOriginald",
     "WindowGridPad",
     "WindowGridPadd",
     "sliding_window_preprocessing",
-    "PatchGridd",
-    "ResampleToOriginald",
+    "window_grid_size",
 ]
 
 
-def window_grid_size(spatial_shape: Sequence[int], roi_size: Sequence[int] | int, patch_size: Sequence[int] | int
-                     ) -> tuple[int, ...]:
+def window_grid_size(
+    spatial_shape: Sequence[int], roi_size: Sequence[int] | int, patch_size: Sequence[int] | int
+) -> tuple[int, ...]:
     """Per axis ``max(roi, ceil(n / patch) * patch)``: the padded size sliding windows tile on the patch grid."""
     rank = len(spatial_shape)
     roi, patch = ensure_tuple_rep(roi_size, rank), ensure_tuple_rep(patch_size, rank)
@@ -120,7 +121,9 @@ def sliding_window_preprocessing(
             continue
         kept.append(transform)
     if not dropped:
-        raise ValueError("the preprocessing has no CentralCropd/CentralPadd to replace; does it end in a centre crop/pad?")
+        raise ValueError(
+            "the preprocessing has no CentralCropd/CentralPadd to replace; does it end in a centre crop/pad?"
+        )
     return [*kept, WindowGridPadd(keys, roi_size, patch_size, value=value)]
 
 
@@ -148,8 +151,9 @@ class PatchGridd(MapTransform):
         patch_size: the encoder's patch size.
     """
 
-    def __init__(self, keys: KeysCollection, ref_key: str, patch_size: Sequence[int] | int,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, ref_key: str, patch_size: Sequence[int] | int, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.ref_key = ref_key
         self.patch_size = patch_size
@@ -165,8 +169,10 @@ class PatchGridd(MapTransform):
             patch = ensure_tuple_rep(self.patch_size, rank)
             expected = tuple(int(n) // int(p) for n, p in zip(ref.shape[1:], patch))
             if tuple(values.shape[1:]) != expected:
-                raise ValueError(f"{key!r} grid {tuple(values.shape[1:])} does not tile {self.ref_key!r} "
-                                 f"{tuple(ref.shape[1:])} with patches {patch}")
+                raise ValueError(
+                    f"{key!r} grid {tuple(values.shape[1:])} does not tile {self.ref_key!r} "
+                    f"{tuple(ref.shape[1:])} with patches {patch}"
+                )
             meta = {k: v for k, v in ref.meta.items() if k != "affine"}
             affine = _patch_grid_affine(convert_to_numpy(ref.affine, dtype=np.float64), patch)
             d[key] = MetaTensor(values.cpu(), affine=torch.as_tensor(affine), meta=meta)

@@ -72,7 +72,11 @@ def _run_embed(bundle: str, dims: int, phantoms: Path, tmp_path: Path, monkeypat
         config_file=_configs(bundle, "embed.yaml"),
         meta_file=str(REPO / "bundles" / bundle / "configs" / "metadata.json"),
         logging_file=str(REPO / "bundles" / bundle / "configs" / "logging.conf"),
-        workflow_type="infer", bundle_root=str(root), dataset_dir=str(datalist), max_text_length=32, **SMALL[dims],
+        workflow_type="infer",
+        bundle_root=str(root),
+        dataset_dir=str(datalist),
+        max_text_length=32,
+        **SMALL[dims],
     )
     # a random-init two-tower model written where train.yaml exports it
     torch.save(workflow.parser.get_parsed_content("model").state_dict(), root / "models" / "colipri_model.pt")
@@ -129,7 +133,7 @@ def test_embed_workflow(bundle: str, dims: int, phantoms: Path, tmp_path: Path, 
 
     keys = network.finding_keys
     assert json.loads((out / "findings.json").read_text())["channels"] == keys
-    rows = list(csv.reader(open(out / "predictions.csv")))
+    rows = list(csv.reader((out / "predictions.csv").read_text().splitlines()))
     assert len(rows) == 2 and all(len(r) == 1 + len(keys) for r in rows)
     assert all(0.0 <= float(x) <= 1.0 for r in rows for x in r[1:])
     assert json.loads((out / "retrieval.json").read_text())["n_pairs"] == 2

@@ -200,7 +200,7 @@ def test_chest_radiograph_monochrome1_is_inverted() -> None:
 def test_monochrome1_is_the_inverse_of_monochrome2_with_window(tmp_path: Path, write_dicom) -> None:
     pixels = np.random.default_rng(0).integers(0, 4096, size=(12, 10)).astype(np.uint16)
     window = (2000.0, 2000.0)
-    tags = dict(intercept=0.0, modality="DX", window=window, spacing=(0.2, 0.25))
+    tags = {"intercept": 0.0, "modality": "DX", "window": window, "spacing": (0.2, 0.25)}
     mono2, spacing = read_radiograph(write_dicom(tmp_path / "m2.dcm", pixels, photometric="MONOCHROME2", **tags))
     mono1, _ = read_radiograph(write_dicom(tmp_path / "m1.dcm", pixels, photometric="MONOCHROME1", **tags))
     np.testing.assert_allclose(mono1, mono2.max() + mono2.min() - mono2)

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from monai.bundle import ConfigParser
 
 from common.bundle_support import discover_bundles
@@ -93,14 +92,22 @@ print("ZOO-REPORT " + json.dumps({"import_common": import_common, "bundles": rep
 def _run_isolated(runs: dict[Path, list[list[str]]], cwd: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MEDVLP_CACHE=str(cwd / "medvlp_cache"))
-    spec = json.dumps({"repo": str(REPO), "finders": _editable_finders(),
-                       "bundles": {str(k): v for k, v in runs.items()}})
-    proc = subprocess.run([sys.executable, "-c", _ISOLATED, spec], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    spec = json.dumps(
+        {"repo": str(REPO), "finders": _editable_finders(), "bundles": {str(k): v for k, v in runs.items()}}
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _ISOLATED, spec],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     log = proc.stdout[-4000:] + proc.stderr[-4000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("ZOO-REPORT ")]
     assert proc.returncode == 0 and lines, log
-    report = json.loads(lines[-1][len("ZOO-REPORT "):])
+    report = json.loads(lines[-1][len("ZOO-REPORT ") :])
     for bundle_dir, result in report["bundles"].items():
         print(f"{Path(bundle_dir).name}: seconds per command (the first includes importing MONAI): {result['seconds']}")
     return report
@@ -144,8 +151,15 @@ def zoo_exports(exporter, inputs: Path, tmp_path_factory) -> dict[str, tuple[Pat
         runs[out] = [
             ["verify_metadata", *meta_args, "--filepath", "scripts/resources/meta_schema_20240725.json"],
             ["verify_net_in_out", *net_args, "--device", "cpu"],
-            ["ckpt_export", *net_args, "--filepath", "models/model.ts", "--ckpt_file", "models/model.pt",
-             *(trace if summary["torchscript"] == "trace" else [])],
+            [
+                "ckpt_export",
+                *net_args,
+                "--filepath",
+                "models/model.ts",
+                "--ckpt_file",
+                "models/model.pt",
+                *(trace if summary["torchscript"] == "trace" else []),
+            ],
             run,
         ]
         exports[bundle] = (out, summary)
@@ -170,14 +184,22 @@ def test_exported_bundle_runs_without_the_repository(bundle: str, zoo_exports, i
     out, summary, report = zoo_exports[bundle]
 
     # layout, metadata, weights and their large_files.yml entry
-    for name in ("LICENSE", "large_files.yml", "configs/metadata.json", "configs/inference.yaml",
-                 "configs/logging.conf", "models/model.pt", "docs/README.md", "docs/data_license.txt",
-                 "scripts/__init__.py"):
+    for name in (
+        "LICENSE",
+        "large_files.yml",
+        "configs/metadata.json",
+        "configs/inference.yaml",
+        "configs/logging.conf",
+        "models/model.pt",
+        "docs/README.md",
+        "docs/data_license.txt",
+        "scripts/__init__.py",
+    ):
         assert (out / name).is_file(), name
     source_meta = json.loads((REPO / "bundles" / bundle / "configs" / "metadata.json").read_text())
     meta = json.loads((out / "configs" / "metadata.json").read_text())
     assert meta["version"] == summary["version"] != source_meta["version"]
-    assert meta["changelog"][meta["version"]] == "test export" and list(meta["changelog"])[0] == meta["version"]
+    assert meta["changelog"][meta["version"]] == "test export" and next(iter(meta["changelog"])) == meta["version"]
     assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == summary["input_shape"][2:]
     pred_channels = meta["network_data_format"]["outputs"]["pred"]["num_channels"]
     state = torch.load(out / "models" / "model.pt", weights_only=True)
@@ -192,8 +214,18 @@ def test_exported_bundle_runs_without_the_repository(bundle: str, zoo_exports, i
     for config in (out / "configs").glob("*.yaml"):
         assert not re.search(r"(?<![\w.])common\.[a-z]", config.read_text()), config.name
     readme = (out / "docs" / "README.md").read_text()
-    for heading in ("# Model Overview", "## Data", "### Preprocessing", "## Training configuration", "## Input",
-                    "## Output", "## Performance", "## MONAI Bundle Commands", "# References", "# License"):
+    for heading in (
+        "# Model Overview",
+        "## Data",
+        "### Preprocessing",
+        "## Training configuration",
+        "## Input",
+        "## Output",
+        "## Performance",
+        "## MONAI Bundle Commands",
+        "# References",
+        "# License",
+    ):
         assert f"\n{heading}\n" in readme, heading
     if summary["torchscript"] != "script":  # the Zoo records why a bundle is excluded from scripting
         assert "exclude_verify_torchscript_list" in readme and "`torch.jit.script` fails" in readme
@@ -296,14 +328,27 @@ def test_export_of_trained_weights(exporter, zoo_exports, tmp_path: Path):
     record = record_from_config(_demo_inference_parser("raddino_cxr"))  # what the demo-trained weights carry
     write_record(tmp_path / "trained.pt", record, lambda path, data: path.write_bytes(data))
     out = tmp_path / "exported"
-    summary = exporter.export("raddino_cxr", str(out), weights=str(tmp_path / "trained.pt"), overlay="demo",
-                              version="0.3.0", url="https://example.org/raddino/model.pt")
+    summary = exporter.export(
+        "raddino_cxr",
+        str(out),
+        weights=str(tmp_path / "trained.pt"),
+        overlay="demo",
+        version="0.3.0",
+        url="https://example.org/raddino/model.pt",
+    )
     assert read_record(out / "models" / "model.pt") == record and summary["preprocessing_sha256"] == record["sha256"]
     other = tmp_path / "other_normalisation.yaml"  # an overlay that changes what the weights were trained with
     other.write_text("pixel_mean: 0.45\n")
-    with pytest.raises(exporter.ExportError, match=r"trained\.pt: .*image\.mean: trained with 0\.5307, this config 0\.45"):
-        exporter.export("raddino_cxr", str(tmp_path / "refused"), weights=str(tmp_path / "trained.pt"),
-                        overlay=["demo", str(other)], check_torchscript=False)
+    with pytest.raises(
+        exporter.ExportError, match=r"trained\.pt: .*image\.mean: trained with 0\.5307, this config 0\.45"
+    ):
+        exporter.export(
+            "raddino_cxr",
+            str(tmp_path / "refused"),
+            weights=str(tmp_path / "trained.pt"),
+            overlay=["demo", str(other)],
+            check_torchscript=False,
+        )
     assert not list(tmp_path.glob(".exported.partial-*"))  # written aside, then moved into place
     exported = torch.load(out / "models" / "model.pt", weights_only=True)
     assert exported.keys() == state.keys() and all(torch.equal(exported[k], v) for k, v in state.items())
