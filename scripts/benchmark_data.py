@@ -328,8 +328,12 @@ def _build_store(volumes: Sequence[str], directory: Path, workers: int) -> tuple
     return out, stats
 
 
-def _pipeline(name: str, store_dir: str) -> Callable[[str], torch.Tensor]:
-    """The data-path pipeline ``name`` ("ours, on the fly", "ours, from the store", "release TorchIO processor")."""
+#: The pipelines of the ``data_path`` section, in the order they are measured.
+DATA_PATH_PIPELINES = ("ours, on the fly", "ours, from the store", "release TorchIO processor")
+
+
+def _pipeline(name: str, store_dir: str) -> Callable[[str], torch.Tensor] | str:
+    """The data-path pipeline ``name`` (one of :data:`DATA_PATH_PIPELINES`), or why it cannot run (a string)."""
     from common.data.store import VolumeStore
 
     if name == "ours, on the fly":
@@ -338,9 +342,7 @@ def _pipeline(name: str, store_dir: str) -> Callable[[str], torch.Tensor]:
         store = VolumeStore(store_dir)
         return lambda path: store.read(path)["image"].as_tensor()
     fn, missing = _torchio_processor()
-    if fn is None:
-        raise RuntimeError(missing)
-    return fn
+    return fn if fn is not None else str(missing)
 
 
 def _fresh_process_cpu(name: str, store_dir: str, volumes: Sequence[str]) -> float:
@@ -348,6 +350,8 @@ def _fresh_process_cpu(name: str, store_dir: str, volumes: Sequence[str]) -> flo
     passes; run in a spawned process so that no other case's memory history (page faults) colours it."""
     torch.set_num_threads(1)
     fn = _pipeline(name, store_dir)
+    if not callable(fn):  # why the pipeline cannot run
+        raise RuntimeError(fn)  # noqa: TRY004 - not a type error: the pipeline is unavailable (the string says why)
     fn(volumes[0])
     cpu, _ = _best_cpu(lambda: [fn(v) for v in volumes], repeats=2)
     return cpu / len(volumes)
@@ -357,20 +361,11 @@ def bench_data_path(
     inputs: dict[str, Sequence[str]], directory: str | os.PathLike, workers: Iterable[int] = (1, 2)
 ) -> dict[str, Any]:
     """On the fly vs store vs the release's TorchIO processor, per input set and DataLoader worker count."""
-    from common.data.store import VolumeStore
-
-    preprocess = _paper_preprocessing()
-    torchio, missing = _torchio_processor()
     result: dict[str, Any] = {"settings": "colipri_ct image_preprocessing, paper settings (RAS, 2 mm, 192^3)"}
     for label, volumes in inputs.items():
         folder = Path(tempfile.mkdtemp(dir=directory))
         store_dir, build_stats = _build_store(volumes, folder, workers=max(workers))
-        store = VolumeStore(store_dir)
-        pipelines: dict[str, Callable[[str], torch.Tensor] | str] = {
-            "ours, on the fly": _ours(preprocess),
-            "ours, from the store": lambda path, store=store: store.read(path)["image"].as_tensor(),
-            "release TorchIO processor": torchio if torchio is not None else str(missing),
-        }
+        pipelines = {name: _pipeline(name, str(store_dir)) for name in DATA_PATH_PIPELINES}
         cases: dict[str, Any] = {}
         outputs: dict[str, list] = {}
         for name, fn in pipelines.items():
