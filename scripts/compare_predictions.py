@@ -11,6 +11,13 @@ Usage::
     python scripts/compare_predictions.py run --findings cxr --reference full=runs/full/predictions.csv \\
         --others "{'stage 1 only': 'runs/s1/predictions.csv', 'no local': 'runs/nolocal/predictions.csv'}" \\
         --datalist ~/.cache/medvlp/phantoms-v2.1/datalist_2d.json --out comparison.json
+
+The ``evaluations`` command compares evaluate-workflow outputs instead (each run's evaluation directory, holding the
+``per_case.csv`` the harness writes): zero-shot, linear and kNN probe AUROC and retrieval R@k in both directions, each
+with paired-bootstrap differences (:func:`common.evaluation.per_case.compare_evaluations`)::
+
+    python scripts/compare_predictions.py evaluations --reference full=runs/full/eval \
+        --others "{'no memory': 'runs/no_memory/eval'}" --out comparison.json
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ import numpy as np
 
 from common.data.contract import DataContractError, load_datalist
 from common.evaluation.metrics import multilabel_auroc, paired_auroc_difference
+from common.evaluation.per_case import compare_evaluations, comparison_markdown
 
-__all__ = ["compare", "read_predictions", "run"]
+__all__ = ["compare", "evaluations", "read_predictions", "run"]
 
 FINDING_SETS = {"cxr": "common.data.radiograph_findings.CXR_FINDINGS", "ct": "common.data.findings.FINDINGS"}
 
@@ -132,5 +140,24 @@ def run(
     print(_markdown(result))
 
 
+def evaluations(
+    reference: str,
+    others: Mapping[str, str],
+    out: str = "comparison.json",
+    ks: tuple[int, ...] = (1, 5, 10),
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> None:
+    """Compare evaluation directories ``others`` (``{name: dir}``) with ``reference`` (``name=dir``), case by case."""
+    ref_name, _, ref_path = reference.partition("=")
+    if not ref_path:
+        raise ValueError("--reference must be name=path/to/evaluation_dir")
+    result = compare_evaluations(
+        (ref_name, ref_path), dict(others), ks=tuple(int(k) for k in ks), n_bootstrap=n_bootstrap, seed=seed
+    )
+    Path(out).write_text(json.dumps(result, indent=2, default=float))
+    print(comparison_markdown(result))
+
+
 if __name__ == "__main__":
-    fire.Fire({"run": run})
+    fire.Fire({"run": run, "evaluations": evaluations})

@@ -18,7 +18,7 @@ from common.evaluation.extract import extract_features
 from common.evaluation.harness import evaluate_embeddings
 from common.evaluation.report import EvaluationReport, format_table
 
-__all__ = ["finding_names", "global_features", "evaluate_encoder"]
+__all__ = ["evaluate_encoder", "finding_names", "global_features"]
 
 
 def finding_names(findings: Sequence[Finding | str]) -> list[str]:
@@ -83,10 +83,18 @@ def evaluate_encoder(
     baseline = features.get(baseline_name, [{}, {}])
     report = EvaluationReport(output_dir, bundle=bundle, checkpoint=checkpoint, seed=seed)
     results = evaluate_embeddings(
-        test["embedding"], test["labels"], finding_names(findings),
-        train_emb=train["embedding"], train_labels=train["labels"],
-        baseline_train_emb=baseline[0].get("embedding"), baseline_test_emb=baseline[1].get("embedding"),
-        baseline_name=baseline_name, n_bootstrap=n_bootstrap, seed=seed, report=report,
+        test["embedding"],
+        test["labels"],
+        finding_names(findings),
+        train_emb=train["embedding"],
+        train_labels=train["labels"],
+        baseline_train_emb=baseline[0].get("embedding"),
+        baseline_test_emb=baseline[1].get("embedding"),
+        baseline_name=baseline_name,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        report=report,
+        case_ids=[str(record["image"]) for record in test_records],
     )
     report.write()
     print(format_table(results))

@@ -18,13 +18,19 @@ from common.evaluation.metrics import multilabel_auroc, paired_auroc_difference
 from common.evaluation.plots import plot_dice_bars, plot_embedding_map, plot_recall_curve, plot_roc_curves
 from common.evaluation.probes import knn_scores, linear_probe_scores
 from common.evaluation.report import EvaluationReport
-from common.evaluation.retrieval import retrieval_metrics
+from common.evaluation.retrieval import retrieval_ranks, retrieval_summary
 from common.evaluation.seg_probe import train_segmentation_probe
 from common.evaluation.zero_shot import zero_shot_auroc, zero_shot_scores
 
 __all__ = ["evaluate_embeddings"]
 
 logger = logging.getLogger(__name__)
+
+
+def _columns(section: str, names: Sequence[str], values: Any) -> dict[str, np.ndarray]:
+    """``{"<section>/<name>": (N,)}`` for the columns of an ``(N, K)`` score or label array."""
+    array = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64)
+    return {f"{section}/{name}": array[:, k] for k, name in enumerate(names)}
 
 
 def evaluate_embeddings(
@@ -52,6 +58,7 @@ def evaluate_embeddings(
     seed: int = 0,
     report: EvaluationReport | None = None,
     embedding_map: str | None = "pca",
+    case_ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate frozen-encoder outputs; each section runs only when its inputs are given.
 
@@ -93,6 +100,8 @@ def evaluate_embeddings(
         seed: seed of every random choice (CV folds, bootstrap, probe training, t-SNE).
         report: when given, each section and its figures are added to it (call ``report.write()`` afterwards).
         embedding_map: ``"pca"``/``"tsne"``/``"auto"`` draws the test embedding map into ``report``; None skips it.
+        case_ids: ``N`` names of the test cases (e.g. image paths) for ``report``'s ``per_case.csv`` (labels, zero-shot
+            and probe scores, retrieval ranks per case: :mod:`common.evaluation.per_case`); None numbers the rows.
 
     Returns:
         ``{section: results}`` for the sections that ran.
@@ -101,6 +110,7 @@ def evaluate_embeddings(
         ValueError: if no section has its inputs, or inputs disagree in shape.
     """
     results: dict[str, Any] = {}
+    per_case: dict[str, Any] = {}  # (N,) columns for per_case.csv, named <section>/<finding or quantity>
     figures = report.figure_dir if report is not None else None
     labels = to_2d_labels(test_labels, "test_labels") if test_labels is not None else None
     names = _label_names(label_names, labels.shape[1]) if labels is not None else None
@@ -114,11 +124,17 @@ def evaluate_embeddings(
         if scores.shape[1] != labels.shape[1]:
             raise ValueError(f"{scores.shape[1]} prompt sets for {labels.shape[1]} label columns")
         results["zero_shot"] = {**zero_shot_auroc(scores, labels, names, n_bootstrap, seed), "temperature": temperature}
+        per_case.update(_columns("zero_shot", names, scores))
         if figures is not None:
             report.add_figure("zero_shot_roc", plot_roc_curves(scores, labels, names, figures / "zero_shot_roc.png"))
 
     if test_emb is not None and test_text_emb is not None:
-        results["retrieval"] = retrieval_metrics(test_emb, test_text_emb, n_bootstrap=n_bootstrap, seed=seed)
+        image_to_text, text_to_image = (
+            retrieval_ranks(test_emb, test_text_emb),
+            retrieval_ranks(test_text_emb, test_emb),
+        )
+        results["retrieval"] = retrieval_summary(image_to_text, text_to_image, n_bootstrap=n_bootstrap, seed=seed)
+        per_case.update({"retrieval/image_to_text_rank": image_to_text, "retrieval/text_to_image_rank": text_to_image})
         if figures is not None:
             report.add_figure("retrieval_recall", plot_recall_curve(results["retrieval"], figures / "retrieval.png"))
 
@@ -132,6 +148,7 @@ def evaluate_embeddings(
         for entry, c in zip(results["linear_probe"]["per_label"].values(), chosen):
             entry["C"] = c
         knn = knn_scores(train_emb, train_y, test_emb, k=knn_k, temperature=knn_temperature)
+        per_case.update({**_columns("linear_probe", names, linear), **_columns("knn_probe", names, knn)})
         results["knn_probe"] = {
             **multilabel_auroc(knn, labels, names, n_bootstrap=n_bootstrap, seed=seed),
             "k": knn_k,
@@ -166,6 +183,12 @@ def evaluate_embeddings(
     if report is not None:
         for name, section in results.items():
             report.add_section(name, section)
+        if per_case and labels is not None:
+            n = len(labels)
+            ids = [str(i) for i in range(n)] if case_ids is None else [str(c) for c in case_ids]
+            if len(ids) != n:
+                raise ValueError(f"{len(ids)} case_ids for {n} test cases")
+            report.set_per_case(ids, {**_columns("label", names, labels), **per_case})
         if embedding_map and test_emb is not None and labels is not None and len(test_emb) >= 3:
             path = plot_embedding_map(test_emb, labels, names, figures / "embedding_map.png", embedding_map, seed)
             report.add_figure("embedding_map", path)

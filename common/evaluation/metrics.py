@@ -20,7 +20,11 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from common.evaluation._arrays import as_numpy, label_names, to_2d_labels
 
 __all__ = [
-    "multilabel_auroc", "auroc_rows", "paired_auroc_difference", "bootstrap_mean", "paired_mean_difference"
+    "auroc_rows",
+    "bootstrap_mean",
+    "multilabel_auroc",
+    "paired_auroc_difference",
+    "paired_mean_difference"
 ]
 
 logger = logging.getLogger(__name__)

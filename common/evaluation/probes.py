@@ -29,7 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from common.evaluation._arrays import as_numpy, as_tensor, to_2d_labels
 from common.evaluation.metrics import multilabel_auroc
 
-__all__ = ["DEFAULT_CS", "linear_probe_scores", "linear_probe", "knn_scores", "knn_probe"]
+__all__ = ["DEFAULT_CS", "knn_probe", "knn_scores", "linear_probe", "linear_probe_scores"]
 
 logger = logging.getLogger(__name__)
 

@@ -3,6 +3,8 @@
 Layout written by :meth:`EvaluationReport.write` under ``output_dir``::
 
     results.json        {"meta": {...}, "results": {section: {...}}, "figures": {name: relative path}}
+    per_case.csv        labels, zero-shot / probe scores and retrieval ranks per test case, when the harness set them
+                        (:mod:`common.evaluation.per_case`: paired comparisons of two evaluations)
     summary.md          metadata, the metric table, the figures
     figures/*.png       whatever the sections plotted
     tensorboard/        every scalar of ``results`` as ``eval/<section>/<path>``, every figure as image ``eval/<name>``
@@ -27,6 +29,8 @@ import numpy as np
 import sklearn
 import torch
 from PIL import Image
+
+from common.evaluation.per_case import PER_CASE_FILE, write_per_case
 
 __all__ = ["EvaluationReport", "flatten_scalars", "format_table", "machine_info", "to_jsonable"]
 
@@ -169,6 +173,7 @@ class EvaluationReport:
         }
         self.sections: dict[str, dict[str, Any]] = {}
         self.figures: dict[str, Path] = {}
+        self.per_case: tuple[list[str], dict[str, Any]] | None = None
 
     @property
     def figure_dir(self) -> Path:
@@ -182,6 +187,10 @@ class EvaluationReport:
     def add_figure(self, name: str, path: str | os.PathLike) -> None:
         """Record a saved figure under ``name``."""
         self.figures[name] = Path(path)
+
+    def set_per_case(self, case_ids: list[str], columns: dict[str, Any]) -> None:
+        """Per-case columns written to ``per_case.csv`` (:func:`common.evaluation.per_case.write_per_case`)."""
+        self.per_case = (case_ids, columns)
 
     def to_dict(self) -> dict[str, Any]:
         """The content of ``results.json``."""
@@ -202,6 +211,8 @@ class EvaluationReport:
         tmp.write_text(json.dumps(content, indent=2, allow_nan=False), encoding="utf-8")
         tmp.replace(path)
         (self.output_dir / "summary.md").write_text(self._markdown(content), encoding="utf-8")
+        if self.per_case is not None:
+            write_per_case(self.output_dir / PER_CASE_FILE, *self.per_case)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported here: it loads the tensorboard package
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from common.evaluation._arrays import as_tensor
 
-__all__ = ["retrieval_metrics", "retrieval_ranks"]
+__all__ = ["retrieval_metrics", "retrieval_ranks", "retrieval_summary"]
 
 
 @torch.no_grad()
@@ -61,7 +61,11 @@ def _summary(ranks: np.ndarray, ks: Sequence[int], n_bootstrap: int, seed: int) 
 
 
 def retrieval_metrics(
-    image_emb: Any, text_emb: Any, ks: Sequence[int] = (1, 5, 10), curve_max_k: int = 100, n_bootstrap: int = 1000,
+    image_emb: Any,
+    text_emb: Any,
+    ks: Sequence[int] = (1, 5, 10),
+    curve_max_k: int = 100,
+    n_bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Image-to-report and report-to-image recall@k and median rank, plus recall curves for plotting.
@@ -81,13 +85,26 @@ def retrieval_metrics(
     Raises:
         ValueError: on mismatched shapes, fewer than two pairs, or a non-positive k.
     """
-    if any(int(k) < 1 for k in ks):
-        raise ValueError(f"ks must be positive, got {list(ks)}")
     i2t = retrieval_ranks(image_emb, text_emb)
     t2i = retrieval_ranks(text_emb, image_emb)
+    return retrieval_summary(i2t, t2i, ks, curve_max_k, n_bootstrap, seed)
+
+
+def retrieval_summary(
+    image_to_text_ranks: np.ndarray,
+    text_to_image_ranks: np.ndarray,
+    ks: Sequence[int] = (1, 5, 10),
+    curve_max_k: int = 100,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """:func:`retrieval_metrics` from ranks already computed (:func:`retrieval_ranks` in both directions)."""
+    if any(int(k) < 1 for k in ks):
+        raise ValueError(f"ks must be positive, got {list(ks)}")
+    i2t, t2i = np.asarray(image_to_text_ranks), np.asarray(text_to_image_ranks)
     n = len(i2t)
-    if n < 2:
-        raise ValueError(f"retrieval needs at least 2 pairs, got {n}")
+    if n < 2 or len(t2i) != n:
+        raise ValueError(f"retrieval needs at least 2 pairs ranked both ways, got {n} and {len(t2i)} ranks")
     curve_k = np.arange(1, min(n, curve_max_k) + 1)
     return {
         "image_to_text": _summary(i2t, ks, n_bootstrap, seed),

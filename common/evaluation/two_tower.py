@@ -98,10 +98,12 @@ def evaluate_two_tower(
     device = torch.device(device)
     model = model.to(device).eval()
     encode, has_patches = _image_encoder(model, segmentation)
-    train = extract_features(encode, records_loader(train_records, image_transform, batch_size, num_workers), device,
-                             amp_dtype=amp_dtype)
-    test = extract_features(encode, records_loader(test_records, image_transform, batch_size, num_workers), device,
-                            amp_dtype=amp_dtype)
+    train = extract_features(
+        encode, records_loader(train_records, image_transform, batch_size, num_workers), device, amp_dtype=amp_dtype
+    )
+    test = extract_features(
+        encode, records_loader(test_records, image_transform, batch_size, num_workers), device, amp_dtype=amp_dtype
+    )
 
     def embed_texts(texts: list[str]) -> np.ndarray:
         return encode_texts(texts, model, tokenizer, max_length=max_text_length, device=device)
@@ -115,18 +117,32 @@ def evaluate_two_tower(
 
     seg_inputs: dict[str, Any] = {}
     if has_patches and "mask" in train and "mask" in test:
-        seg_inputs = dict(
-            train_patch_features=train["patches"], train_masks=train["mask"][:, 0].astype(np.int64),
-            test_patch_features=test["patches"], test_masks=test["mask"][:, 0].astype(np.int64),
-            segmentation_kwargs={"num_classes": len(names) + 1, "class_names": ["background", *names],
-                                 **(segmentation_kwargs or {})},
-        )
+        seg_inputs = {
+            "train_patch_features": train["patches"],
+            "train_masks": train["mask"][:, 0].astype(np.int64),
+            "test_patch_features": test["patches"],
+            "test_masks": test["mask"][:, 0].astype(np.int64),
+            "segmentation_kwargs": {
+                "num_classes": len(names) + 1,
+                "class_names": ["background", *names],
+                **(segmentation_kwargs or {}),
+            },
+        }
     report = EvaluationReport(output_dir, bundle=bundle, checkpoint=checkpoint, seed=seed)
     results = evaluate_embeddings(
-        test["embedding"], test["labels"], names,
-        train_emb=train["embedding"], train_labels=train["labels"],
-        test_text_emb=text_emb, pos_prompt_emb=pos, neg_prompt_emb=neg,
-        temperature=float(model.softmax_temperature), n_bootstrap=n_bootstrap, seed=seed, report=report,
+        test["embedding"],
+        test["labels"],
+        names,
+        train_emb=train["embedding"],
+        train_labels=train["labels"],
+        test_text_emb=text_emb,
+        pos_prompt_emb=pos,
+        neg_prompt_emb=neg,
+        temperature=float(model.softmax_temperature),
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        report=report,
+        case_ids=[str(record["image"]) for record in test_records],
         **seg_inputs,
     )
     report.write()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from common.evaluation._arrays import as_tensor
 from common.evaluation.metrics import multilabel_auroc
 
-__all__ = ["zero_shot_scores", "zero_shot_auroc"]
+__all__ = ["zero_shot_auroc", "zero_shot_scores"]
 
 
 def _prompt_tensor(value: Any, name: str, device: torch.device) -> torch.Tensor:

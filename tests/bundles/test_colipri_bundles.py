@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from common.data.findings import FINDINGS
+from common.evaluation.per_case import read_per_case
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,6 @@ def test_train_export_infer(
     sections = set(results.get("results", results))
     assert {"zero_shot", "retrieval", "linear_probe", "knn_probe"} <= sections
     assert ("segmentation" in sections) == (dims == 3)  # the 2D bundle has no mask resampling yet
+    case_ids, columns = read_per_case(tmp_path / "evaluation")  # per-case outputs for paired comparisons of runs
+    assert len(case_ids) == len(set(case_ids)) and all(Path(c).exists() for c in case_ids)
+    assert {"retrieval/image_to_text_rank", "retrieval/text_to_image_rank"} <= set(columns)
