@@ -33,17 +33,18 @@ import fire
 import numpy as np
 
 from common.data.contract import DataContractError, load_datalist
+from common.data.finding_sets import finding_set
 from common.evaluation.metrics import multilabel_auroc, paired_auroc_difference
 from common.evaluation.per_case import compare_evaluations, comparison_markdown
 
 __all__ = ["compare", "evaluations", "read_predictions", "run"]
 
-FINDING_SETS = {"cxr": "common.data.radiograph_findings.CXR_FINDINGS", "ct": "common.data.findings.FINDINGS"}
-
 
 def _findings(name: str) -> list[Any]:
-    module, _, attr = FINDING_SETS[name].rpartition(".")
-    return list(getattr(__import__(module, fromlist=[attr]), attr))
+    """The phantom vocabulary of ``cxr`` (radiograph findings) or ``ct`` (the 18 CT-RATE findings)."""
+    if name not in ("cxr", "ct"):
+        raise ValueError(f"findings must be 'cxr' or 'ct', got {name!r}")
+    return finding_set("phantom", dims=2 if name == "cxr" else 3)
 
 
 def read_predictions(path: str | os.PathLike, num_findings: int) -> dict[str, np.ndarray]:

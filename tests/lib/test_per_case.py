@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from common.evaluation.metrics import multilabel_auroc
 from common.evaluation.per_case import compare_evaluations, read_per_case, write_per_case
 from common.evaluation.report import EvaluationReport
 
-REPO = Path(__file__).resolve().parents[2]
 NAMES = ["effusion", "nodule", "cardiomegaly"]
 
 
@@ -125,10 +123,8 @@ def test_write_per_case_checks_its_columns(tmp_path: Path):
         read_per_case(tmp_path / "bad.csv")
 
 
-def test_compare_cli_evaluations_prints_a_table(tmp_path: Path, capsys):
-    spec = importlib.util.spec_from_file_location("compare_predictions", REPO / "scripts" / "compare_predictions.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_compare_cli_evaluations_prints_a_table(tmp_path: Path, capsys, script_module):
+    script = script_module("compare_predictions")
     data = _data()
     _evaluate(tmp_path / "full", data)
     _evaluate(tmp_path / "ablated", data, text=data["text"][::-1].copy())
