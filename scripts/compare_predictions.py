@@ -84,22 +84,8 @@ def compare(
 
 
 def _markdown(result: dict[str, Any]) -> str:
-    def ci(pair: Any) -> str:
-        return f"[{pair[0]:.3f}, {pair[1]:.3f}]" if pair else "-"
-
-    lines = [
-        f"{result['n_cases']} cases; differences are model minus `{result['reference']}` (paired bootstrap).",
-        "",
-        "| model | macro AUROC | 95% CI | difference | 95% CI |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for name, section in result["models"].items():
-        macro = section["macro"]
-        diff = result["differences"].get(name, {}).get("macro")
-        row = f"| {name} | {macro['auroc']:.3f} | {ci(macro.get('auroc_ci'))} |"
-        row += f" {diff['difference']:+.3f} | {ci(diff.get('difference_ci'))} |" if diff else " reference | |"
-        lines.append(row)
-    return "\n".join(lines)
+    section = {"models": result["models"], "differences": result["differences"]}
+    return comparison_markdown({**result, "sections": {"zero_shot": section}})
 
 
 def run(
