@@ -149,8 +149,8 @@ class CentralPad(Pad):
     ) -> torch.Tensor:
         """Pad ``img`` ``(C, *spatial)``; ``mode`` and ``lazy`` are accepted for API compatibility and ignored.
 
-        Same result and inverse bookkeeping as ``monai.transforms.Pad``, but filled with ``new_full`` plus one slice
-        copy, ~3x faster than ``torch.nn.functional.pad`` in constant mode.
+        Same result and inverse bookkeeping as ``monai.transforms.Pad``, but one slice copy into an empty output and
+        a constant fill of the margins only, ~3x faster than ``torch.nn.functional.pad`` in constant mode.
         """
         in_shape = [int(s) for s in img.shape[1:]]
         to_pad = self.compute_pad_width(in_shape)
@@ -166,8 +166,11 @@ class CentralPad(Pad):
             lazy=False,
         )
         data = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
-        out = data.new_full((data.shape[0], *out_shape), value)
+        out = data.new_empty((data.shape[0], *out_shape))
         out[(slice(None), *(slice(lo, lo + s) for s, (lo, _) in zip(in_shape, to_pad[1:])))] = data
+        for dim, (size, (lo, hi)) in enumerate(zip(in_shape, to_pad[1:]), start=1):  # fill the margins only
+            out.narrow(dim, 0, lo).fill_(value)
+            out.narrow(dim, lo + size, hi).fill_(value)
         out = convert_to_tensor(out, track_meta=get_track_meta())
         return out.copy_meta_from(meta_info) if isinstance(out, MetaTensor) else out
 

@@ -13,10 +13,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
-from monai.transforms import Compose, Orientationd
+from monai.transforms import Compose, Orientationd, ScaleIntensityRanged
 from monai.transforms.lazy.functional import apply_pending
 
-from common.transforms.ct import CentredSpacing, CentredSpacingd, centred_grid, colipri_preprocessing, ct_preprocessing
+from common.transforms.ct import (
+    CentredSpacing,
+    CentredSpacingd,
+    FastScaleIntensityRanged,
+    centred_grid,
+    colipri_preprocessing,
+    ct_preprocessing,
+)
 from common.transforms.spatial import (
     ApplyPendingResampled,
     CentralCrop,
@@ -54,7 +61,7 @@ def _volume(shape=(23, 19, 11), spacing=(1.3, 0.9, 2.5), seed=0, low=-1200.0, hi
 def test_centred_grid_keeps_centre_direction_and_floors_extent(shape, spacing, target):
     affine = _oblique_affine(spacing, angle_deg=17.0, flips=(-1, 1, -1))
     out_affine, out_shape = centred_grid(affine, shape, target)
-    expected = [1 if n == 1 else int(math.floor(n * s / target)) for n, s in zip(shape, spacing)]
+    expected = [1 if n == 1 else math.floor(n * s / target) for n, s in zip(shape, spacing)]
     assert list(out_shape) == expected
     centre_in = affine @ np.append((np.asarray(shape) - 1) / 2, 1)
     centre_out = out_affine @ np.append((np.asarray(out_shape) - 1) / 2, 1)
@@ -115,6 +122,26 @@ def test_central_pad_is_eager_and_invertible_inside_a_lazy_compose():
 
 def _pad_only(size: int):
     return CentralPadd("image", size, value="minimum")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "clip", "b_range"),
+    [(torch.float32, True, (-1.0, 1.0)), (torch.float64, True, (0.0, 1.0)), (torch.int16, True, (-1.0, 1.0)),
+     (torch.float32, False, (-1.0, 1.0)), (torch.float32, False, (None, None))],
+)  # fmt: skip
+def test_fast_scale_intensity_range_equals_monai_bit_for_bit(dtype, clip, b_range):
+    values = torch.linspace(-3000.0, 3000.0, 7 * 6 * 5).reshape(1, 7, 6, 5)
+    values[0, 0, 0, :2] = torch.tensor([float("nan"), float("inf")])
+    img = MetaTensor(values.to(dtype), affine=torch.as_tensor(_oblique_affine((1.5, 1.0, 2.0), angle_deg=10.0)))
+    img.meta["filename_or_obj"] = "scan.nii.gz"
+    before = img.clone()
+    args = {"keys": "image", "a_min": -1000.0, "a_max": 1000.0, "b_min": b_range[0], "b_max": b_range[1], "clip": clip}
+    ours = FastScaleIntensityRanged(**args)({"image": img})["image"]
+    theirs = ScaleIntensityRanged(**args)({"image": img.clone()})["image"]
+    assert ours.dtype == theirs.dtype and torch.equal(ours.as_tensor().isnan(), theirs.as_tensor().isnan())
+    assert torch.equal(ours.as_tensor().nan_to_num(), theirs.as_tensor().nan_to_num())
+    assert torch.equal(ours.affine, theirs.affine) and ours.meta["filename_or_obj"] == "scan.nii.gz"
+    assert torch.equal(img.as_tensor().nan_to_num(), before.as_tensor().nan_to_num())  # the input is left alone
 
 
 def test_bad_arguments_raise():
@@ -187,7 +214,8 @@ def test_apply_pending_fast_matches_monai_apply_pending():
     img = _volume(flips=(-1, -1, 1))  # LPS-stored volume: orientation flips two axes
     ours = ApplyPendingResampled("image")(_lazy_chain(img.clone()))["image"]
     reference, _ = apply_pending(
-        _lazy_chain(img.clone())["image"], overrides={"mode": "bilinear", "padding_mode": "border", "dtype": torch.float64}
+        _lazy_chain(img.clone())["image"],
+        overrides={"mode": "bilinear", "padding_mode": "border", "dtype": torch.float64},
     )
     assert ours.shape == reference.shape == (1, 9, 8, 7)
     torch.testing.assert_close(ours.as_tensor(), reference.as_tensor().float(), atol=1e-3, rtol=1e-5)
@@ -198,8 +226,9 @@ def test_apply_pending_fast_matches_monai_apply_pending():
 
 def test_apply_pending_fast_falls_back_to_monai_for_rotations():
     img = _volume(shape=(8, 8, 8), spacing=(1, 1, 1))
-    img.push_pending_operation({"lazy_affine": torch.as_tensor(_oblique_affine((1, 1, 1), 30.0, (0, 0, 0))),
-                                "lazy_shape": (8, 8, 8)})
+    img.push_pending_operation(
+        {"lazy_affine": torch.as_tensor(_oblique_affine((1, 1, 1), 30.0, (0, 0, 0))), "lazy_shape": (8, 8, 8)}
+    )
     out = apply_pending_fast(img, "bilinear", "border")
     assert out.shape == (1, 8, 8, 8)
     assert not out.pending_operations
@@ -208,7 +237,9 @@ def test_apply_pending_fast_falls_back_to_monai_for_rotations():
 def test_lazy_and_eager_pipelines_agree():
     img = _volume(shape=(40, 33, 12), spacing=(0.8, 0.8, 3.0), flips=(-1, -1, 1))
     outputs = [
-        Compose(ct_preprocessing(pixdim=2.0, spatial_size=16, loader=None, lazy=lazy), lazy=lazy)({"image": img.clone()})
+        Compose(ct_preprocessing(pixdim=2.0, spatial_size=16, loader=None, lazy=lazy), lazy=lazy)(
+            {"image": img.clone()}
+        )
         for lazy in (True, False)
     ]
     lazy_out, eager_out = (o["image"] for o in outputs)
@@ -239,8 +270,9 @@ def test_pad_value_is_the_windowed_minimum_when_there_is_no_air():
 @pytest.mark.parametrize("lazy", [True, False])
 def test_pipeline_inverts_to_the_input_grid(lazy):
     """Maps (e.g. dense similarities) computed on the 2 mm grid can be taken back to the scan's own grid."""
-    smooth = torch.nn.functional.interpolate(torch.rand(1, 1, 4, 4, 3) * 1600 - 800, size=(30, 26, 12),
-                                             mode="trilinear", align_corners=False)[0]
+    smooth = torch.nn.functional.interpolate(
+        torch.rand(1, 1, 4, 4, 3) * 1600 - 800, size=(30, 26, 12), mode="trilinear", align_corners=False
+    )[0]
     img = MetaTensor(smooth, affine=torch.as_tensor(_oblique_affine((0.9, 0.9, 3.0), flips=(-1, -1, 1))))
     pipeline = Compose(ct_preprocessing(pixdim=1.5, spatial_size=(16, 20, 28), loader=None, lazy=lazy), lazy=lazy)
     out = pipeline({"image": img.clone()})
