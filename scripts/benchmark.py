@@ -874,6 +874,7 @@ def run(
     phantoms: int = 3,
     feeding_iterations: int = 6,
     compile_encoder: bool | None = None,
+    loader_volumes: int = 12,
 ) -> dict[str, Any]:
     """Run the selected sections and write ``benchmark.json`` and ``benchmark.md`` into ``out_dir``.
 
@@ -895,6 +896,8 @@ def run(
             ``data_path`` sections (0: the real CTs only).
         feeding_iterations: training iterations per case of the ``loader_feeding`` section.
         compile_encoder: also time the encoder under ``torch.compile`` (default: on CUDA).
+        loader_volumes: volumes each DataLoader case of the ``data_path`` section reads (its inputs in turn), so
+            that the workers' start is spread over many volumes, as in training (``repeats`` applies there too).
 
     Returns:
         The report written to ``benchmark.json``.
@@ -944,7 +947,7 @@ def run(
                 elif name == "train_step":
                     result = bench_train_step(dev, repeats, warmup, train_batch)
                 else:
-                    result = _data_section(name, tmp, data_dir, phantoms, feeding_iterations, repeats)
+                    result = _data_section(name, tmp, data_dir, phantoms, feeding_iterations, repeats, loader_volumes)
             except FileNotFoundError:
                 raise
             except Exception as err:  # noqa: BLE001 - one broken section must not hide the others
@@ -959,7 +962,7 @@ def run(
 
 
 def _data_section(
-    name: str, tmp: str, data_dir: str | None, phantoms: int, feeding_iterations: int, repeats: int
+    name: str, tmp: str, data_dir: str | None, phantoms: int, feeding_iterations: int, repeats: int, loader_volumes: int
 ) -> dict[str, Any]:
     """One of the data-path sections of ``scripts/benchmark_data.py`` on the real CTs and CT-RATE-sized phantoms."""
     real = real_ct_volumes(data_dir)
@@ -970,7 +973,8 @@ def _data_section(
         return bench_store_format(real + large, tmp, repeats)
     if name == "data_path":
         inputs = {"real CTs": real, "CT-RATE-sized phantoms": large}
-        return bench_data_path({label: volumes for label, volumes in inputs.items() if volumes}, tmp)
+        chosen = {label: volumes for label, volumes in inputs.items() if volumes}
+        return bench_data_path(chosen, tmp, repeats=repeats, loader_volumes=loader_volumes)
     from common.data.default import default_datalist
 
     return bench_loader_feeding(default_datalist(None, dims=3), tmp, feeding_iterations)

@@ -9,8 +9,10 @@ vs from the store vs the release's TorchIO pipeline, and the DataLoader feeding 
 * ``data_path``: volumes/s (wall) and CPU s/volume of colipri_ct's deterministic image preprocessing (paper
   settings) from each input file, in a fresh (spawned) process (best of two passes after a warm-up volume: what
   the preprocessing incl. loading costs; the memory history of a long benchmark process inflates the system time
-  of page faults, for a memory-bound pipeline most) and through a DataLoader with 1 and 2 worker processes (which adds the workers' start and the transfer of every
-  192^3 float32 output through shared memory, the same for every pipeline). Each pipeline runs once in the main
+  of page faults, for a memory-bound pipeline most) and through a DataLoader with 1 and 2 worker processes over
+  at least ``loader_volumes`` volumes (the inputs in turn; this adds the transfer of every 192^3 float32 output
+  through shared memory, the same for every pipeline, and the workers' start, also measured on its own). Each case
+  runs ``repeats`` times, the pipelines taking turns; the median, min and max are reported. Each pipeline runs once in the main
   process first (lazy imports and first-call set-up, which persistent training workers pay once per run and forked
   benchmark workers would otherwise pay per case; the same for every pipeline): on the fly (read + preprocess),
   from a store built by ``common.data.store.build`` (time and CPU of the build reported), and the release's TorchIO
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import multiprocessing
 import os
 import resource
@@ -284,12 +287,17 @@ class _Mapped(torch.utils.data.Dataset):
         return self.fn(self.items[index])
 
 
-def _through_loader(items: Sequence[Any], fn: Callable[[Any], Any], workers: int) -> tuple[dict[str, float], list]:
+def _through_loader(
+    items: Sequence[Any], fn: Callable[[Any], Any], workers: int, keep: int
+) -> tuple[dict[str, float], list]:
+    """Wall and CPU seconds of ``fn`` over ``items`` through a DataLoader with ``workers`` forked workers, and the
+    first ``keep`` outputs (the others are dropped as they arrive, as a training step drops its batch)."""
+
     def run() -> list:
         loader = torch.utils.data.DataLoader(
             _Mapped(items, fn), batch_size=None, num_workers=workers, worker_init_fn=_one_thread
         )
-        return [torch.as_tensor(x) for x in loader]  # kept as received (no copy: not part of any pipeline)
+        return [torch.as_tensor(x) for i, x in enumerate(loader) if i < keep]  # as received (no copy)
 
     stats, outputs = _timed(run)
     stats.update(volumes_per_s=len(items) / stats["wall_s"], cpu_s_per_volume=stats["cpu_s"] / len(items))
@@ -357,31 +365,71 @@ def _fresh_process_cpu(name: str, store_dir: str, volumes: Sequence[str]) -> flo
     return cpu / len(volumes)
 
 
+def _worker_start(workers: int) -> float:
+    """CPU seconds of starting (forking) and joining ``workers`` DataLoader workers from this process, nothing loaded:
+    the part of a through-loader case that a training run pays once per run (persistent workers), not per volume."""
+    stats, _ = _timed(lambda: list(torch.utils.data.DataLoader(_Mapped(range(workers), torch.zeros), batch_size=None,
+                                                               num_workers=workers)))  # fmt: skip
+    return stats["cpu_s"]
+
+
+def _summary(runs: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """Median (and min / max) over the repeats of one case; the load before the first and after the last."""
+    summary: dict[str, Any] = {"repeats": len(runs), "load_before": runs[0]["load_before"],
+                               "load_after": runs[-1]["load_after"]}  # fmt: skip
+    for key in ("cpu_s_per_volume", "volumes_per_s"):
+        values = [r[key] for r in runs if key in r]
+        if values:
+            summary[key] = statistics.median(values)
+            summary[f"{key}_min"], summary[f"{key}_max"] = min(values), max(values)
+    return summary
+
+
 def bench_data_path(
-    inputs: dict[str, Sequence[str]], directory: str | os.PathLike, workers: Iterable[int] = (1, 2)
+    inputs: dict[str, Sequence[str]],
+    directory: str | os.PathLike,
+    workers: Iterable[int] = (1, 2),
+    repeats: int = 1,
+    loader_volumes: int = 12,
 ) -> dict[str, Any]:
-    """On the fly vs store vs the release's TorchIO processor, per input set and DataLoader worker count."""
-    result: dict[str, Any] = {"settings": "colipri_ct image_preprocessing, paper settings (RAS, 2 mm, 192^3)"}
+    """On the fly vs store vs the release's TorchIO processor, per input set and DataLoader worker count.
+
+    Every case runs ``repeats`` times, the pipelines taking turns within each repeat (so that a change of the
+    box's load falls on all of them); a case reports the median CPU s per volume with its min and max, a ratio the
+    median of the per-repeat ratios with their min and max. A DataLoader case cycles through the inputs until it has
+    read at least ``loader_volumes`` volumes, so that the workers' start (measured on its own:
+    ``worker_start_cpu_s``) is spread over many volumes, as in a training epoch, rather than over three.
+    """
+    workers = tuple(workers)
+    result: dict[str, Any] = {"settings": "colipri_ct image_preprocessing, paper settings (RAS, 2 mm, 192^3)",
+                              "repeats": repeats, "loader_volumes": loader_volumes}  # fmt: skip
     for label, volumes in inputs.items():
         folder = Path(tempfile.mkdtemp(dir=directory))
         store_dir, build_stats = _build_store(volumes, folder, workers=max(workers))
         pipelines = {name: _pipeline(name, str(store_dir)) for name in DATA_PATH_PIPELINES}
-        cases: dict[str, Any] = {}
+        for fn in pipelines.values():
+            if callable(fn):
+                fn(volumes[0])  # warm-up in this process: the forked workers inherit imports and set-up
+        items = list(volumes) * math.ceil(loader_volumes / len(volumes))
+        runs: dict[str, list[dict[str, float]]] = {}
         outputs: dict[str, list] = {}
-        for name, fn in pipelines.items():
-            if not isinstance(fn, str):
+        for _ in range(repeats):
+            for name, fn in pipelines.items():
+                if isinstance(fn, str):
+                    continue
                 load_before = _load()
                 with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
                     cpu = fresh.submit(_fresh_process_cpu, name, str(store_dir), list(volumes)).result()
-                cases[f"{name}, in a fresh process"] = {"cpu_s_per_volume": cpu, "load_before": load_before,
-                                                        "load_after": _load()}  # fmt: skip
-                fn(volumes[0])  # warm-up in this process: the forked workers inherit imports and set-up
-            for count in workers:
-                key = f"{name}, {count} worker(s)"
-                if isinstance(fn, str):
-                    cases[key] = {"skipped": fn}
-                    continue
-                cases[key], outputs[name] = _through_loader(volumes, fn, count)
+                runs.setdefault(f"{name}, in a fresh process", []).append(
+                    {"cpu_s_per_volume": cpu, "load_before": load_before, "load_after": _load()}
+                )
+                for count in workers:
+                    stats, outputs[name] = _through_loader(items, fn, count, keep=len(volumes))
+                    runs.setdefault(f"{name}, {count} worker(s)", []).append(stats)
+        cases: dict[str, Any] = {key: _summary(r) for key, r in runs.items()}
+        for name, fn in pipelines.items():
+            if isinstance(fn, str):
+                cases.update({f"{name}, {count} worker(s)": {"skipped": fn} for count in workers})
         agreement: dict[str, Any] = {}
         if "ours, from the store" in outputs:
             pairs = zip(outputs["ours, on the fly"], outputs["ours, from the store"])
@@ -391,14 +439,15 @@ def bench_data_path(
             agreement["ours vs TorchIO: max |diff|"] = max(float(d.max()) for d in diffs)
             agreement["ours vs TorchIO: mean |diff|"] = statistics.fmean(float(d.mean()) for d in diffs)
             for count in [*(f"{c} worker(s)" for c in workers), "in a fresh process"]:
-                theirs = cases[f"release TorchIO processor, {count}"]
+                theirs = runs[f"release TorchIO processor, {count}"]
                 for name in ("ours, on the fly", "ours, from the store"):
-                    ours = cases[f"{name}, {count}"]
-                    agreement[f"{name} / TorchIO, {count}: CPU s ratio"] = (
-                        theirs["cpu_s_per_volume"] / ours["cpu_s_per_volume"]
-                    )
+                    ratios = [t["cpu_s_per_volume"] / o["cpu_s_per_volume"]
+                              for t, o in zip(theirs, runs[f"{name}, {count}"])]  # fmt: skip
+                    agreement[f"{name} / TorchIO, {count}: CPU s ratio"] = statistics.median(ratios)
+                    agreement[f"{name} / TorchIO, {count}: CPU s ratio, min-max"] = [min(ratios), max(ratios)]
         result[label] = {"volumes": [os.path.basename(v) for v in volumes], "store_build": build_stats,
-                         "cases": cases, "agreement": agreement}  # fmt: skip
+                         "loader_items": len(items), "cases": cases, "agreement": agreement,
+                         "worker_start_cpu_s": {str(count): _worker_start(count) for count in workers}}  # fmt: skip
         store_cpu = cases["ours, from the store, 1 worker(s)"]["cpu_s_per_volume"]
         result[label]["store_volumes_per_s_per_16_cores_estimate"] = 16 / store_cpu
     return result
@@ -464,6 +513,8 @@ def _feeding(trainer: Any, iterations: int) -> dict[str, Any]:
 
 
 def _f(value: Any, digits: int = 3) -> str:
+    if isinstance(value, (list, tuple)):
+        return " - ".join(_f(v, digits) for v in value)
     if isinstance(value, bool) or value is None:
         return str(value)
     if isinstance(value, float):
@@ -504,7 +555,8 @@ def data_markdown(sections: dict[str, Any]) -> list[str]:
         sec = sections["data_path"]
         lines += ["", "## Preprocessing incl. loading: on the fly vs store vs the release's TorchIO", ""]
         lines.append(str(sec.get("settings", sec.get("error", ""))))
-        columns = [("volumes_per_s", "volumes/s (wall)"), ("cpu_s_per_volume", "CPU s/volume"),
+        columns = [("volumes_per_s", "volumes/s (wall)"), ("cpu_s_per_volume", "CPU s/volume (median)"),
+                   ("cpu_s_per_volume_min", "min"), ("cpu_s_per_volume_max", "max"), ("repeats", "repeats"),
                    ("load_before", "load before"), ("load_after", "load after")]  # fmt: skip
         for label, entry in sec.items():
             if not isinstance(entry, dict) or "cases" not in entry:
@@ -514,7 +566,10 @@ def data_markdown(sections: dict[str, Any]) -> list[str]:
             lines.append(f"Store build ({build['workers']} workers): {build['wall_s']:.1f} s wall, "
                          f"{build['cpu_s']:.1f} CPU s, {build['size_mb']:.1f} MB, load {build['load_before']} -> "
                          f"{build['load_after']}.")  # fmt: skip
+            lines.append(f"DataLoader cases: {entry['loader_items']} volumes per case (the inputs in turn).")
             lines += [""] + _table(entry["cases"], columns) + [""]
+            starts = ", ".join(f"{n}: {_f(c)}" for n, c in entry["worker_start_cpu_s"].items())
+            lines.append(f"* worker start (CPU s per DataLoader, by worker count; once per training run): {starts}")
             lines += [f"* {k}: {_f(v)}" for k, v in entry["agreement"].items()]
             estimate = entry["store_volumes_per_s_per_16_cores_estimate"]
             lines.append(f"* store volumes/s per 16-core node (16 / CPU s per volume, an estimate): {estimate:.0f}")

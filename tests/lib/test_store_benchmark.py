@@ -32,8 +32,8 @@ def test_data_sections_on_a_small_ct(bench, tmp_path: Path, monkeypatch: pytest.
     hu = rng.integers(-1024, 1500, size=(48, 40, 24)).astype(np.int16)
     nib.save(nib.Nifti1Image(hu, np.diag([4.0, 4.0, 8.0, 1.0])), data_dir / "ct" / "small.nii.gz")
     out = tmp_path / "bench"
-    report = bench.run(out_dir=str(out), sections="decoding,store_format,data_path", repeats=1, data_dir=str(data_dir),
-                       phantoms=0)  # fmt: skip
+    report = bench.run(out_dir=str(out), sections="decoding,store_format,data_path", repeats=2, data_dir=str(data_dir),
+                       phantoms=0, loader_volumes=2)  # fmt: skip
     sections = report["sections"]
 
     decoding = sections["decoding"]["volumes"]["small.nii.gz"]["cases"]
@@ -55,10 +55,16 @@ def test_data_sections_on_a_small_ct(bench, tmp_path: Path, monkeypatch: pytest.
             case = path["cases"][f"{pipeline}, {workers} worker(s)"]
             assert case["volumes_per_s"] > 0 and case["cpu_s_per_volume"] > 0
             assert {"load_before", "load_after"} <= set(case)
+            assert case["repeats"] == 2 and case["cpu_s_per_volume_min"] <= case["cpu_s_per_volume"]
+            assert case["cpu_s_per_volume"] <= case["cpu_s_per_volume_max"]
+    assert path["loader_items"] == 2  # the one input read twice per DataLoader case
+    assert set(path["worker_start_cpu_s"]) == {"1", "2"} and all(c > 0 for c in path["worker_start_cpu_s"].values())
     assert path["cases"]["ours, on the fly, in a fresh process"]["cpu_s_per_volume"] > 0
     torchio = path["cases"]["release TorchIO processor, 1 worker(s)"]
     if "skipped" not in torchio:
         assert path["agreement"]["ours vs TorchIO: max |diff|"] < 0.01  # within 1 HU after the [-1, 1] window
+        low, high = path["agreement"]["ours, on the fly / TorchIO, 1 worker(s): CPU s ratio, min-max"]
+        assert low <= path["agreement"]["ours, on the fly / TorchIO, 1 worker(s): CPU s ratio"] <= high
 
     assert json.loads((out / "benchmark.json").read_text())["sections"].keys() == sections.keys()
     markdown = (out / "benchmark.md").read_text()
