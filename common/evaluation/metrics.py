@@ -19,13 +19,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from common.evaluation._arrays import as_numpy, label_names, to_2d_labels
 
-__all__ = [
-    "auroc_rows",
-    "bootstrap_mean",
-    "multilabel_auroc",
-    "paired_auroc_difference",
-    "paired_mean_difference"
-]
+__all__ = ["auroc_rows", "bootstrap_mean", "multilabel_auroc", "paired_auroc_difference", "paired_mean_difference"]
 
 logger = logging.getLogger(__name__)
 
@@ -239,20 +233,24 @@ def paired_auroc_difference(
     per_label = {names[k]: summary(boot[:, k], point[k]) for k in range(n_labels)}
     complete = np.isfinite(boot[:, evaluable]).all(axis=1) if evaluable.any() else np.zeros(n_bootstrap, bool)
     macro_point = float(point[evaluable].mean()) if evaluable.any() else float("nan")
-    macro = {**summary(boot[complete][:, evaluable].mean(axis=1) if complete.any() else np.empty(0), macro_point),
-             "n_labels": int(evaluable.sum())}
+    macro = {
+        **summary(boot[complete][:, evaluable].mean(axis=1) if complete.any() else np.empty(0), macro_point),
+        "n_labels": int(evaluable.sum()),
+    }
     return {
         "macro": macro,
         "per_label": per_label,
         "n_cases": int(n_cases),
-        "bootstrap": {"n_resamples": int(n_bootstrap), "n_used_macro": int(complete.sum()), "ci_level": ci_level,
-                      "seed": seed},
+        "bootstrap": {
+            "n_resamples": int(n_bootstrap),
+            "n_used_macro": int(complete.sum()),
+            "ci_level": ci_level,
+            "seed": seed,
+        },
     }
 
 
-def bootstrap_mean(
-    values: Any, n_bootstrap: int = 1000, seed: int = 0, ci_level: float = 0.95
-) -> dict[str, Any]:
+def bootstrap_mean(values: Any, n_bootstrap: int = 1000, seed: int = 0, ci_level: float = 0.95) -> dict[str, Any]:
     """Mean of per-case values (NaN ignored) with a case-resampling percentile interval.
 
     Returns:
@@ -262,10 +260,16 @@ def bootstrap_mean(
     x = x[np.isfinite(x)]
     if x.size == 0:
         return {"mean": None, "mean_ci": [None, None], "n_cases": 0}
-    samples = np.concatenate([x[idx].mean(axis=1) for _, idx in _resample_chunks(x.size, n_bootstrap, seed)]) \
-        if n_bootstrap else np.empty(0)
-    return {"mean": float(x.mean()), "mean_ci": _percentile_ci(samples, ci_level) if samples.size else [None, None],
-            "n_cases": int(x.size)}
+    samples = (
+        np.concatenate([x[idx].mean(axis=1) for _, idx in _resample_chunks(x.size, n_bootstrap, seed)])
+        if n_bootstrap
+        else np.empty(0)
+    )
+    return {
+        "mean": float(x.mean()),
+        "mean_ci": _percentile_ci(samples, ci_level) if samples.size else [None, None],
+        "n_cases": int(x.size),
+    }
 
 
 def paired_mean_difference(
@@ -283,8 +287,11 @@ def paired_mean_difference(
     d = (a - b)[np.isfinite(a) & np.isfinite(b)]
     if d.size == 0:
         return {"difference": None, "difference_ci": [None, None], "p_not_better": None, "n_cases": 0}
-    samples = np.concatenate([d[idx].mean(axis=1) for _, idx in _resample_chunks(d.size, n_bootstrap, seed)]) \
-        if n_bootstrap else np.empty(0)
+    samples = (
+        np.concatenate([d[idx].mean(axis=1) for _, idx in _resample_chunks(d.size, n_bootstrap, seed)])
+        if n_bootstrap
+        else np.empty(0)
+    )
     return {
         "difference": float(d.mean()),
         "difference_ci": _percentile_ci(samples, ci_level) if samples.size else [None, None],
