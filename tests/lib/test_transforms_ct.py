@@ -19,11 +19,11 @@ from monai.transforms.lazy.functional import apply_pending
 from common.transforms.ct import (
     CentredSpacing,
     CentredSpacingd,
-    FastScaleIntensityRanged,
     centred_grid,
     colipri_preprocessing,
     ct_preprocessing,
 )
+from common.transforms.intensity import FastScaleIntensityRanged
 from common.transforms.spatial import (
     ApplyPendingResampled,
     CentralCrop,
