@@ -94,12 +94,18 @@ def expected_recall(
 
 
 def _measured_aurocs(directory: str, names: list[str]) -> dict[str, list[float]]:
+    """Per-finding AUROCs of the zero-shot and linear-probe sections that score every finding of ``names``."""
     results = EvaluationReport.load(directory)["results"]
     out = {}
     for section in ("zero_shot", "linear_probe"):
         per_label = results.get(section, {}).get("per_label", {})
         if all(per_label.get(n, {}).get("auroc") is not None for n in names):
             out[section] = [max(0.5, per_label[n]["auroc"]) for n in names]  # below 0.5: no usable evidence
+    if not out:
+        raise ValueError(
+            f"{directory}: no zero_shot or linear_probe section scores all {len(names)} findings of this finding set "
+            "(another --dims, or an evaluation without those sections?)"
+        )
     return out
 
 

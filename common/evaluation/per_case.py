@@ -107,16 +107,14 @@ def _section(columns: Mapping[str, np.ndarray], section: str) -> tuple[list[str]
 
 
 def _aligned(runs: Mapping[str, tuple[list[str], dict[str, np.ndarray]]]) -> tuple[list[str], dict[str, dict]]:
-    """Restrict every run to the cases all of them scored, in one order."""
-    common_ids = sorted(set.intersection(*(set(ids) for ids, _ in runs.values())))
-    if not common_ids:
-        raise ValueError("the evaluations share no test case")
+    """Every run's columns in one case order (the runs hold the same cases: checked by the caller)."""
+    ids = sorted(next(iter(runs.values()))[0])
     out = {}
-    for name, (ids, columns) in runs.items():
-        where = {case: i for i, case in enumerate(ids)}
-        rows = np.asarray([where[c] for c in common_ids])
+    for name, (run_ids, columns) in runs.items():
+        where = {case: i for i, case in enumerate(run_ids)}
+        rows = np.asarray([where[c] for c in ids])
         out[name] = {column: values[rows] for column, values in columns.items()}
-    return common_ids, out
+    return ids, out
 
 
 def compare_evaluations(

@@ -54,3 +54,22 @@ def test_run_reads_an_evaluation_and_writes_json_and_plot(ceiling, tmp_path: Pat
     assert result["evaluations"]["run (zero_shot)"]["image_to_text"] == result["levels"]["0.90"]["image_to_text"]
     assert (tmp_path / "out" / "retrieval_ceiling.png").stat().st_size > 0
     assert "| run (zero_shot), mean 0.900 |" in capsys.readouterr().out
+
+
+def test_an_evaluation_without_usable_aurocs_is_a_named_error(ceiling, tmp_path: Path):
+    labels = _labels(10)
+    records = [
+        {"image": f"/x/{i}.nii.gz", "labels": {f.key: int(labels[i, j]) for j, f in enumerate(FINDINGS)}}
+        for i in range(10)
+    ]
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": records[:1], "test": records}))
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "results.json").write_text(json.dumps({"results": {"retrieval": {}}}))
+    with pytest.raises(ValueError, match="no zero_shot or linear_probe section"):
+        ceiling.run(
+            str(tmp_path / "datalist.json"),
+            evaluations={"run": str(tmp_path / "eval")},
+            levels=(),
+            draws=2,
+            out_dir=str(tmp_path / "out"),
+        )
