@@ -7,7 +7,9 @@ The harness knows nothing about the method. A bundle encodes its evaluation data
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -109,87 +111,136 @@ def evaluate_embeddings(
     Raises:
         ValueError: if no section has its inputs, or inputs disagree in shape.
     """
-    results: dict[str, Any] = {}
-    per_case: dict[str, Any] = {}  # (N,) columns for per_case.csv, named <section>/<finding or quantity>
-    figures = report.figure_dir if report is not None else None
     labels = to_2d_labels(test_labels, "test_labels") if test_labels is not None else None
     names = _label_names(label_names, labels.shape[1]) if labels is not None else None
     if test_emb is not None:  # kept as given (a CUDA tensor stays on the GPU for zero-shot and retrieval)
         shape = tuple(test_emb.shape) if hasattr(test_emb, "shape") else np.shape(test_emb)
         if len(shape) != 2 or (labels is not None and shape[0] != len(labels)):
             raise ValueError(f"test_emb must be (N, D) with one row per test_labels row, got shape {shape}")
+    sections = _Sections(labels, names, n_bootstrap, seed, report)
 
     if test_emb is not None and labels is not None and pos_prompt_emb is not None and neg_prompt_emb is not None:
-        scores = zero_shot_scores(test_emb, pos_prompt_emb, neg_prompt_emb, temperature)
-        if scores.shape[1] != labels.shape[1]:
-            raise ValueError(f"{scores.shape[1]} prompt sets for {labels.shape[1]} label columns")
-        results["zero_shot"] = {**zero_shot_auroc(scores, labels, names, n_bootstrap, seed), "temperature": temperature}
-        per_case.update(_columns("zero_shot", names, scores))
-        if figures is not None:
-            report.add_figure("zero_shot_roc", plot_roc_curves(scores, labels, names, figures / "zero_shot_roc.png"))
-
+        _zero_shot(sections, test_emb, pos_prompt_emb, neg_prompt_emb, temperature)
     if test_emb is not None and test_text_emb is not None:
-        image_to_text, text_to_image = (
-            retrieval_ranks(test_emb, test_text_emb),
-            retrieval_ranks(test_text_emb, test_emb),
-        )
-        results["retrieval"] = retrieval_summary(image_to_text, text_to_image, n_bootstrap=n_bootstrap, seed=seed)
-        per_case.update({"retrieval/image_to_text_rank": image_to_text, "retrieval/text_to_image_rank": text_to_image})
-        if figures is not None:
-            report.add_figure("retrieval_recall", plot_recall_curve(results["retrieval"], figures / "retrieval.png"))
-
+        _retrieval(sections, test_emb, test_text_emb)
     if train_emb is not None and train_labels is not None and test_emb is not None and labels is not None:
-        train_y = to_2d_labels(train_labels, "train_labels")
-        if train_y.shape[1] != labels.shape[1]:
-            raise ValueError(f"train_labels has {train_y.shape[1]} columns but test_labels has {labels.shape[1]}")
-        # Same computation as probes.linear_probe / probes.knn_probe, keeping the scores for the ROC figures.
-        linear, chosen = linear_probe_scores(train_emb, train_y, test_emb, seed=seed)
-        results["linear_probe"] = multilabel_auroc(linear, labels, names, n_bootstrap=n_bootstrap, seed=seed)
-        for entry, c in zip(results["linear_probe"]["per_label"].values(), chosen):
-            entry["C"] = c
-        knn = knn_scores(train_emb, train_y, test_emb, k=knn_k, temperature=knn_temperature)
-        per_case.update({**_columns("linear_probe", names, linear), **_columns("knn_probe", names, knn)})
-        results["knn_probe"] = {
-            **multilabel_auroc(knn, labels, names, n_bootstrap=n_bootstrap, seed=seed),
-            "k": knn_k,
-            "temperature": knn_temperature,
-        }
-        if figures is not None:
-            for figure, probe_scores in (("linear_probe_roc", linear), ("knn_probe_roc", knn)):
-                report.add_figure(figure, plot_roc_curves(probe_scores, labels, names, figures / f"{figure}.png"))
-        if baseline_train_emb is not None and baseline_test_emb is not None:
-            base_linear, _ = linear_probe_scores(baseline_train_emb, train_y, baseline_test_emb, seed=seed)
-            base_knn = knn_scores(baseline_train_emb, train_y, baseline_test_emb, k=knn_k, temperature=knn_temperature)
-            for probe, ours, theirs in (("linear_probe", linear, base_linear), ("knn_probe", knn, base_knn)):
-                results[f"{baseline_name}_{probe}"] = multilabel_auroc(
-                    theirs, labels, names, n_bootstrap=n_bootstrap, seed=seed
-                )
-                results[f"{probe}_vs_{baseline_name}"] = paired_auroc_difference(
-                    ours, theirs, labels, names, n_bootstrap=n_bootstrap, seed=seed
-                )
-
+        baseline = (baseline_train_emb, baseline_test_emb, baseline_name)
+        _probes(sections, train_emb, train_labels, test_emb, knn_k, knn_temperature, baseline)
     seg_inputs = (train_patch_features, train_masks, test_patch_features, test_masks)
     if all(x is not None for x in seg_inputs):
-        kwargs = {"seed": seed, **dict(segmentation_kwargs or {})}
-        results["segmentation"] = train_segmentation_probe(*seg_inputs, **kwargs)
-        if figures is not None:
-            path = plot_dice_bars(results["segmentation"], figures / "segmentation_dice.png")
-            report.add_figure("segmentation_dice", path)
+        _segmentation(sections, seg_inputs, {"seed": seed, **dict(segmentation_kwargs or {})})
     elif any(x is not None for x in seg_inputs):
         logger.warning("segmentation probe skipped: it needs train/test patch features and masks")
 
-    if not results:
+    if not sections.results:
         raise ValueError("nothing to evaluate: no section received all of its inputs (see the docstring table)")
     if report is not None:
-        for name, section in results.items():
-            report.add_section(name, section)
-        if per_case and labels is not None:
+        sections.write(test_emb, case_ids, embedding_map)
+    return sections.results
+
+
+@dataclass
+class _Sections:
+    """What the sections of one :func:`evaluate_embeddings` call share, and what they produce."""
+
+    labels: np.ndarray | None
+    names: list[str] | None
+    n_bootstrap: int
+    seed: int
+    report: EvaluationReport | None
+    results: dict[str, Any] = field(default_factory=dict)
+    per_case: dict[str, np.ndarray] = field(default_factory=dict)  # (N,) columns, "<section>/<finding or quantity>"
+
+    def auroc(self, scores: Any, labels: np.ndarray | None = None) -> dict[str, Any]:
+        """Macro / per-finding AUROC with bootstrap CIs of ``(N, K)`` scores against the test labels."""
+        labels = self.labels if labels is None else labels
+        return multilabel_auroc(scores, labels, self.names, n_bootstrap=self.n_bootstrap, seed=self.seed)
+
+    def figure(self, name: str, draw: Callable[[Path], Path], stem: str | None = None) -> None:
+        """Draw ``<stem or name>.png`` into the report's figure folder as figure ``name`` (nothing without a report)."""
+        if self.report is not None:
+            self.report.add_figure(name, draw(self.report.figure_dir / f"{stem or name}.png"))
+
+    def write(self, test_emb: Any, case_ids: Sequence[str] | None, embedding_map: str | None) -> None:
+        """Add every section, ``per_case.csv``'s columns and the embedding map to the report."""
+        for name, section in self.results.items():
+            self.report.add_section(name, section)
+        labels, names = self.labels, self.names
+        if self.per_case and labels is not None:
             n = len(labels)
             ids = [str(i) for i in range(n)] if case_ids is None else [str(c) for c in case_ids]
             if len(ids) != n:
                 raise ValueError(f"{len(ids)} case_ids for {n} test cases")
-            report.set_per_case(ids, {**_columns("label", names, labels), **per_case})
+            self.report.set_per_case(ids, {**_columns("label", names, labels), **self.per_case})
         if embedding_map and test_emb is not None and labels is not None and len(test_emb) >= 3:
-            path = plot_embedding_map(test_emb, labels, names, figures / "embedding_map.png", embedding_map, seed)
-            report.add_figure("embedding_map", path)
-    return results
+            self.figure(
+                "embedding_map",
+                lambda path: plot_embedding_map(test_emb, labels, names, path, embedding_map, self.seed),
+            )
+
+
+def _zero_shot(sections: _Sections, test_emb: Any, pos: Any, neg: Any, temperature: float) -> None:
+    """Prompt-pair zero-shot scores and their AUROCs."""
+    labels, names = sections.labels, sections.names
+    scores = zero_shot_scores(test_emb, pos, neg, temperature)
+    if scores.shape[1] != labels.shape[1]:
+        raise ValueError(f"{scores.shape[1]} prompt sets for {labels.shape[1]} label columns")
+    results = zero_shot_auroc(scores, labels, names, sections.n_bootstrap, sections.seed)
+    sections.results["zero_shot"] = {**results, "temperature": temperature}
+    sections.per_case.update(_columns("zero_shot", names, scores))
+    sections.figure("zero_shot_roc", lambda path: plot_roc_curves(scores, labels, names, path))
+
+
+def _retrieval(sections: _Sections, test_emb: Any, test_text_emb: Any) -> None:
+    """Image -> report and report -> image ranks of the true pair, and their recall summary."""
+    image_to_text, text_to_image = retrieval_ranks(test_emb, test_text_emb), retrieval_ranks(test_text_emb, test_emb)
+    summary = retrieval_summary(image_to_text, text_to_image, n_bootstrap=sections.n_bootstrap, seed=sections.seed)
+    sections.results["retrieval"] = summary
+    sections.per_case.update(
+        {"retrieval/image_to_text_rank": image_to_text, "retrieval/text_to_image_rank": text_to_image}
+    )
+    sections.figure("retrieval_recall", lambda path: plot_recall_curve(summary, path), stem="retrieval")
+
+
+def _probes(
+    sections: _Sections,
+    train_emb: Any,
+    train_labels: Any,
+    test_emb: Any,
+    knn_k: int,
+    knn_temperature: float,
+    baseline: tuple[Any, Any, str],
+) -> None:
+    """Linear and kNN probes (the computation of probes.linear_probe / knn_probe, keeping scores for the figures),
+    and the same probes on a baseline encoder's embeddings with paired AUROC differences."""
+    labels, names, seed = sections.labels, sections.names, sections.seed
+    train_y = to_2d_labels(train_labels, "train_labels")
+    if train_y.shape[1] != labels.shape[1]:
+        raise ValueError(f"train_labels has {train_y.shape[1]} columns but test_labels has {labels.shape[1]}")
+    linear, chosen = linear_probe_scores(train_emb, train_y, test_emb, seed=seed)
+    sections.results["linear_probe"] = sections.auroc(linear)
+    for entry, c in zip(sections.results["linear_probe"]["per_label"].values(), chosen):
+        entry["C"] = c
+    knn = knn_scores(train_emb, train_y, test_emb, k=knn_k, temperature=knn_temperature)
+    sections.results["knn_probe"] = {**sections.auroc(knn), "k": knn_k, "temperature": knn_temperature}
+    sections.per_case.update({**_columns("linear_probe", names, linear), **_columns("knn_probe", names, knn)})
+    for name, probe_scores in (("linear_probe_roc", linear), ("knn_probe_roc", knn)):
+        sections.figure(name, lambda path, s=probe_scores: plot_roc_curves(s, labels, names, path))
+
+    baseline_train_emb, baseline_test_emb, baseline_name = baseline
+    if baseline_train_emb is None or baseline_test_emb is None:
+        return
+    base_linear, _ = linear_probe_scores(baseline_train_emb, train_y, baseline_test_emb, seed=seed)
+    base_knn = knn_scores(baseline_train_emb, train_y, baseline_test_emb, k=knn_k, temperature=knn_temperature)
+    for probe, ours, theirs in (("linear_probe", linear, base_linear), ("knn_probe", knn, base_knn)):
+        sections.results[f"{baseline_name}_{probe}"] = sections.auroc(theirs)
+        sections.results[f"{probe}_vs_{baseline_name}"] = paired_auroc_difference(
+            ours, theirs, labels, names, n_bootstrap=sections.n_bootstrap, seed=seed
+        )
+
+
+def _segmentation(sections: _Sections, inputs: tuple[Any, Any, Any, Any], kwargs: dict[str, Any]) -> None:
+    """The linear patch-feature segmentation probe and its Dice bars."""
+    results = train_segmentation_probe(*inputs, **kwargs)
+    sections.results["segmentation"] = results
+    sections.figure("segmentation_dice", lambda path: plot_dice_bars(results, path))
