@@ -15,20 +15,20 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 __all__ = [
-    "is_enabled",
-    "get_rank",
-    "get_world_size",
-    "is_main_process",
-    "all_gather_with_grad",
     "all_gather_no_grad",
+    "all_gather_with_grad",
     "all_reduce_mean",
     "all_reduce_sum",
     "broadcast_module",
-    "init_distributed",
-    "destroy_distributed",
-    "local_device",
     "ddp_device_ids",
+    "destroy_distributed",
     "full_tensor",
+    "get_rank",
+    "get_world_size",
+    "init_distributed",
+    "is_enabled",
+    "is_main_process",
+    "local_device",
     "quiet_other_ranks",
 ]
 

@@ -56,7 +56,7 @@ URL_TODO = "TODO: upload models/model.pt and put its download URL here"
 SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 _LIBRARY_REF = re.compile(rf"(?<![\w.\-/]){LIBRARY}(?:\.[A-Za-z_]\w*)+")
 _LIBRARY_IMPORT = re.compile(rf"(\$import\s+){LIBRARY}\b")
-_IMPORT_STATEMENT = re.compile(rf"^\s*(?:from\s+{LIBRARY}\b|import\s+(?:[\w.]+\s*,\s*)*{LIBRARY}\b)", re.M)
+_IMPORT_STATEMENT = re.compile(rf"^\s*(?:from\s+{LIBRARY}\b|import\s+(?:[\w.]+\s*,\s*)*{LIBRARY}\b)", re.MULTILINE)
 
 __all__ = ["ExportError", "export", "import_closure", "rewrite_config_text", "rewrite_python_source"]
 
@@ -402,7 +402,9 @@ def rewrite_python_source(source: str, filename: str = "<module>") -> str:
     if not _IMPORT_STATEMENT.search(source):
         return source
     tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-    plain_import = re.search(rf"^\s*import\s+(?:[\w.]+\s*,\s*)*{LIBRARY}\b(?!\s+as\b)", source, re.M) is not None
+    plain_import = (
+        re.search(rf"^\s*import\s+(?:[\w.]+\s*,\s*)*{LIBRARY}\b(?!\s+as\b)", source, re.MULTILINE) is not None
+    )
     edits: list[tuple[int, int]] = []
     statement: str | None = None  # "import" / "from" while inside such a statement
     previous = ""
@@ -545,7 +547,7 @@ def _build_network(config: dict, configs_dir: Path, seed: int) -> torch.nn.Modul
     parser = ConfigParser(copy.deepcopy(config))
     try:
         network = parser.get_parsed_content("network_def", lazy=True)
-    except Exception as err:  # noqa: BLE001 - report which config failed
+    except Exception as err:
         raise ExportError(configs_dir / "inference.yaml", f"network_def cannot be built: {err}") from err
     return network.eval()
 
@@ -583,7 +585,9 @@ def _preprocessing_record(config: dict, weights: Path | None) -> dict[str, Any] 
         try:
             check_preprocessing(weights, record)
         except PreprocessingMismatchError as err:
-            raise ExportError(weights, f"{err.problem} (was it trained with an overlay? pass it with --overlay)") from err
+            raise ExportError(
+                weights, f"{err.problem} (was it trained with an overlay? pass it with --overlay)"
+            ) from err
     return record
 
 
@@ -756,20 +760,30 @@ def _readme(
     default_data = "none = the embedded phantoms" if phantoms else "required: the phantom generator is not exported"
     commands = ["# run from the bundle root (the folder holding configs/, scripts/ and models/)"]
     if has("inference.yaml"):
-        commands += ["# inference -> eval/ (dataset_dir: a folder of images or a datalist)",
-                     "python -m monai.bundle run --config_file configs/inference.yaml --dataset_dir <data>"]
+        commands += [
+            "# inference -> eval/ (dataset_dir: a folder of images or a datalist)",
+            "python -m monai.bundle run --config_file configs/inference.yaml --dataset_dir <data>",
+        ]
     if has("train.yaml"):
-        commands += [f"# training (dataset_dir: a folder with datalist.json; {default_data})",
-                     "python -m monai.bundle run --config_file configs/train.yaml --dataset_dir <data>"]
+        commands += [
+            f"# training (dataset_dir: a folder with datalist.json; {default_data})",
+            "python -m monai.bundle run --config_file configs/train.yaml --dataset_dir <data>",
+        ]
     if has("train.yaml") and has("multi_gpu_train.yaml"):
-        commands += ["torchrun --standalone --nnodes=1 --nproc_per_node=4 -m monai.bundle run \\",
-                     "    --config_file \"['configs/train.yaml','configs/multi_gpu_train.yaml']\""]
+        commands += [
+            "torchrun --standalone --nnodes=1 --nproc_per_node=4 -m monai.bundle run \\",
+            "    --config_file \"['configs/train.yaml','configs/multi_gpu_train.yaml']\"",
+        ]
     if has("train.yaml") and has("demo.yaml"):
-        commands += ["# CPU demo (tiny network)",
-                     "python -m monai.bundle run --config_file \"['configs/train.yaml','configs/demo.yaml']\""]
+        commands += [
+            "# CPU demo (tiny network)",
+            "python -m monai.bundle run --config_file \"['configs/train.yaml','configs/demo.yaml']\"",
+        ]
     if has("train.yaml") and has("evaluate.yaml"):
-        commands += ["# frozen-encoder evaluation of a trained model",
-                     "python -m monai.bundle run --config_file \"['configs/train.yaml','configs/evaluate.yaml']\""]
+        commands += [
+            "# frozen-encoder evaluation of a trained model",
+            "python -m monai.bundle run --config_file \"['configs/train.yaml','configs/evaluate.yaml']\"",
+        ]
     known = {"inference.yaml", "train.yaml", "multi_gpu_train.yaml", "demo.yaml", "evaluate.yaml", "logging.conf"}
     others = [name for name in configs if name not in known]
     if others:
@@ -782,8 +796,10 @@ def _readme(
         "python -m monai.bundle verify_net_in_out network_def --meta_file configs/metadata.json "
         "--config_file configs/inference.yaml",
     ]
-    export = ("python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt "
-              "--meta_file configs/metadata.json --config_file configs/inference.yaml")
+    export = (
+        "python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt "
+        "--meta_file configs/metadata.json --config_file configs/inference.yaml"
+    )
     mode, reason, input_shape = torchscript["mode"], torchscript["reason"], torchscript["input_shape"]
     probe = torchscript["probe_shape"]
     probed = (f" Checked at export with a probe input of shape `{probe}`" + (
@@ -793,18 +809,24 @@ def _readme(
         commands.append(export)
         ts_note = "The inference network converts with `torch.jit.script` (the Zoo CI default)." + probed
     elif mode == "trace":
-        commands.append(f"{export} --use_trace True --input_shape \"{input_shape}\"")
-        ts_note = (f"**TorchScript: excluded from scripting** (`exclude_verify_torchscript_list`): `torch.jit.script` "
-                   f"fails on this network ({reason}). It converts with `torch.jit.trace` at the fixed input shape "
-                   f"`{input_shape}` (the traced graph matches the eager network); use the command above.{probed}")
+        commands.append(f'{export} --use_trace True --input_shape "{input_shape}"')
+        ts_note = (
+            f"**TorchScript: excluded from scripting** (`exclude_verify_torchscript_list`): `torch.jit.script` "
+            f"fails on this network ({reason}). It converts with `torch.jit.trace` at the fixed input shape "
+            f"`{input_shape}` (the traced graph matches the eager network); use the command above.{probed}"
+        )
     elif mode == "unchecked":
-        commands.append(f"{export} --use_trace True --input_shape \"{input_shape}\"")
-        ts_note = ("TorchScript conversion was not checked at export (`--check_torchscript False`). The bundle's "
-                   "networks are usually traceable but not scriptable: try the command above, and list the bundle in "
-                   "`exclude_verify_torchscript_list` if `torch.jit.script` fails.")
+        commands.append(f'{export} --use_trace True --input_shape "{input_shape}"')
+        ts_note = (
+            "TorchScript conversion was not checked at export (`--check_torchscript False`). The bundle's "
+            "networks are usually traceable but not scriptable: try the command above, and list the bundle in "
+            "`exclude_verify_torchscript_list` if `torch.jit.script` fails."
+        )
     else:
-        ts_note = (f"**TorchScript: excluded** (`exclude_verify_torchscript_list`): the network can be neither "
-                   f"scripted nor traced ({reason}). Use `models/model.pt` with `configs/inference.yaml`.{probed}")
+        ts_note = (
+            f"**TorchScript: excluded** (`exclude_verify_torchscript_list`): the network can be neither "
+            f"scripted nor traced ({reason}). Use `models/model.pt` with `configs/inference.yaml`.{probed}"
+        )
     references = "\n".join(f"{i}. {r}" for i, r in enumerate(meta.get("references", []), 1)) or "See the description."
     io = meta["network_data_format"]
     training = _pick(sections, "model overview", "model") or "See `configs/train.yaml`; every knob is a config key."
@@ -852,8 +874,14 @@ def _readme(
 
 def _data_license(meta: dict, source_readme: str, bundle: str, phantoms: bool) -> str:
     license_text = _localise(_pick(_sections(source_readme), "license"), bundle)
-    phantom_note = (" The embedded phantom data are generated by the vendored code in scripts/data/ and carry\n"
-                    "the code's license.") if phantoms else ""
+    phantom_note = (
+        (
+            " The embedded phantom data are generated by the vendored code in scripts/data/ and carry\n"
+            "the code's license."
+        )
+        if phantoms
+        else ""
+    )
     return (
         "Third-party data\n"
         "================\n\n"
@@ -1109,7 +1137,8 @@ def _write_docs(out: Path, request: _Request, modules: Sequence[str], torchscrip
     )
     own_license = request.source / "docs" / "data_license.txt"
     (out / "docs" / "data_license.txt").write_text(
-        own_license.read_text() if own_license.is_file()
+        own_license.read_text()
+        if own_license.is_file()
         else _data_license(request.meta, source_readme, request.bundle, phantoms)
     )
 

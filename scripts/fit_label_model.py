@@ -34,17 +34,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from common.data import label_model  # noqa: E402
+from common.data import label_model
 
 # The reference data sit next to the checkout (``../shared/data``) or inside it (``shared/data``).
 _CSV_NAME = Path("data") / "reports" / "chest_ct_reports_labeled.csv"
 _CSV_CANDIDATES = (REPO.parent / "shared" / _CSV_NAME, REPO / "shared" / _CSV_NAME)
 DEFAULT_CSV = str(next((path for path in _CSV_CANDIDATES if path.is_file()), _CSV_CANDIDATES[0]))
 MODULE = REPO / "common" / "data" / "label_model.py"
-_BLOCK = re.compile(r"(# fmt: off\n)PREVALENCE: dict.*?(# fmt: on\n)", re.S)
+_BLOCK = re.compile(r"(# fmt: off\n)PREVALENCE: dict.*?(# fmt: on\n)", re.DOTALL)
 _DATE = re.compile(r"fitted on \d{4}-\d{2}-\d{2}")
 
-__all__ = ["read_labels", "format_constants", "compare", "fit"]
+__all__ = ["compare", "fit", "format_constants", "read_labels"]
 
 
 def read_labels(csv_path: str | Path) -> np.ndarray:
@@ -92,9 +92,7 @@ def compare(real: np.ndarray, sampled: np.ndarray) -> dict[str, Any]:
     sampled_counts = np.bincount(sampled.sum(axis=1), minlength=size)
     last = int(max(np.flatnonzero(real_counts).max(), np.flatnonzero(sampled_counts).max())) + 1
     return {
-        "prevalence": {
-            key: {"real": float(r), "sampled": float(s)} for key, r, s in zip(keys, real_p, sampled_p)
-        },
+        "prevalence": {key: {"real": float(r), "sampled": float(s)} for key, r, s in zip(keys, real_p, sampled_p)},
         "prevalence_max_abs_error": float(np.abs(real_p - sampled_p).max()),
         "conditional_cooccurrence_max_abs_error": float(error[j, k]),
         "conditional_cooccurrence_mean_abs_error": float(np.nanmean(error[~np.eye(len(keys), dtype=bool)])),
@@ -174,7 +172,7 @@ def fit(
     if out_json:
         report = {
             "source": str(csv),
-            "reports": int(len(labels)),
+            "reports": len(labels),
             "date": today,
             "samples": int(samples),
             "seed": int(seed),

@@ -58,11 +58,18 @@ from common.data.dataset import PretrainingDataset, pretraining_collate
 from common.evaluation.extract import extract_features
 from common.networks.dino import DinoClsEncoder
 
-__all__ = ["spread_statistics", "bundle_spread", "main"]
+__all__ = ["bundle_spread", "main", "spread_statistics"]
 
 BUNDLES = ("colipri_ct", "colipri_cxr", "raddino_ct", "raddino_cxr")
-COLUMNS = ("between_cosine", "between_cosine_centred", "view_cosine", "view_cosine_centred", "variance_ratio",
-           "f_statistic", "view_retrieval_top1")
+COLUMNS = (
+    "between_cosine",
+    "between_cosine_centred",
+    "view_cosine",
+    "view_cosine_centred",
+    "variance_ratio",
+    "f_statistic",
+    "view_retrieval_top1",
+)
 
 
 def _mean_offdiag_cosine(x: np.ndarray) -> float:
@@ -83,8 +90,10 @@ def spread_statistics(features: np.ndarray) -> dict[str, float]:
         raise ValueError(f"need features of shape (N >= 2 cases, V views, D), got {x.shape}")
     n, v, d = x.shape
     centred = x - x.reshape(-1, d).mean(axis=0)
-    out = {"between_cosine": _mean_offdiag_cosine(x[:, 0]),
-           "between_cosine_centred": _mean_offdiag_cosine(centred[:, 0])}
+    out = {
+        "between_cosine": _mean_offdiag_cosine(x[:, 0]),
+        "between_cosine_centred": _mean_offdiag_cosine(centred[:, 0]),
+    }
     if v < 2:
         return out
     out["view_cosine"] = float(np.mean([_mean_offdiag_cosine(case) for case in x]))
@@ -159,8 +168,9 @@ def bundle_spread(
     if len(records) < 2:
         raise ValueError(f"{bundle}: need at least 2 test records, got {len(records)}")
     preprocessing = list(parser.get_parsed_content("image_preprocessing"))
-    clean = parser.get_parsed_content("evaluate#image_preprocessing" if "evaluate#image_preprocessing" in parser
-                                      else "image_preprocessing")
+    clean = parser.get_parsed_content(
+        "evaluate#image_preprocessing" if "evaluate#image_preprocessing" in parser else "image_preprocessing"
+    )
     model = _ViewStackEncoder(encoder, voxels).to(device).eval()
     amp = torch.bfloat16 if device.type == "cuda" else None
 
@@ -172,13 +182,20 @@ def bundle_spread(
             dataset.set_epoch(draw)
             loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=pretraining_collate)
             parts.append(extract_features(model, loader, device, amp_dtype=amp, progress=False))
-        return {name: np.concatenate([p[name] for p in parts], axis=1) for name in ("embedding", "voxels")
-                if name in parts[0]}
+        return {
+            name: np.concatenate([p[name] for p in parts], axis=1)
+            for name in ("embedding", "voxels")
+            if name in parts[0]
+        }
 
     views = embed([*preprocessing, *random], key, math.ceil(num_views / per_draw))
     plain = embed(list(clean), "image", 1)
     result: dict[str, Any] = {
-        "bundle": bundle, "overlay": overlay, "num_cases": len(records), "num_views": num_views, "seed": seed,
+        "bundle": bundle,
+        "overlay": overlay,
+        "num_cases": len(records),
+        "num_views": num_views,
+        "seed": seed,
         "views": "image_preprocessing + augmentation" if colipri else "image_preprocessing + multicrop global crops",
         "feature_dim": int(views["embedding"].shape[-1]),
         "voxels_per_view": int(views["voxels"].shape[-1]) if voxels else None,
@@ -197,16 +214,26 @@ def format_spread_table(results: Sequence[dict[str, Any]]) -> str:
     header = ["bundle", "input", "clean_between", *COLUMNS]
     rows = [header]
     for res in results:
-        for name, stats, clean in (("features", res["features"], res["clean_features"]),
-                                   ("voxels", res.get("voxels"), res.get("clean_voxels"))):
+        for name, stats, clean in (
+            ("features", res["features"], res["clean_features"]),
+            ("voxels", res.get("voxels"), res.get("clean_voxels")),
+        ):
             if stats is not None:
-                rows.append([res["bundle"], name, f"{clean['between_cosine']:.4f}",
-                             *(f"{stats[c]:.4f}" if c in stats else "-" for c in COLUMNS)])
+                rows.append(
+                    [
+                        res["bundle"],
+                        name,
+                        f"{clean['between_cosine']:.4f}",
+                        *(f"{stats[c]:.4f}" if c in stats else "-" for c in COLUMNS),
+                    ]
+                )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
     n = results[0]["num_cases"] if results else 0
-    lines.append(f"(centred cosines of exchangeable cases: about -1/(N-1) = {-1 / max(n - 1, 1):.4f}; "
-                 f"view_retrieval_top1 chance: 1/N = {1 / max(n, 1):.4f})")
+    lines.append(
+        f"(centred cosines of exchangeable cases: about -1/(N-1) = {-1 / max(n - 1, 1):.4f}; "
+        f"view_retrieval_top1 chance: 1/N = {1 / max(n, 1):.4f})"
+    )
     return "\n".join(lines)
 
 

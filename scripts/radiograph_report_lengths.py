@@ -32,8 +32,14 @@ from common.transforms.text import clean_report, extract_sections, load_tokenize
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IU = next(
-    (p for p in (ROOT.parent / "shared" / "data" / "reports" / "iu_xray_reports.csv",
-                 ROOT / "shared" / "data" / "reports" / "iu_xray_reports.csv") if p.is_file()),
+    (
+        p
+        for p in (
+            ROOT.parent / "shared" / "data" / "reports" / "iu_xray_reports.csv",
+            ROOT / "shared" / "data" / "reports" / "iu_xray_reports.csv",
+        )
+        if p.is_file()
+    ),
     ROOT.parent / "shared" / "data" / "reports" / "iu_xray_reports.csv",
 )
 
@@ -42,8 +48,15 @@ def summary(lengths: list[int]) -> dict[str, float]:
     """n, mean and the 10/25/50/75/90th percentiles of token counts."""
     values = np.asarray(lengths, dtype=float)
     p10, p25, p50, p75, p90 = np.percentile(values, [10, 25, 50, 75, 90])
-    return {"n": int(values.size), "mean": round(float(values.mean()), 1), "p10": float(p10), "p25": float(p25),
-            "median": float(p50), "p75": float(p75), "p90": float(p90)}
+    return {
+        "n": int(values.size),
+        "mean": round(float(values.mean()), 1),
+        "p10": float(p10),
+        "p25": float(p25),
+        "median": float(p50),
+        "p75": float(p75),
+        "p90": float(p90),
+    }
 
 
 def iu_lengths(csv_path: str | Path, tokenizer: Any) -> list[int]:
@@ -94,8 +107,10 @@ def main(
         if stats is None:
             print(f"{name:8s} not available ({csv_path})")
             continue
-        print(f"{name:8s} n={stats['n']:5d} median={stats['median']:5.1f} p10={stats['p10']:5.1f} "
-              f"p90={stats['p90']:5.1f} mean={stats['mean']:5.1f}")
+        print(
+            f"{name:8s} n={stats['n']:5d} median={stats['median']:5.1f} p10={stats['p10']:5.1f} "
+            f"p90={stats['p90']:5.1f} mean={stats['mean']:5.1f}"
+        )
     Path(out_json).write_text(json.dumps(result, indent=1))
 
 

@@ -21,7 +21,15 @@ import string
 from dataclasses import dataclass, field
 
 __all__ = [
-    "ORGANS", "Finding", "FINDINGS", "FINDING_NAMES", "FINDING_KEYS", "LOBES", "STATIONS", "DEVICES", "finding_by_key",
+    "DEVICES",
+    "FINDINGS",
+    "FINDING_KEYS",
+    "FINDING_NAMES",
+    "LOBES",
+    "ORGANS",
+    "STATIONS",
+    "Finding",
+    "finding_by_key",
 ]  # fmt: skip
 
 ORGANS: tuple[str, ...] = (
@@ -560,7 +568,13 @@ FINDING_NAMES: tuple[str, ...] = tuple(f.name for f in FINDINGS)
 FINDING_KEYS: tuple[str, ...] = tuple(f.key for f in FINDINGS)
 
 # Vocabulary of the findings' details (phantoms, CT and radiograph reports)
-LOBES: tuple[str, ...] = ("right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe", "left lower lobe")
+LOBES: tuple[str, ...] = (
+    "right upper lobe",
+    "right middle lobe",
+    "right lower lobe",
+    "left upper lobe",
+    "left lower lobe",
+)
 STATIONS: tuple[str, ...] = (
     "right paratracheal", "left paratracheal", "subcarinal", "right hilar", "left hilar", "prevascular",
     "aortopulmonary window",

@@ -35,18 +35,18 @@ from scipy.special import ndtri
 from common.data.findings import FINDING_KEYS, FINDING_NAMES
 
 __all__ = [
-    "FINDING_NAMES",
-    "FINDING_KEYS",
-    "PREVALENCE",
     "CORRELATION",
+    "FINDING_KEYS",
+    "FINDING_NAMES",
+    "PREVALENCE",
     "SOURCE_NUM_POSITIVES",
-    "thresholds",
+    "expected_joint",
+    "fit_label_model",
+    "nearest_correlation",
     "sample_label_matrix",
     "sample_labels",
-    "expected_joint",
     "tetrachoric_correlation",
-    "nearest_correlation",
-    "fit_label_model",
+    "thresholds",
 ]
 
 # --- fitted constants (scripts/fit_label_model.py prints this block) -------------------------------------------

@@ -42,15 +42,15 @@ from common.data.report_writer import write_report
 
 __all__ = [
     "GENERATOR_VERSION",
+    "KEYS_TO_CLASS",
     "LOBES",
     "SIDES",
     "TISSUES",
-    "KEYS_TO_CLASS",
     "Phantom",
-    "make_phantom",
-    "write_report",
-    "project_radiograph",
     "generate_dataset",
+    "make_phantom",
+    "project_radiograph",
+    "write_report",
 ]
 
 GENERATOR_VERSION = "phantoms-v2"
@@ -253,7 +253,9 @@ def project_radiograph(
     image16 = np.rint(np.clip(image, 0.0, 1.0) * 65535).astype(np.uint16)
     if mask is None:
         return image16, None, pixel
-    present = np.bitwise_or.reduce(np.left_shift(np.uint32(1), mask.astype(np.uint32)), axis=1)  # (X, Z) bit c set if class c on ray
+    present = np.bitwise_or.reduce(
+        np.left_shift(np.uint32(1), mask.astype(np.uint32)), axis=1
+    )  # (X, Z) bit c set if class c on ray
     projected = np.zeros((nx, nz), dtype=np.uint8)
     for klass in _FILM_MASK_PRIORITY:
         projected[(present >> klass) & 1 == 1] = klass

@@ -71,8 +71,11 @@ def draw_study(rng: np.random.Generator) -> dict[str, Any]:
         "z_extent_mm": round(float(u(290, 350)), 1),
         "noise_hu": round(float(np.exp(u(np.log(6), np.log(28)))), 1),
         "yaw_deg": round(float(rng.normal(0, 3.5)), 2),
-        "variants": [name for name, p in (("pectus excavatum", 0.06), ("thoracic scoliosis", 0.1),
-                                          ("azygos fissure", 0.08)) if rng.random() < p],  # fmt: skip
+        "variants": [
+            name
+            for name, p in (("pectus excavatum", 0.06), ("thoracic scoliosis", 0.1), ("azygos fissure", 0.08))
+            if rng.random() < p
+        ],  # fmt: skip
         "incidental": [name for name, p in (("liver cyst", 0.15), ("vertebral osteophytes", 0.3)) if rng.random() < p],
     }
 

@@ -8,12 +8,12 @@ import numpy as np
 
 __all__ = [
     "Grid",
-    "lut",
-    "ellipsoid",
-    "segment_distance",
     "arch_distance",
-    "rotation",
+    "ellipsoid",
+    "lut",
     "paint_tubes",
+    "rotation",
+    "segment_distance",
     "smooth_field",
 ]
 

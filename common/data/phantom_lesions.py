@@ -16,7 +16,7 @@ from common.data.findings import DEVICES, LOBES, STATIONS
 from common.data.phantom_anatomy import LUNG_LIKE, SOFT, TISSUES, ChestAnatomy
 from common.data.phantom_geometry import arch_distance, ellipsoid, lut, paint_tubes, segment_distance, smooth_field
 
-__all__ = ["LOBES", "SIDES", "PAINT_ORDER", "ChestWithFindings"]
+__all__ = ["LOBES", "PAINT_ORDER", "SIDES", "ChestWithFindings"]
 
 SIDES: tuple[str, ...] = ("left", "right", "bilateral")
 PAINT_ORDER: tuple[str, ...] = (

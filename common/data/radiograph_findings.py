@@ -115,32 +115,32 @@ from common.data.findings import DEVICES, FINDING_KEYS, LOBES, STATIONS, Finding
 from common.data.label_model import PREVALENCE
 
 __all__ = [
+    "ACUTE_KEYS",
+    "CHEXPERT_FROM_CT",
     "CT_KEYS",
     "CT_ONLY",
     "CT_RATE_PREVALENCE",
     "CXR_FINDINGS",
     "CXR_KEYS",
     "CXR_NAMES",
-    "CHEXPERT_FROM_CT",
-    "ACUTE_KEYS",
-    "PATHOLOGY_KEYS",
-    "MENTION_PATTERNS",
-    "mentioned_labels",
-    "PARENT",
-    "NORMAL_IMPRESSION_PATTERN",
-    "LESION_MIN_SIZE_MM",
-    "NODE_MIN_SIZE_MM",
-    "PERICARDIAL_MIN_THICKNESS_MM",
     "HERNIA_MIN_SIZE_MM",
+    "LESION_MIN_SIZE_MM",
     "MEDIASTINALSTATIONS",
-    "TaggedSentence",
+    "MENTION_PATTERNS",
+    "NODE_MIN_SIZE_MM",
+    "NORMAL_IMPRESSION_PATTERN",
+    "PARENT",
+    "PATHOLOGY_KEYS",
+    "PERICARDIAL_MIN_THICKNESS_MM",
     "RadiographReport",
-    "visible_on_radiograph",
-    "radiograph_labels",
+    "TaggedSentence",
     "compose_radiograph_report",
-    "write_radiograph_report",
-    "sample_ct_case",
     "cxr_finding_by_key",
+    "mentioned_labels",
+    "radiograph_labels",
+    "sample_ct_case",
+    "visible_on_radiograph",
+    "write_radiograph_report",
 ]
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -461,10 +461,7 @@ def radiograph_labels(
     if unknown:
         raise KeyError(f"unknown CT label keys {sorted(unknown)}; expected a subset of {list(CT_KEYS)}")
     details = details or {}
-    seen = {
-        key: int(bool(labels.get(key, 0))) and visible_on_radiograph(key, details.get(key))
-        for key in CT_KEYS
-    }
+    seen = {key: int(bool(labels.get(key, 0))) and visible_on_radiograph(key, details.get(key)) for key in CT_KEYS}
     out = {key: int(any(seen[ct] for ct in CHEXPERT_FROM_CT[key])) for key in CXR_KEYS}
     out["no_finding"] = int(not any(out[k] for k in PATHOLOGY_KEYS))
     return out
@@ -537,7 +534,7 @@ class _Writer:
         self.atelectasis_where: str | None = None  # where the findings put the atelectasis (for the impression)
         # terse, ordinary or wordy reader: scales the optional sentences; busier films get fewer of them
         busy = sum(self.on[k] for k in PATHOLOGY_KEYS) + self.on["support_devices"]
-        self.verbosity = float(rng.choice((0.25, 0.9, 1.8), p=(0.35, 0.45, 0.2))) * (0.8 ** busy)
+        self.verbosity = float(rng.choice((0.25, 0.9, 1.8), p=(0.35, 0.45, 0.2))) * (0.8**busy)
 
     def optional(self, p: float) -> bool:
         """An optional sentence, more likely for a wordy reader."""
@@ -611,8 +608,11 @@ class _Writer:
             out.append(
                 self.pick(
                     (
-                        _s("the cardiopericardial silhouette is enlarged with a globular contour; a pericardial "
-                           "effusion could account for this", k),
+                        _s(
+                            "the cardiopericardial silhouette is enlarged with a globular contour; a pericardial "
+                            "effusion could account for this",
+                            k,
+                        ),
                         _s("enlarged, flask-shaped cardiomediastinal silhouette, suggesting pericardial effusion", k),
                         _s("the cardiomediastinal silhouette is enlarged; pericardial effusion cannot be excluded", k),
                         _s("globular enlargement of the cardiomediastinal silhouette", k),
@@ -644,8 +644,11 @@ class _Writer:
                     self.pick(
                         (
                             _s("the superior mediastinum is widened, suggesting lymphadenopathy", k, hedged=True),
-                            _s("lobulated widening of the mediastinal contour; adenopathy cannot be excluded", k,
-                               hedged=True),
+                            _s(
+                                "lobulated widening of the mediastinal contour; adenopathy cannot be excluded",
+                                k,
+                                hedged=True,
+                            ),
                             _s("the mediastinum is widened", k),
                         )
                     )
@@ -693,27 +696,33 @@ class _Writer:
             elif option == 3:
                 out += [
                     _s("the heart is normal in size", negative={"cardiomegaly"}),
-                    _s(self.pick(("the mediastinum is unremarkable", "the mediastinum is within normal limits")),
-                       negative={"enlarged_cardiomediastinum"}),
+                    _s(
+                        self.pick(("the mediastinum is unremarkable", "the mediastinum is within normal limits")),
+                        negative={"enlarged_cardiomediastinum"},
+                    ),
                 ]
             elif option == 4:
                 out.append(_s("heart size, mediastinal contour, and pulmonary vascularity are normal", negative=both))
             elif option == 5:
                 out.append(_s("the cardiac and mediastinal contours are normal", negative=both))
             else:
-                out.append(_s("the cardiomediastinal silhouette and pulmonary vessels appear normal",
-                              negative=both))
+                out.append(_s("the cardiomediastinal silhouette and pulmonary vessels appear normal", negative=both))
         else:
             if cm:
                 out.append(self.cardiomegaly())
             if ecm:
                 out += self.cardiomediastinum()
             elif self.optional(0.4):
-                out.append(_s(self.pick(("mediastinal contours are normal", "the mediastinum is not widened")),
-                              negative={"enlarged_cardiomediastinum"}))
+                out.append(
+                    _s(
+                        self.pick(("mediastinal contours are normal", "the mediastinum is not widened")),
+                        negative={"enlarged_cardiomediastinum"},
+                    )
+                )
             if not cm and "pericardial_effusion" not in self.details and self.optional(0.4):
-                out.insert(0, _s(self.pick(("heart size is normal", "the heart is not enlarged")),
-                                 negative={"cardiomegaly"}))
+                out.insert(
+                    0, _s(self.pick(("heart size is normal", "the heart is not enlarged")), negative={"cardiomegaly"})
+                )
         if self.on["calcification_of_the_aorta"]:
             out.append(self.aorta())
         if self.optional(0.15) and not cm and not any("vascul" in s.text for s in out):
@@ -744,8 +753,7 @@ class _Writer:
                     (
                         f"{side} internal jugular central venous catheter with the tip in the superior vena cava",
                         f"{side}-sided central line terminating in the lower SVC",
-                        f"the tip of a {side} subclavian central venous catheter projects over the cavoatrial "
-                        "junction",
+                        f"the tip of a {side} subclavian central venous catheter projects over the cavoatrial junction",
                     )
                 )
             elif device == "sternotomy wires":
@@ -778,8 +786,12 @@ class _Writer:
                 text = f"{device} projects over the chest"
             out.append(_s(text, k))
         if not out:
-            out.append(_s(self.pick(("support devices project over the chest", "postsurgical support devices are "
-                                     "in place")), k))
+            out.append(
+                _s(
+                    self.pick(("support devices project over the chest", "postsurgical support devices are in place")),
+                    k,
+                )
+            )
         return out
 
     # -- lungs -----------------------------------------------------------------------------------------------
@@ -912,8 +924,9 @@ class _Writer:
         if self.on["atelectasis"]:
             out.append(self.atelectasis())
         # lung_opacity from the CT opacity itself (not merely as the parent of consolidation/atelectasis)
-        if self.on["lung_opacity"] and ("lung_opacity" in self.details or not (
-                self.on["consolidation"] or self.on["atelectasis"])):
+        if self.on["lung_opacity"] and (
+            "lung_opacity" in self.details or not (self.on["consolidation"] or self.on["atelectasis"])
+        ):
             out.append(self.opacity())
         if self.on["lung_lesion"]:
             out.append(self.lesion())
@@ -929,8 +942,10 @@ class _Writer:
                 "no focal airspace disease",
                 "clear lungs",
             )[option]
-            out.insert(0 if self.chance(0.5) else len(out), _s(text, negative=clear if option != 4 else
-                                                                {"lung_opacity", "consolidation"}))
+            out.insert(
+                0 if self.chance(0.5) else len(out),
+                _s(text, negative=clear if option != 4 else {"lung_opacity", "consolidation"}),
+            )
         elif self.optional(0.35):
             out.append(_s(self.pick(("the lungs are otherwise clear", "the remaining lungs are clear"))))
         return out
@@ -982,11 +997,21 @@ class _Writer:
             )
         else:
             if side == "bilateral" or side is None:
-                text = self.pick(("biapical pleural thickening", "bilateral apical pleuroparenchymal scarring",
-                                  "biapical pleural-parenchymal scarring"))
+                text = self.pick(
+                    (
+                        "biapical pleural thickening",
+                        "bilateral apical pleuroparenchymal scarring",
+                        "biapical pleural-parenchymal scarring",
+                    )
+                )
             else:
-                text = self.pick((f"{side} apical pleural thickening", f"{side} apical pleuroparenchymal scarring",
-                                  f"pleural thickening at the {side} apex"))
+                text = self.pick(
+                    (
+                        f"{side} apical pleural thickening",
+                        f"{side} apical pleuroparenchymal scarring",
+                        f"pleural thickening at the {side} apex",
+                    )
+                )
         return _s(text, k)
 
     def pleural_block(self, negated: set[str]) -> list[TaggedSentence]:
@@ -1002,8 +1027,9 @@ class _Writer:
         if not self.on["lung_lesion"] and self.optional(0.1):
             items.append(("suspicious pulmonary nodule", {"lung_lesion"}))
         if not self.on["pleural_effusion"] and self.optional(0.8):
-            items.append((self.pick(("pleural effusion", "pleural effusion", "large pleural effusion")),
-                          {"pleural_effusion"}))
+            items.append(
+                (self.pick(("pleural effusion", "pleural effusion", "large pleural effusion")), {"pleural_effusion"})
+            )
         if self.optional(0.7):
             items.append(("pneumothorax", set()))
         if not self.on["cardiomegaly"] and self.optional(0.1):
@@ -1061,17 +1087,25 @@ class _Writer:
         candidates: list[tuple[TaggedSentence, float]] = []  # (sentence, chance to be listed), salience order
         if self.on["consolidation"]:
             lobe = self.detail("consolidation").get("lobe")
-            text = self.pick((f"{lobe} consolidation" if lobe else "focal consolidation",
-                              f"airspace consolidation in the {lobe or 'lung'}"))
+            text = self.pick(
+                (
+                    f"{lobe} consolidation" if lobe else "focal consolidation",
+                    f"airspace consolidation in the {lobe or 'lung'}",
+                )
+            )
             candidates.append((_s(text, {"consolidation", "lung_opacity"}), 1.0))
         if self.on["enlarged_cardiomediastinum"]:
             causes = self.cardiomediastinal_causes()
             if "nodes" in causes:
-                options = ("mediastinal widening, possibly lymphadenopathy; chest CT is recommended",
-                           "widened mediastinum, suspicious for adenopathy")
+                options = (
+                    "mediastinal widening, possibly lymphadenopathy; chest CT is recommended",
+                    "widened mediastinum, suspicious for adenopathy",
+                )
             elif "pericardial" in causes:
-                options = ("enlarged cardiopericardial silhouette; consider pericardial effusion",
-                           "enlarged cardiomediastinal silhouette, pericardial effusion not excluded")
+                options = (
+                    "enlarged cardiopericardial silhouette; consider pericardial effusion",
+                    "enlarged cardiomediastinal silhouette, pericardial effusion not excluded",
+                )
             else:
                 options = ("enlarged cardiomediastinal silhouette", "widened mediastinum")
             candidates.append((_s(self.pick(options), {"enlarged_cardiomediastinum"}), 0.9))
@@ -1235,8 +1269,10 @@ def sample_ct_case(
     for key in (k for k in CT_KEYS if labels[k]):
         if key == "medical_material":
             n = int(rng.integers(1, 3))
-            details[key] = {"devices": [str(d) for d in rng.choice(DEVICES, n, replace=False)],
-                            "side": pick(("left", "right"))}
+            details[key] = {
+                "devices": [str(d) for d in rng.choice(DEVICES, n, replace=False)],
+                "side": pick(("left", "right")),
+            }
         elif key in ("cardiomegaly", "arterial_wall_calcification"):
             details[key] = {"severity": pick(_SEVERITIES)}
         elif key == "pericardial_effusion":
@@ -1245,11 +1281,17 @@ def sample_ct_case(
             details[key] = {"thickness_mm": round(thickness, 1), "severity": severity}
         elif key == "lymphadenopathy":
             n = int(rng.integers(1, 4))
-            details[key] = {"stations": [str(s) for s in rng.choice(STATIONS, n, replace=False)],
-                            "size": int(rng.integers(10, 26))}
+            details[key] = {
+                "stations": [str(s) for s in rng.choice(STATIONS, n, replace=False)],
+                "size": int(rng.integers(10, 26)),
+            }
         elif key == "emphysema":
-            details[key] = {"kind": pick(("centrilobular", "paraseptal", "panlobular")), "zone": pick(("upper",
-                            "lower", "diffuse")), "bullae": int(rng.integers(0, 4)), "severity": pick(_SEVERITIES)}
+            details[key] = {
+                "kind": pick(("centrilobular", "paraseptal", "panlobular")),
+                "zone": pick(("upper", "lower", "diffuse")),
+                "bullae": int(rng.integers(0, 4)),
+                "severity": pick(_SEVERITIES),
+            }
         elif key == "atelectasis":
             details[key] = {"lobe": pick(LOBES), "kind": pick(("subsegmental", "passive", "lobar"))}
         elif key == "lung_nodule":

@@ -36,7 +36,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from common import distributed
 
-__all__ = ["transformer_blocks", "shard_objective", "is_sharded", "FullStateDict", "full_state_dicts", "gather_into"]
+__all__ = ["FullStateDict", "full_state_dicts", "gather_into", "is_sharded", "shard_objective", "transformer_blocks"]
 
 _AMP = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 # full, unsharded state dicts: gathered to CPU on rank 0 for saving (other ranks get {}); loaded on every rank

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from monai.utils import convert_to_numpy
 
-__all__ = ["case_id", "EmbeddingWriter"]
+__all__ = ["EmbeddingWriter", "case_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +89,18 @@ class EmbeddingWriter:
         if len(set(ids)) != len(ids):
             ids = [f"{i:05d}_{name}" for i, name in enumerate(ids)]
         embeddings = np.stack(self.embeddings) if self.embeddings else np.zeros((0, 0), np.float32)
-        np.savez(self.output_dir / "embeddings.npz", ids=np.asarray(ids), paths=np.asarray(self.paths),
-                 embeddings=embeddings)
-        (self.output_dir / "findings.json").write_text(json.dumps({
-            "channels": self.finding_keys,
-            "similarity": "mean over prompt pairs of cos(patch, positive prompt) - cos(patch, negative prompt)",
-        }, indent=2))
+        np.savez(
+            self.output_dir / "embeddings.npz", ids=np.asarray(ids), paths=np.asarray(self.paths), embeddings=embeddings
+        )
+        (self.output_dir / "findings.json").write_text(
+            json.dumps(
+                {
+                    "channels": self.finding_keys,
+                    "similarity": "mean over prompt pairs of cos(patch, positive prompt) - cos(patch, negative prompt)",
+                },
+                indent=2,
+            )
+        )
         logger.info("wrote %d embeddings to %s", len(ids), self.output_dir / "embeddings.npz")
         if self.text_encoder is None or len(ids) < 2 or any(r is None for r in self.reports):
             return None

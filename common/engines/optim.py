@@ -18,9 +18,7 @@ def _lr_scale(name: str, lr_scales: Mapping[str, float]) -> tuple[int, float]:
     return 0, 1.0
 
 
-def param_groups(
-    module: nn.Module, weight_decay: float, lr_scales: Mapping[str, float] | None = None
-) -> list[dict]:
+def param_groups(module: nn.Module, weight_decay: float, lr_scales: Mapping[str, float] | None = None) -> list[dict]:
     """AdamW groups: no weight decay on 1-d parameters, biases and tokens; learning-rate scales by module path.
 
     Args:

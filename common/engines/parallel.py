@@ -14,7 +14,7 @@ from torch import nn
 from common import distributed
 from common.engines.fsdp import shard_objective
 
-__all__ = ["enable_activation_checkpointing", "prepare_objective", "parallel_objective"]
+__all__ = ["enable_activation_checkpointing", "parallel_objective", "prepare_objective"]
 
 
 def enable_activation_checkpointing(module: nn.Module) -> list[str]:
@@ -73,8 +73,9 @@ def parallel_objective(
         find_unused_parameters: DDP's flag (RAD-DINO: the teacher and heads unused in some steps).
     """
     if fsdp:
-        return shard_objective(prepare_objective(copy.deepcopy(objective), "cpu", activation_checkpointing), device,
-                               amp_dtype)
+        return shard_objective(
+            prepare_objective(copy.deepcopy(objective), "cpu", activation_checkpointing), device, amp_dtype
+        )
     return nn.parallel.DistributedDataParallel(
         prepare_objective(objective, device, activation_checkpointing),
         device_ids=distributed.ddp_device_ids(device),

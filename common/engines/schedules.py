@@ -31,11 +31,11 @@ if TYPE_CHECKING:
     from ignite.engine import Engine
 
 __all__ = [
+    "WeightDecayScheduleHandler",
     "cosine_schedule",
-    "warmup_cosine_lambda",
     "layer_id_for_vit",
     "param_groups_lrd",
-    "WeightDecayScheduleHandler",
+    "warmup_cosine_lambda",
 ]
 
 #: Name fragments of ViT input-side parameters (layer 0 of layer-wise decay): timm/DINOv2/EVA, transformers, MONAI.
@@ -93,9 +93,9 @@ def cosine_schedule(
     decay_iters = total_iters - warmup_iters - freeze_iters
     steps = np.arange(decay_iters, dtype=np.float64)
     decay = final + 0.5 * (base - final) * (1.0 + np.cos(np.pi * steps / max(decay_iters, 1)))
-    return np.concatenate(
-        (np.zeros(freeze_iters), np.linspace(start_warmup_value, base, warmup_iters), decay)
-    ).astype(np.float64)
+    return np.concatenate((np.zeros(freeze_iters), np.linspace(start_warmup_value, base, warmup_iters), decay)).astype(
+        np.float64
+    )
 
 
 def _lambda_lr(

@@ -51,9 +51,9 @@ from common import distributed
 from common.data.dataset import SKIPPED_KEY
 
 __all__ = [
-    "PretrainingTrainer",
-    "PretrainingObjective",
     "NonFiniteLossError",
+    "PretrainingObjective",
+    "PretrainingTrainer",
     "loss_terms_transform",
     "prepare_dict_batch",
     "split_batch",

@@ -26,14 +26,14 @@ from common.networks.hub import hub_file, hub_offline, load_hub_checkpoint
 from common.networks.weights import WeightsError, load_weights
 
 __all__ = [
+    "DINOV2_SIZES",
     "DINOHead",
+    "DinoClsEncoder",
     "DinoV2Backbone",
     "EvaDinoBackbone",
-    "DinoClsEncoder",
+    "dinov2_backbone",
     "dinov2_config",
     "load_rad_dino_backbone",
-    "dinov2_backbone",
-    "DINOV2_SIZES",
 ]
 
 #: Widths/depths/heads of the DINOv2 ViTs (``dinov2/models/vision_transformer.py``) and a CPU-demo ``tiny``.

@@ -43,21 +43,21 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
-    "SwiGLU",
+    "PRIMUS_CONFIGS",
     "EvaAttention",
     "EvaBlock",
-    "PatchEmbedding",
-    "RotaryPositionEmbedding",
-    "apply_rope",
     "EvaEncoder",
     "EvaViT",
-    "PRIMUS_CONFIGS",
-    "primus",
-    "primus_m",
+    "PatchEmbedding",
+    "RotaryPositionEmbedding",
+    "SwiGLU",
+    "apply_rope",
     "eva_tiny",
     "patchify",
-    "unpatchify",
+    "primus",
+    "primus_m",
     "random_keep_indices",
+    "unpatchify",
 ]
 
 RopeMode = Literal["absolute", "scaled"]

@@ -15,7 +15,7 @@ import torch
 
 from common.networks.weights import WeightsError, read_weights
 
-__all__ = ["hub_offline", "hub_file", "load_hub_checkpoint", "not_found", "WEIGHT_FILES"]
+__all__ = ["WEIGHT_FILES", "hub_file", "hub_offline", "load_hub_checkpoint", "not_found"]
 
 #: single-file checkpoints, in order of preference (safetensors first)
 WEIGHT_FILES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")

@@ -30,11 +30,11 @@ from common.networks.hub import hub_file, hub_offline, load_hub_checkpoint, not_
 __all__ = [
     "DEFAULT_TEXT_ENCODER",
     "TEXT_ENCODER_ALIASES",
-    "hub_offline",
-    "resolve_text_encoder",
-    "load_text_backbone",
     "freeze_lower_layers",
+    "hub_offline",
     "keep_lower_layers",
+    "load_text_backbone",
+    "resolve_text_encoder",
 ]
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from torch import nn
 
 from common.data.contract import DataContractError
 
-__all__ = ["WeightsError", "read_weights", "check_state_dict", "load_weights"]
+__all__ = ["WeightsError", "check_state_dict", "load_weights", "read_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch, safetensors and zipfile raise their own types on bad files
+    except Exception as err:
         raise WeightsError(path, f"cannot read weights ({type(err).__name__}: {err})") from err
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]

@@ -144,7 +144,11 @@ class _BodyMask(Transform):
     """Shared clean-up of a thresholded body: largest component, holes filled, output dtype and metadata."""
 
     def __init__(
-        self, largest_component: bool, fill_holes: bool, connectivity: int | None, dtype: torch.dtype,
+        self,
+        largest_component: bool,
+        fill_holes: bool,
+        connectivity: int | None,
+        dtype: torch.dtype,
         slice_axis: int | None = None,
     ) -> None:
         self.largest_component = largest_component

@@ -45,14 +45,14 @@ from monai.utils import MAX_SEED, ensure_tuple, ensure_tuple_rep
 from common.transforms.spatial import ApplyPendingResampled
 
 __all__ = [
-    "sample_resized_crop_box",
-    "crop_and_resize",
-    "MultiCropd",
-    "RandSolarized",
-    "dino_view_transforms",
     "BlockMaskGenerator",
+    "MultiCropd",
     "RandBlockMaskd",
+    "RandSolarized",
+    "crop_and_resize",
     "dino_multicrop",
+    "dino_view_transforms",
+    "sample_resized_crop_box",
     "ssl_augmentation",
 ]
 
@@ -201,7 +201,9 @@ class MultiCropd(Randomizable, MapTransform):
             raise ValueError(f"need num_global >= 1 and num_local >= 0, got {num_global}, {num_local}")
         for name, (low, high) in (("global_scale", global_scale), ("local_scale", local_scale), ("ratio", ratio)):
             if not 0 < low <= high or (name != "ratio" and high > 1):
-                raise ValueError(f"{name} must satisfy 0 < low <= high{' <= 1' if name != 'ratio' else ''}, got {(low, high)}")
+                raise ValueError(
+                    f"{name} must satisfy 0 < low <= high{' <= 1' if name != 'ratio' else ''}, got {(low, high)}"
+                )
         self.global_crop_size = global_crop_size
         self.local_crop_size = local_crop_size
         self.num_global, self.num_local = int(num_global), int(num_local)
@@ -245,10 +247,12 @@ class MultiCropd(Randomizable, MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             boxes = self.randomize(tuple(img.shape[1:]))
-            d[self.global_key] = self._views(key, img, boxes[: self.num_global], self.global_crop_size,
-                                             self.global_pipelines)
-            d[self.local_key] = self._views(key, img, boxes[self.num_global :], self.local_crop_size,
-                                            self.local_pipelines)
+            d[self.global_key] = self._views(
+                key, img, boxes[: self.num_global], self.global_crop_size, self.global_pipelines
+            )
+            d[self.local_key] = self._views(
+                key, img, boxes[self.num_global :], self.local_crop_size, self.local_pipelines
+            )
         return d
 
 
@@ -659,8 +663,14 @@ def ssl_augmentation(
     """
     dims = _augmentation_dims(spatial_size, spatial_dims)
     keys = ensure_tuple(keys)
-    for name, prob in (("flip_prob", flip_prob), ("affine_prob", affine_prob), ("intensity_prob", intensity_prob),
-                       ("contrast_prob", contrast_prob), ("smooth_prob", smooth_prob), ("noise_prob", noise_prob)):
+    for name, prob in (
+        ("flip_prob", flip_prob),
+        ("affine_prob", affine_prob),
+        ("intensity_prob", intensity_prob),
+        ("contrast_prob", contrast_prob),
+        ("smooth_prob", smooth_prob),
+        ("noise_prob", noise_prob),
+    ):
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {prob}")
     two_d = dims == 2

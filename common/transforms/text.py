@@ -42,25 +42,25 @@ from common.data.contract import DataContractError, record_source
 from common.data.findings import FINDINGS, Finding
 
 __all__ = [
-    "prompt_pairs",
     "DEFAULT_PROMPT_TEMPLATES",
     "SECTION_NAMES",
-    "PromptSet",
-    "build_prompts",
-    "clean_report",
-    "report_has_words",
-    "extract_sections",
-    "split_sentences",
-    "join_sentences",
-    "load_tokenizer",
     "CleanReportd",
-    "SelectReportSectionsd",
-    "RandSentenceShuffled",
-    "RandSentenceSubsampled",
     "EnsureReportd",
-    "Tokenized",
     "FitReportToTokenBudgetd",
     "OppositeSentenced",
+    "PromptSet",
+    "RandSentenceShuffled",
+    "RandSentenceSubsampled",
+    "SelectReportSectionsd",
+    "Tokenized",
+    "build_prompts",
+    "clean_report",
+    "extract_sections",
+    "join_sentences",
+    "load_tokenizer",
+    "prompt_pairs",
+    "report_has_words",
+    "split_sentences",
 ]
 
 logger = logging.getLogger(__name__)

@@ -34,10 +34,10 @@ from common.transforms.spatial import CentralCropd
 __all__ = [
     "RAD_DINO_MEAN",
     "RAD_DINO_STD",
-    "shortest_edge_size",
     "ResizeShortestEdge",
     "ResizeShortestEdged",
     "load_radiograph",
+    "shortest_edge_size",
     "xray_preprocessing",
 ]
 
@@ -197,7 +197,11 @@ def xray_preprocessing(
         transforms.append(LoadRadiographMaskd(label_keys))
     if intensity_range == "minmax":
         transforms.append(ScaleIntensityd(keys, minv=0.0, maxv=1.0))
-    elif isinstance(intensity_range, (tuple, list)) and len(intensity_range) == 2 and intensity_range[0] < intensity_range[1]:
+    elif (
+        isinstance(intensity_range, (tuple, list))
+        and len(intensity_range) == 2
+        and intensity_range[0] < intensity_range[1]
+    ):
         low, high = (float(v) for v in intensity_range)
         transforms.append(ScaleIntensityRanged(keys, a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
     else:

@@ -26,14 +26,14 @@ from torch import nn
 if __name__ == "__main__":  # run as a script from anywhere: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ignite.engine import Events  # noqa: E402
-from monai.transforms import Compose, RandGaussianNoised  # noqa: E402
+from ignite.engine import Events
+from monai.transforms import Compose, RandGaussianNoised
 
-from common import distributed  # noqa: E402
-from common.data.dataset import PretrainingDataset, ResumableSampler, pretraining_collate  # noqa: E402
-from common.engines.checkpoint import CheckpointHandler  # noqa: E402
-from common.engines.schedules import cosine_schedule, warmup_cosine_lambda  # noqa: E402
-from common.engines.trainer import PretrainingTrainer  # noqa: E402
+from common import distributed
+from common.data.dataset import PretrainingDataset, ResumableSampler, pretraining_collate
+from common.engines.checkpoint import CheckpointHandler
+from common.engines.schedules import cosine_schedule, warmup_cosine_lambda
+from common.engines.trainer import PretrainingTrainer
 
 NUM_RECORDS = 20
 BATCH_SIZE = 4  # -> epoch_length 5

@@ -7,9 +7,9 @@ import torch
 
 from common.data.batch import trim_padding
 from common.methods.colipri.objective import ColipriPretraining
-from common.networks.two_tower import ImageTower, TextTower, TwoTowerModel
 from common.networks.decoders import MAEDecoder, ReportDecoder
 from common.networks.eva import eva_tiny
+from common.networks.two_tower import ImageTower, TextTower, TwoTowerModel
 
 transformers = pytest.importorskip("transformers")
 torch.set_num_threads(1)
@@ -21,12 +21,12 @@ def _objective(**weights: float) -> ColipriPretraining:
     torch.manual_seed(0)
     backbone = eva_tiny(spatial_dims=3, img_size=32)
     bert = transformers.BertModel(
-        transformers.BertConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=1, num_attention_heads=4,
-                                intermediate_size=2 * WIDTH),
+        transformers.BertConfig(
+            vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=1, num_attention_heads=4, intermediate_size=2 * WIDTH
+        ),
         add_pooling_layer=False,
     )
-    model = TwoTowerModel(ImageTower(backbone, projection_dim=WIDTH, num_heads=4),
-                         TextTower(bert, num_heads=4))
+    model = TwoTowerModel(ImageTower(backbone, projection_dim=WIDTH, num_heads=4), TextTower(bert, num_heads=4))
     mae = MAEDecoder(embed_dim=backbone.embed_dim, decoder_dim=48, depth=1, num_heads=4, patch_size=8, img_size=32)
     report = ReportDecoder(VOCAB, image_dim=WIDTH, hidden_size=32, num_layers=1, num_heads=4, max_length=64)
     return ColipriPretraining(model, mae, report, **weights)
@@ -38,8 +38,12 @@ def _batch(has_report: list[bool], pad_to: int = LENGTH) -> dict[str, torch.Tens
     lengths = torch.tensor([LENGTH - 2 * i for i in range(n)])
     ids = torch.randint(3, VOCAB, (n, pad_to), generator=g)
     mask = (torch.arange(pad_to)[None] < lengths[:, None]).long()
-    return {"image": torch.randn(n, 1, 32, 32, 32, generator=g), "input_ids": ids * mask, "attention_mask": mask,
-            "has_report": torch.tensor(has_report)}
+    return {
+        "image": torch.randn(n, 1, 32, 32, 32, generator=g),
+        "input_ids": ids * mask,
+        "attention_mask": mask,
+        "has_report": torch.tensor(has_report),
+    }
 
 
 def test_trim_padding_drops_only_all_padding_columns() -> None:

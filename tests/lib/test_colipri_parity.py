@@ -14,8 +14,8 @@ import time
 import pytest
 import torch
 
-from common.networks.two_tower import ImageTower, TextTower, TwoTowerModel
 from common.networks.eva import RotaryPositionEmbedding, primus_m
+from common.networks.two_tower import ImageTower, TextTower, TwoTowerModel
 
 pytestmark = pytest.mark.reference
 torch.set_num_threads(1)

@@ -38,8 +38,10 @@ def _compare(ours, reference) -> dict[str, float]:
         "mean": float(diff.mean()),
         "within": float((diff <= TOLERANCE).mean()),
     }
-    print(f"voxelwise |ours - TorchIO|: max {stats['max']:.2e}, mean {stats['mean']:.2e}, "
-          f"within {TOLERANCE:.2e}: {100 * stats['within']:.4f}%")
+    print(
+        f"voxelwise |ours - TorchIO|: max {stats['max']:.2e}, mean {stats['mean']:.2e}, "
+        f"within {TOLERANCE:.2e}: {100 * stats['within']:.4f}%"
+    )
     return stats
 
 

@@ -30,10 +30,10 @@ from common.losses.dino_clstoken_loss import DINOClsTokenLoss
 from common.losses.ibot_patch_loss import IBOTPatchLoss
 from common.methods.colipri.objective import ColipriPretraining
 from common.methods.rad_dino.objective import RadDinoPretraining
-from common.networks.two_tower import ImageTower, TextTower, TwoTowerModel
 from common.networks.decoders import MAEDecoder, ReportDecoder
 from common.networks.dino import EvaDinoBackbone
 from common.networks.eva import eva_tiny
+from common.networks.two_tower import ImageTower, TextTower, TwoTowerModel
 
 WORLD_SIZE = 2
 PER_RANK = 4
@@ -150,15 +150,22 @@ def _colipri() -> ColipriPretraining:
     torch.manual_seed(0)
     backbone = eva_tiny(spatial_dims=3, img_size=16, embed_dim=24, depth=2, num_heads=2)
     bert = transformers.BertModel(
-        transformers.BertConfig(vocab_size=VOCAB, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
-                                intermediate_size=48, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+        transformers.BertConfig(
+            vocab_size=VOCAB,
+            hidden_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=48,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        ),
         add_pooling_layer=False,
     )
-    model = TwoTowerModel(ImageTower(backbone, projection_dim=24, num_heads=2),
-                         TextTower(bert, num_heads=2))
+    model = TwoTowerModel(ImageTower(backbone, projection_dim=24, num_heads=2), TextTower(bert, num_heads=2))
     mae = MAEDecoder(embed_dim=24, decoder_dim=24, depth=2, num_heads=2, patch_size=8, img_size=16)
-    report = ReportDecoder(VOCAB, image_dim=24, hidden_size=16, num_layers=2, num_heads=2, max_length=16,
-                           dropout_rate=0.0)
+    report = ReportDecoder(
+        VOCAB, image_dim=24, hidden_size=16, num_layers=2, num_heads=2, max_length=16, dropout_rate=0.0
+    )
     return ColipriPretraining(model, mae, report, mask_ratio=0.5).eval()  # float32: transformers' masks need it
 
 
@@ -197,10 +204,16 @@ def _objective_result(objective: nn.Module, batch: dict[str, torch.Tensor], part
 
 def _rad_dino() -> RadDinoPretraining:
     torch.manual_seed(0)
-    backbone = EvaDinoBackbone(spatial_dims=3, img_size=16, patch_size=8, embed_dim=24, depth=2, num_heads=2,
-                               drop_path_rate=0.0)
-    objective = RadDinoPretraining(backbone, head={"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8},
-                                   koleo_loss_weight=0.0, momentum_teacher=0.9, warmup_teacher_temp_iters=4)
+    backbone = EvaDinoBackbone(
+        spatial_dims=3, img_size=16, patch_size=8, embed_dim=24, depth=2, num_heads=2, drop_path_rate=0.0
+    )
+    objective = RadDinoPretraining(
+        backbone,
+        head={"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8},
+        koleo_loss_weight=0.0,
+        momentum_teacher=0.9,
+        warmup_teacher_temp_iters=4,
+    )
     return objective.double().train()
 
 
@@ -330,8 +343,9 @@ def test_centres_and_sinkhorn_match_single_process(rank_results: list[dict]) -> 
 
 def _assert_matches_single_process(ranks: list[dict], expected: dict, tol: dict) -> None:
     for name, value in expected["terms"].items():  # every term is a per-rank mean: their mean is the batch mean
-        torch.testing.assert_close(torch.stack([r["terms"][name] for r in ranks]).mean(), value, **tol,
-                                   msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            torch.stack([r["terms"][name] for r in ranks]).mean(), value, **tol, msg=lambda m, n=name: f"{n}: {m}"
+        )
     for result in ranks:
         assert result["grads"].keys() == expected["grads"].keys()
         for name, grad in expected["grads"].items():

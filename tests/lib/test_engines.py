@@ -429,7 +429,13 @@ def test_layer_decay_groups_for_eva_naming():
     from common.networks.eva import EvaViT
 
     model = EvaViT(
-        spatial_dims=2, img_size=16, patch_size=8, embed_dim=16, depth=4, num_heads=2, num_cls_tokens=1,
+        spatial_dims=2,
+        img_size=16,
+        patch_size=8,
+        embed_dim=16,
+        depth=4,
+        num_heads=2,
+        num_cls_tokens=1,
         use_abs_pos_embed=True,
     )
     embeddings = ["down_projection.proj.weight", "cls_token", "eva.pos_embed"]

@@ -32,6 +32,7 @@ def _single_blas_thread():
     with threadpool_limits(limits=1):
         yield
 
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -399,10 +400,21 @@ def test_evaluate_embeddings_runs_sections_with_inputs(tmp_path) -> None:
     report = EvaluationReport(tmp_path, bundle="demo")
     features, masks = _toy_segmentation(6, 0, 2)
     results = evaluate_embeddings(
-        x[100:], y[100:], names, train_emb=x[:100], train_labels=y[:100], test_text_emb=x[100:] + 0.01,
-        pos_prompt_emb=pos, neg_prompt_emb=neg, train_patch_features=features, train_masks=masks,
-        test_patch_features=features, test_masks=masks, segmentation_kwargs={"epochs": 2, "device": "cpu"},
-        n_bootstrap=50, report=report,
+        x[100:],
+        y[100:],
+        names,
+        train_emb=x[:100],
+        train_labels=y[:100],
+        test_text_emb=x[100:] + 0.01,
+        pos_prompt_emb=pos,
+        neg_prompt_emb=neg,
+        train_patch_features=features,
+        train_masks=masks,
+        test_patch_features=features,
+        test_masks=masks,
+        segmentation_kwargs={"epochs": 2, "device": "cpu"},
+        n_bootstrap=50,
+        report=report,
     )
     assert set(results) == {"zero_shot", "retrieval", "linear_probe", "knn_probe", "segmentation"}
     assert results["linear_probe"]["macro"]["auroc"] > 0.9
@@ -486,8 +498,15 @@ def test_text_zero_shot_real_reports_keyword_encoder_beats_chance(reports_csv) -
     result = text_zero_shot_from_csv(reports_csv, _keyword_encoder, builder, split="val", n_bootstrap=200)
     assert result["macro"]["n_labels"] == 18
     assert result["macro"]["auroc_ci"][0] > 0.5  # the whole interval is above chance
-    capped = text_zero_shot_from_csv(reports_csv, _keyword_encoder, builder, label_columns=["Lung nodule"],
-                                     split="train", max_reports=40, n_bootstrap=0)
+    capped = text_zero_shot_from_csv(
+        reports_csv,
+        _keyword_encoder,
+        builder,
+        label_columns=["Lung nodule"],
+        split="train",
+        max_reports=40,
+        n_bootstrap=0,
+    )
     assert capped["n_cases"] == 40 and list(capped["per_label"]) == ["Lung nodule"]
 
 

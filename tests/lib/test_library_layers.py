@@ -31,7 +31,7 @@ def test_load_weights_is_strict_and_names_file_and_keys(tmp_path) -> None:
 
     state = {f"model.{k}": v for k, v in source.state_dict().items()}
     load_weights(_Net(), state, key_map={"model.": ""})  # prefix map
-    load_weights(_Net(), state, key_map=lambda k: k[len("model."):])  # function map
+    load_weights(_Net(), state, key_map=lambda k: k[len("model.") :])  # function map
 
     wrong = dict(source.state_dict())
     wrong.pop("norm.bias")
@@ -44,7 +44,9 @@ def test_load_weights_is_strict_and_names_file_and_keys(tmp_path) -> None:
     assert "norm.bias" in message and "extra.weight" in message and "encoder.weight (5, 3)!=(4, 3)" in message
     with pytest.raises(WeightsError, match="unexpected keys"):
         check_state_dict(nn.Linear(3, 4), source.state_dict())
-    load_weights(_Net(), {**source.state_dict(), "text_encoder.extra": torch.zeros(1)}, ignore_prefixes=("text_encoder.extra",))
+    load_weights(
+        _Net(), {**source.state_dict(), "text_encoder.extra": torch.zeros(1)}, ignore_prefixes=("text_encoder.extra",)
+    )
     assert load_weights(target, None) is target  # None keeps the current weights (random-init baselines)
 
 
@@ -86,7 +88,9 @@ def test_param_groups_decay_and_learning_rate_scales() -> None:
     # paths match whole module names: "encoder" is the top-level encoder, not "text_encoder"; "encode" matches nothing
     scaled = param_groups(net, 0.05, {"encoder": 0.5})
     assert {id(p) for g in scaled if g["lr_scale"] == 0.5 for p in g["params"]} == {
-        id(named["encoder.weight"]), id(named["encoder.bias"])}
+        id(named["encoder.weight"]),
+        id(named["encoder.bias"]),
+    }
     assert {g["lr_scale"] for g in param_groups(net, 0.05, {"encode": 0.5})} == {1.0}
 
 
@@ -102,8 +106,9 @@ class _Checkpointable(nn.Module):
 
 def test_activation_checkpointing_reaches_every_outermost_tower() -> None:
     transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=8)
+    config = transformers.BertConfig(
+        vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8
+    )
     objective = nn.Module()
     objective.model = nn.Module()
     objective.model.image = _Checkpointable()

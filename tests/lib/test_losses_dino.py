@@ -193,9 +193,10 @@ def test_ibot_teacher_side() -> None:
 def test_koleo_matches_explicit_nearest_neighbours(batch: int, dim: int) -> None:
     x = 3 * torch.randn(batch, dim, generator=_generator(18))
     unit = [row.double() / row.double().norm() for row in x]
-    expected = -sum(
-        math.log(min(float((unit[i] - unit[j]).norm()) for j in range(batch) if j != i)) for i in range(batch)
-    ) / batch
+    expected = (
+        -sum(math.log(min(float((unit[i] - unit[j]).norm()) for j in range(batch) if j != i)) for i in range(batch))
+        / batch
+    )
     x.requires_grad_(True)
     actual = KoLeoLoss()(x)
     assert actual.dtype == torch.float32 and actual.ndim == 0

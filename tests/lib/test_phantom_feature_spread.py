@@ -64,7 +64,13 @@ def test_cosines_are_bounded_and_single_view_gives_between_only(script):
 
 def test_table_lists_features_and_voxels(script):
     stats = script.spread_statistics(_features(np.random.default_rng(4), 5, 2, 8, 1.0, 0.1))
-    row = {"bundle": "b", "num_cases": 5, "features": stats, "clean_features": stats, "voxels": stats,
-           "clean_voxels": stats}
+    row = {
+        "bundle": "b",
+        "num_cases": 5,
+        "features": stats,
+        "clean_features": stats,
+        "voxels": stats,
+        "clean_voxels": stats,
+    }
     table = script.format_spread_table([row])
     assert "features" in table and "voxels" in table and "-0.2500" in table

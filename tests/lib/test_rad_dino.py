@@ -185,8 +185,14 @@ def _save_tiny_dinov2(folder, seed: int = 0) -> dict[str, torch.Tensor]:
 def test_student_and_teacher_start_from_published_weights(tmp_path):
     """RAD-DINO is fine-tuned from dinov2-base: ``init_weights`` loads them into the student and its EMA teacher."""
     expected = _save_tiny_dinov2(tmp_path / "dinov2")
-    config = {"image_size": 28, "patch_size": 14, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "drop_path_rate": 0.25}
+    config = {
+        "image_size": 28,
+        "patch_size": 14,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "drop_path_rate": 0.25,
+    }
     backbone = dinov2_backbone(config, size="tiny", init_weights=tmp_path / "dinov2")
     assert backbone.model.config.drop_path_rate == 0.25  # the training config's stochastic depth is kept
     objective = RadDinoPretraining(backbone, head=HEAD)

@@ -35,8 +35,11 @@ _IU_NAME = Path("data") / "reports" / "iu_xray_reports.csv"
 IU_CSV = next((p for p in (ROOT.parent / "shared" / _IU_NAME, ROOT / "shared" / _IU_NAME) if p.is_file()), None)
 
 NEGATION_START = re.compile(r"^(?:no|there (?:is|are) no|negative|without|not)\b", re.IGNORECASE)
-HEDGES = re.compile(r"likely|possibl|cannot be excluded|not excluded|suggest|may represent|borderline|concerning|"
-                    r"could|suspicious|appears|consider", re.IGNORECASE)
+HEDGES = re.compile(
+    r"likely|possibl|cannot be excluded|not excluded|suggest|may represent|borderline|concerning|"
+    r"could|suspicious|appears|consider",
+    re.IGNORECASE,
+)
 
 
 def _none() -> dict[str, int]:
@@ -94,9 +97,7 @@ def test_ct_only_findings_leave_the_film_normal():
     assert out["no_finding"] == 1 and sum(out.values()) == 1
 
 
-@pytest.mark.parametrize(
-    ("size", "expected"), [(4, 0), (9, 0), (10, 1), (18, 1), (None, 1)]
-)
+@pytest.mark.parametrize(("size", "expected"), [(4, 0), (9, 0), (10, 1), (18, 1), (None, 1)])
 def test_lung_lesion_needs_a_visible_nodule(size, expected):
     detail = {"lobe": "right upper lobe"} | ({} if size is None else {"size": size})
     out = _cxr({"lung_nodule": detail})
@@ -141,8 +142,13 @@ def test_lymphadenopathy_widens_the_mediastinum(detail, expected):
 
 @pytest.mark.parametrize(
     ("detail", "expected"),
-    [({"severity": "mild", "thickness_mm": 6}, 0), ({"severity": "moderate"}, 1), ({"severity": "severe"}, 1),
-     ({"thickness_mm": 14}, 1), ({"thickness_mm": 5}, 0)],
+    [
+        ({"severity": "mild", "thickness_mm": 6}, 0),
+        ({"severity": "moderate"}, 1),
+        ({"severity": "severe"}, 1),
+        ({"thickness_mm": 14}, 1),
+        ({"thickness_mm": 5}, 0),
+    ],
 )
 def test_pericardial_effusion_enlarges_the_silhouette(detail, expected):
     out = _cxr({"pericardial_effusion": detail})
@@ -260,8 +266,9 @@ def test_pathology_keys():
 
 @pytest.mark.skipif(IU_CSV is None, reason="IU X-ray reports (shared/data) not available")
 def test_length_close_to_iu_xray():
-    spec = importlib.util.spec_from_file_location("radiograph_report_lengths", ROOT / "scripts" /
-                                                  "radiograph_report_lengths.py")
+    spec = importlib.util.spec_from_file_location(
+        "radiograph_report_lengths", ROOT / "scripts" / "radiograph_report_lengths.py"
+    )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     try:

@@ -314,7 +314,7 @@ def test_study_facts_variants_and_incidentals() -> None:
             assert any(re.search(pattern, s.text, re.IGNORECASE) for s in sentences if s.organ == organ), pattern
         impression = extract_sections(text)["impression"]
         assert re.search(r"cyst", impression, re.IGNORECASE) and re.search(
-            r"degenerative|spondylosis", impression, re.I
+            r"degenerative|spondylosis", impression, re.IGNORECASE
         )
         if study["contrast"]:
             assert not re.search(r"without intravenous contrast|unenhanced|non-contrast", text, re.IGNORECASE)
@@ -337,11 +337,9 @@ def test_length_distribution_is_close_to_the_real_reports() -> None:
         from common.transforms.text import load_tokenizer
 
         tokenizer = load_tokenizer("default")
-        count = lambda texts: np.array(
-            [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
-        )  # noqa: E731
+        count = lambda texts: np.array([len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]])
     except Exception:  # no cached tokenizer: compare word counts
-        count = lambda texts: np.array([len(t.split()) for t in texts])  # noqa: E731
+        count = lambda texts: np.array([len(t.split()) for t in texts])
     real_len, our_len = count(real), count(ours)
     for q, low, high in ((50, 0.8, 1.25), (10, 0.7, 1.4), (90, 0.7, 1.4)):
         ratio = np.percentile(our_len, q) / np.percentile(real_len, q)

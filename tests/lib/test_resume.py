@@ -27,7 +27,7 @@ from common.data.dataset import (
 from common.engines.checkpoint import find_checkpoints, latest_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _resume_worker as worker  # noqa: E402
+import _resume_worker as worker
 
 WORKER = Path(__file__).resolve().parent / "_resume_worker.py"
 EPOCH_LENGTH = worker.NUM_RECORDS // worker.BATCH_SIZE

@@ -548,7 +548,9 @@ def test_fit_budget_truncates_an_impression_that_alone_is_too_long(minilm_tokeni
     assert len(_token_ids(minilm_tokenizer, sections["impression"])) <= fit.budget
     # a single sentence longer than the budget stays (Tokenized truncates it)
     huge = "IMPRESSION: " + " ".join(["very"] * 200) + " long sentence. Second sentence."
-    assert extract_sections(fit({"report": huge})["report"])["impression"] == " ".join(["very"] * 200) + " long sentence."
+    assert (
+        extract_sections(fit({"report": huge})["report"])["impression"] == " ".join(["very"] * 200) + " long sentence."
+    )
 
 
 def test_fit_budget_headerless_ct_rate_report(minilm_tokenizer) -> None:

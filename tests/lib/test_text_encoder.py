@@ -12,10 +12,10 @@ import transformers
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
 from common.networks.text_encoder import (
-    freeze_lower_layers,
-    keep_lower_layers,
     DEFAULT_TEXT_ENCODER,
     TEXT_ENCODER_ALIASES,
+    freeze_lower_layers,
+    keep_lower_layers,
     load_text_backbone,
     resolve_text_encoder,
 )
@@ -289,13 +289,16 @@ def test_hub_file_maps_huggingface_hub_errors(tmp_path: Path, monkeypatch: pytes
 
 def test_freeze_lower_layers_stops_gradients_below_the_first_trainable_layer() -> None:
     torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-                                 intermediate_size=32), add_pooling_layer=False)
+    model = BertModel(
+        BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32),
+        add_pooling_layer=False,
+    )
     assert freeze_lower_layers(model, 0) is model and all(p.requires_grad for p in model.parameters())
     freeze_lower_layers(model, 2)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == {n for n, _ in model.named_parameters() if n.startswith(("embeddings.", "encoder.layer.0.",
-                                                                                "encoder.layer.1."))}
+    assert frozen == {
+        n for n, _ in model.named_parameters() if n.startswith(("embeddings.", "encoder.layer.0.", "encoder.layer.1."))
+    }
     model(torch.randint(0, 50, (2, 5))).last_hidden_state.sum().backward()
     assert all(p.grad is None for n, p in model.named_parameters() if n in frozen)
     assert all(p.grad is not None for n, p in model.named_parameters() if n not in frozen)

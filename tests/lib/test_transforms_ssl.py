@@ -103,8 +103,16 @@ def test_multicrop_shapes_determinism_and_collation(dims):
 
 def test_multicrop_per_view_pipelines_are_applied_and_seeded():
     marker = [RandSolarized("image", prob=1.0, threshold=-1.0)]  # inverts every value: v -> 1 - v
-    transform = MultiCropd("image", 16, 8, num_local=2, global_scale=(1.0, 1.0), ratio=(1.0, 1.0),
-                           global_transforms=[marker, []], local_transforms=None)
+    transform = MultiCropd(
+        "image",
+        16,
+        8,
+        num_local=2,
+        global_scale=(1.0, 1.0),
+        ratio=(1.0, 1.0),
+        global_transforms=[marker, []],
+        local_transforms=None,
+    )
     img = _image(2, 16)
     out = transform({"image": img})
     torch.testing.assert_close(out["global_crops"][0], 1 - img.as_tensor(), atol=1e-5, rtol=0)
@@ -133,8 +141,18 @@ def test_dino_view_recipes(dims):
 @pytest.mark.parametrize("dims", DIMS)
 def test_dino_multicrop_pipeline(dims):
     global_size, local_size, patch = (28, 14, 7) if dims == 2 else (16, 8, 4)
-    pipeline = Compose(dino_multicrop("image", dims, global_size, local_size, patch, num_local=2,
-                                      mean=0.5 if dims == 2 else None, std=0.25 if dims == 2 else None))
+    pipeline = Compose(
+        dino_multicrop(
+            "image",
+            dims,
+            global_size,
+            local_size,
+            patch,
+            num_local=2,
+            mean=0.5 if dims == 2 else None,
+            std=0.25 if dims == 2 else None,
+        )
+    )
     first = pipeline.set_random_state(1)({"image": _image(dims, 32)})
     again = pipeline.set_random_state(1)({"image": _image(dims, 32).copy_(first["image"])})
     grid = (global_size // patch) ** dims
@@ -216,9 +234,24 @@ def test_rand_block_mask_ratios_and_determinism(dims, num_crops):
 
 
 def _frozen_ct_ssl_augmentation(
-    keys=("image",), spatial_size=96, *, flip_prob=0.5, flip_axes=(0,), affine_prob=0.5, rotate_degrees=10.0,
-    scale_range=0.1, intensity_prob=0.5, intensity_scale=0.1, intensity_shift=0.1, contrast_prob=0.3,
-    gamma=(0.7, 1.5), smooth_prob=0.2, smooth_sigma=(0.5, 1.0), noise_prob=0.2, noise_std=0.05, lazy=True,
+    keys=("image",),
+    spatial_size=96,
+    *,
+    flip_prob=0.5,
+    flip_axes=(0,),
+    affine_prob=0.5,
+    rotate_degrees=10.0,
+    scale_range=0.1,
+    intensity_prob=0.5,
+    intensity_scale=0.1,
+    intensity_shift=0.1,
+    contrast_prob=0.3,
+    gamma=(0.7, 1.5),
+    smooth_prob=0.2,
+    smooth_sigma=(0.5, 1.0),
+    noise_prob=0.2,
+    noise_std=0.05,
+    lazy=True,
 ):
     """The former ``common.transforms.ct.ct_ssl_augmentation`` (body verbatim, checks dropped): the reference that
     :func:`ssl_augmentation` must reproduce bit for bit in 3D."""
@@ -246,9 +279,24 @@ def _frozen_ct_ssl_augmentation(
 
 
 def _frozen_xray_ssl_augmentation(
-    keys=("image",), spatial_size=224, *, flip_prob=0.5, flip_axes=(1,), affine_prob=0.5, rotate_degrees=10.0,
-    scale_range=0.1, intensity_prob=0.5, intensity_scale=0.2, intensity_shift=0.1, contrast_prob=0.3,
-    gamma=(0.7, 1.5), smooth_prob=0.2, smooth_sigma=(0.1, 2.0), noise_prob=0.2, noise_std=0.02, lazy=True,
+    keys=("image",),
+    spatial_size=224,
+    *,
+    flip_prob=0.5,
+    flip_axes=(1,),
+    affine_prob=0.5,
+    rotate_degrees=10.0,
+    scale_range=0.1,
+    intensity_prob=0.5,
+    intensity_scale=0.2,
+    intensity_shift=0.1,
+    contrast_prob=0.3,
+    gamma=(0.7, 1.5),
+    smooth_prob=0.2,
+    smooth_sigma=(0.1, 2.0),
+    noise_prob=0.2,
+    noise_std=0.02,
+    lazy=True,
 ):
     """The former ``common.transforms.xray.xray_ssl_augmentation`` (body verbatim, checks dropped): the 2D reference."""
     angle = math.radians(rotate_degrees)
@@ -274,8 +322,14 @@ def _frozen_xray_ssl_augmentation(
     return transforms
 
 
-_ALWAYS = {"flip_prob": 1.0, "affine_prob": 1.0, "intensity_prob": 1.0, "contrast_prob": 1.0, "smooth_prob": 1.0,
-           "noise_prob": 1.0}
+_ALWAYS = {
+    "flip_prob": 1.0,
+    "affine_prob": 1.0,
+    "intensity_prob": 1.0,
+    "contrast_prob": 1.0,
+    "smooth_prob": 1.0,
+    "noise_prob": 1.0,
+}
 _COLIPRI_TRAIN = {"flip_prob": 0.0, "affine_prob": 0.5, "rotate_degrees": 5.0, "scale_range": 0.05}  # train.yaml
 _EQUIVALENCE_CASES = [
     (3, {"spatial_size": 24}),
@@ -283,8 +337,17 @@ _EQUIVALENCE_CASES = [
     (3, {"spatial_size": (24, 20, 16), **_ALWAYS, "flip_axes": (0, 2), "rotate_degrees": 20.0, "gamma": (0.5, 2.0)}),
     (2, {"spatial_size": 48}),
     (2, {"spatial_size": 48, **_COLIPRI_TRAIN}),
-    (2, {"spatial_size": (48, 40), **_ALWAYS, "flip_axes": (0, 1), "intensity_scale": 0.3, "smooth_sigma": (0.3, 0.9),
-         "noise_std": 0.1}),
+    (
+        2,
+        {
+            "spatial_size": (48, 40),
+            **_ALWAYS,
+            "flip_axes": (0, 1),
+            "intensity_scale": 0.3,
+            "smooth_sigma": (0.3, 0.9),
+            "noise_std": 0.1,
+        },
+    ),
 ]
 
 

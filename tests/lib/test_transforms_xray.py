@@ -50,13 +50,17 @@ def _hf_processor():
     )
 
 
-@pytest.mark.parametrize("shape,expected", [((600, 800), (518, 690)), ((800, 600), (690, 518)), ((518, 518), (518, 518))])
+@pytest.mark.parametrize(
+    "shape,expected", [((600, 800), (518, 690)), ((800, 600), (690, 518)), ((518, 518), (518, 518))]
+)
 def test_shortest_edge_size_follows_hugging_face(shape, expected):
     assert shortest_edge_size(shape, 518) == expected
 
 
 def test_resize_shortest_edge_updates_the_pixel_spacing():
-    img = MetaTensor(torch.rand(1, 300, 200), affine=torch.diag(torch.tensor([0.2, 0.1, 1.0, 1.0], dtype=torch.float64)))
+    img = MetaTensor(
+        torch.rand(1, 300, 200), affine=torch.diag(torch.tensor([0.2, 0.1, 1.0, 1.0], dtype=torch.float64))
+    )
     out = ResizeShortestEdge(100)(img)
     assert out.shape == (1, 150, 100)
     np.testing.assert_allclose(np.diag(out.affine.numpy())[:2], [0.4, 0.2])
@@ -136,8 +140,8 @@ def test_bad_arguments_raise():
 
 
 def test_label_maps_follow_the_radiograph_with_nearest_resize(tmp_path) -> None:
-    from PIL import Image
     from monai.transforms import Compose
+    from PIL import Image
 
     from common.transforms.xray import xray_preprocessing
 

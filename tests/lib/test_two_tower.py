@@ -7,11 +7,11 @@ import torch
 
 from common.data.contract import DataContractError
 from common.data.findings import FINDINGS
+from common.networks.eva import eva_tiny
+from common.networks.pooling import AttentionPool1D
 from common.networks.two_tower import ImageTower, TextTower, TwoTowerModel, temperature_from_logit_scale
 from common.networks.weights import WeightsError, load_weights
 from common.networks.zero_shot import ZeroShotClassifier
-from common.networks.eva import eva_tiny
-from common.networks.pooling import AttentionPool1D
 
 transformers = pytest.importorskip("transformers")
 torch.set_num_threads(1)

@@ -68,9 +68,16 @@ class ColipriPretraining(nn.Module):
         self.model = model
         self.mae_decoder = mae_decoder if mae_weight > 0 else None
         self.report_decoder = report_decoder if report_weight > 0 else None
-        self.weights = {"contrastive": contrastive_weight, "report": report_weight, "mae": mae_weight, "osl": osl_weight}
+        self.weights = {
+            "contrastive": contrastive_weight,
+            "report": report_weight,
+            "mae": mae_weight,
+            "osl": osl_weight,
+        }
         self.mask_ratio = mask_ratio
-        self.clip_loss = ClipLoss(init_logit_scale=init_logit_scale) if contrastive_weight > 0 or osl_weight > 0 else None
+        self.clip_loss = (
+            ClipLoss(init_logit_scale=init_logit_scale) if contrastive_weight > 0 or osl_weight > 0 else None
+        )
         self.caption_loss = CaptionLoss(pad_token_id=pad_token_id) if report_weight > 0 else None
         self.mae_loss = MaskedPatchMSELoss(norm_pix_loss=norm_pix_loss) if mae_weight > 0 else None
         self.osl_loss = OppositeSentenceLoss() if osl_weight > 0 else None

@@ -120,14 +120,18 @@ class RadDinoPretraining(nn.Module):
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         self._head_batch_norm = any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) for name in student if name != "backbone"
+            isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for name in student
+            if name != "backbone"
             for m in student[name].modules()
         )
 
         self.weights = {"dino": dino_loss_weight, "ibot": ibot_loss_weight, "koleo": koleo_loss_weight}
         self.centering = centering
         out_dim = int(self.student["dino_head"].last_layer.out_features)
-        patch_out_dim = int(self.student["ibot_head" if self.ibot_separate_head else "dino_head"].last_layer.out_features)
+        patch_out_dim = int(
+            self.student["ibot_head" if self.ibot_separate_head else "dino_head"].last_layer.out_features
+        )
         self.dino_loss = DINOClsTokenLoss(out_dim, student_temp, center_momentum)
         self.ibot_loss = IBOTPatchLoss(patch_out_dim, student_temp, center_momentum) if ibot_loss_weight > 0 else None
         self.koleo_loss = KoLeoLoss() if koleo_loss_weight > 0 else None
