@@ -66,6 +66,7 @@ def test_train_export_infer_evaluate(bundle: str, dims: int, tiny_dataset: Path,
     assert {"fused_vs_image", "fused_vs_text"} <= set(multimodal)
     accuracy = multimodal["masked_token_accuracy"]
     assert accuracy["total"] > 0 and 0.0 <= accuracy["accuracy"] <= 1.0
+    assert 0.0 < accuracy["most_frequent_target_share"] <= 1.0 and accuracy["distinct_predictions"] >= 1
 
 
 @pytest.mark.slow

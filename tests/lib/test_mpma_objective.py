@@ -155,3 +155,33 @@ def test_fused_embedding_and_logged_accuracy() -> None:
         _objective(image_reconstruction_weight=0.0, text_reconstruction_weight=0.0).fused_embedding(
             batch["image"], batch["input_ids"], batch["attention_mask"]
         )
+
+
+def test_masked_token_summary_reports_the_constant_guess_beside_the_accuracy() -> None:
+    from common.methods.mpma.evaluate import encode_pairs, masked_token_summary
+
+    objective = _objective()
+    batch = _batch([True, True, False])
+    batch["labels_vector"] = torch.zeros(3, 2)
+    constant = 7  # a head that always predicts one token: its accuracy is that token's share of the targets
+    objective.mlm_head = torch.nn.Linear(32, VOCAB)
+    with torch.no_grad():
+        objective.mlm_head.weight.zero_()
+        objective.mlm_head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(constant), VOCAB).float())
+    encoded = encode_pairs(objective, [batch])
+    targets = batch["mlm_labels"][batch["mlm_labels"] != IGNORE_INDEX]
+    assert encoded["masked_targets"].tolist() == targets.tolist()
+    assert set(encoded["masked_predictions"].tolist()) == {constant}
+    summary = masked_token_summary(encoded["masked_targets"], encoded["masked_predictions"])
+    assert summary["total"] == 4 and summary["distinct_predictions"] == 1
+    assert summary["correct"] == int((targets == constant).sum())
+    assert summary["most_frequent_target_share"] == max(targets.tolist().count(t) for t in targets.tolist()) / 4
+    fixed = masked_token_summary(torch.tensor([3, 3, 5, 6]).numpy(), torch.tensor([3, 5, 5, 6]).numpy())
+    assert fixed == {
+        "correct": 3,
+        "total": 4,
+        "accuracy": 0.75,
+        "most_frequent_target_share": 0.5,
+        "distinct_predictions": 3,
+    }
+    assert masked_token_summary(torch.zeros(0).numpy(), torch.zeros(0).numpy())["accuracy"] == 0.0
