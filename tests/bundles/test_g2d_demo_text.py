@@ -58,3 +58,29 @@ def test_demo_text_feature_varies_with_the_report(bundle: str, monkeypatch) -> N
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert _signal_to_dropout_noise(bundle, "mean") > 2.0
     assert _signal_to_dropout_noise(bundle, "cls") < 0.1  # why the demo does not use MiniLM's [CLS]
+
+
+CT_REPORT = (
+    "FINDINGS: The trachea and both main bronchi are patent. The heart is not enlarged. Subsegmental atelectasis is "
+    "seen in the right lung lower lobe.\nIMPRESSION: Atelectatic change in the right lung lower lobe."
+)
+
+
+def _read(configs: list[str], report: str) -> str:
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundles" / "g2d_ct" / "configs" / name) for name in configs])
+    parser["text_encoder_name"] = "default"  # the offline MiniLM tokenizer (Bio_ClinicalBERT is not cached)
+    d = {"report": report, "labels": {}}
+    for transform in parser.get_parsed_content("text_preprocessing"):
+        d = transform(d)
+    return d["report"]
+
+
+def test_ct_demo_reads_the_impression_and_the_paper_config_both_sections(monkeypatch) -> None:
+    """The CT demo's mean-pooled MiniLM reads the impression only (the findings' organ-by-organ "normal" sentences
+    set its embedding otherwise: docs/README.md, "Demo"); train.yaml keeps the release's findings + impression."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert _read(["train.yaml", "demo.yaml"], CT_REPORT) == "Atelectatic change in the right lung lower lobe."
+    paper = _read(["train.yaml"], CT_REPORT)
+    assert paper.startswith("The trachea and both main bronchi are patent.")
+    assert paper.endswith("Atelectatic change in the right lung lower lobe.")
