@@ -100,6 +100,9 @@ class CoAttentionFusion(nn.Module):
         self.image_in = nn.Linear(image_dim, hidden_dim)
         self.text_in = nn.Linear(text_dim, hidden_dim)
         self.modality_type = nn.Embedding(2, hidden_dim)  # 0: text, 1: image (M3AE's token_type_embeddings)
+        # M3AE initialises it N(0, 0.02) (``init_weights``); nn.Embedding's N(0, 1) default would add a shared vector
+        # ~7x the token-specific part of the projected MiniLM states and make every fused text token alike
+        nn.init.normal_(self.modality_type.weight, std=0.02)
         self.text_layers = nn.ModuleList(
             CoAttentionLayer(hidden_dim, num_heads, mlp_ratio, num_memory_slots, dropout) for _ in range(depth)
         )

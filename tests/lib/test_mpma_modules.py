@@ -83,6 +83,24 @@ def test_co_attention_fusion_shapes_padding_and_memory_placement() -> None:
     assert not any("memory" in name for name, _ in no_memory.named_parameters())
 
 
+def test_co_attention_fusion_keeps_text_tokens_apart_at_initialisation() -> None:
+    """M3AE initialises the modality-type embedding N(0, 0.02): it must not swamp the projected tokens.
+
+    With nn.Embedding's N(0, 1) default the shared text-type vector (norm ~sqrt(hidden)) outweighed the token-specific
+    part of projected MiniLM states ~7:1 and every fused text token started alike (mean cosine 0.98), the state in
+    which mpma_cxr's MLM head only learned the unigram prior (issue 18).
+    """
+    torch.manual_seed(0)
+    fusion = CoAttentionFusion(image_dim=16, text_dim=384, hidden_dim=128, depth=2, num_heads=4, num_memory_slots=4)
+    assert fusion.modality_type.weight.std().item() == pytest.approx(0.02, rel=0.2)
+    text = torch.randn(2, 12, 384) * 0.33  # per-dim spread of the MiniLM demo tower's last hidden states
+    with torch.no_grad():
+        fused = fusion(torch.randn(2, 9, 16), text).text.flatten(0, 1)
+    unit = F.normalize(fused, dim=-1)
+    mean_cosine = (unit @ unit.T).mean().item()
+    assert mean_cosine < 0.8, f"fused text tokens start alike (mean cosine {mean_cosine:.3f})"
+
+
 def test_late_interaction_similarity_and_loss_equal_a_hand_computation() -> None:
     torch.manual_seed(0)
     image, text = torch.randn(3, 4, 8), torch.randn(3, 5, 8)
