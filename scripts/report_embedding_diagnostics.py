@@ -46,8 +46,10 @@ from sklearn.metrics import roc_auc_score
 from common.data.contract import load_datalist
 from common.evaluation.probes import linear_probe_scores
 from common.evaluation.retrieval import retrieval_ranks
+from common.networks.pooling import masked_mean
 from common.networks.two_tower import encode_texts
 from common.networks.weights import load_weights
+from common.transforms.labels import LabelVectord
 from common.transforms.text import FitReportToTokenBudgetd, SelectReportSectionsd
 
 __all__ = ["diagnose", "run"]
@@ -78,8 +80,7 @@ def _backbone_embeddings(texts: Sequence[str], model: Any, tokenizer: Any, max_l
         batch = tokenizer(list(texts[start : start + 32]), padding=True, truncation=True, max_length=max_length,
                           return_tensors="pt")  # fmt: skip
         hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        mask = batch["attention_mask"][..., None].float()
-        out.append(((hidden * mask).sum(1) / mask.sum(1)).float().numpy())
+        out.append(masked_mean(hidden, batch["attention_mask"].bool()).float().numpy())
     return np.concatenate(out)
 
 
@@ -109,8 +110,19 @@ def diagnose(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray, t
 
 
 def _labels(records: Sequence[dict], findings: Sequence[Any]) -> np.ndarray:
-    names = [getattr(f, "key", f) for f in findings]
-    return np.array([[float(r["labels"].get(n) or 0) for n in names] for r in records])
+    """``(N, K)`` 0/1 finding vectors through the bundles' :class:`LabelVectord` (a label key outside ``findings`` or a
+    value other than 0/1 is a named error); unknown (null) labels count as absent."""
+    vector = LabelVectord("labels", findings)
+    rows = [vector({"labels": r["labels"], "image": r.get("image")})["labels_vector"].numpy() for r in records]
+    return np.nan_to_num(np.stack(rows).astype(np.float64), nan=0.0)
+
+
+def _paired_labelled(records: Sequence[dict], split: str) -> list[dict]:
+    """The records with both a report and labels (the others are counted, not used)."""
+    kept = [r for r in records if r.get("report") and r.get("labels")]
+    if len(kept) < len(records):
+        print(f"{split}: {len(records) - len(kept)} of {len(records)} record(s) without a report or labels skipped")
+    return kept
 
 
 def run(
@@ -135,8 +147,7 @@ def run(
     preprocessing = [t for t in parser.get_parsed_content("text_preprocessing")]
     findings = parser.get_parsed_content("findings")
     datalist = parser.get_parsed_content("datalist")
-    train = [r for r in load_datalist(datalist, "training") if r.get("report") and r.get("labels")]
-    test = [r for r in load_datalist(datalist, "test") if r.get("report") and r.get("labels")]
+    train, test = (_paired_labelled(load_datalist(datalist, split), split) for split in ("training", "test"))
     train_y, test_y = _labels(train, findings), _labels(test, findings)
     results: dict[str, dict[str, float]] = {}
     for name, chosen in (sections or {"as trained": None}).items():
