@@ -547,7 +547,7 @@ def _build_network(config: dict, configs_dir: Path, seed: int) -> torch.nn.Modul
     parser = ConfigParser(copy.deepcopy(config))
     try:
         network = parser.get_parsed_content("network_def", lazy=True)
-    except Exception as err:
+    except Exception as err:  # report which config failed
         raise ExportError(configs_dir / "inference.yaml", f"network_def cannot be built: {err}") from err
     return network.eval()
 

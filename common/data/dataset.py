@@ -219,7 +219,7 @@ class PretrainingDataset(Dataset):
         for index, record in enumerate(records):
             try:
                 cache.append(self.transform(deepcopy(record), end=self._first_random, threading=True))
-            except Exception as err:
+            except Exception as err:  # classified below
                 cause = _bad_sample_cause(err)
                 if cause is None:
                     raise
@@ -271,7 +271,7 @@ class PretrainingDataset(Dataset):
                 continue
             try:
                 sample = self._apply(candidate, sample_seed(self.seed, epoch, index, attempt))
-            except Exception as err:
+            except Exception as err:  # classified below
                 cause = _bad_sample_cause(err)
                 if cause is None:
                     raise

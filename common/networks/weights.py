@@ -49,7 +49,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+    except Exception as err:  # torch, safetensors and zipfile raise their own types on bad files
         raise WeightsError(path, f"cannot read weights ({type(err).__name__}: {err})") from err
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
