@@ -455,7 +455,28 @@ class PretrainingTrainer(Trainer):
         self._call_hook(module, "before_iteration", step)
         self.optimizer.zero_grad(set_to_none=True)
 
-        # compute losses (gradient sync of DDP only on the last micro-batch)
+        sums = self._forward_backward(engine, batch)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        norms = self._clip_gradients(module)
+        output = self._reduce_outputs(sums, norms)
+        bad = [k for k in sums if not math.isfinite(output[k])]
+        if self.scaler is None:  # with fp16 an inf gradient only means "lower the loss scale"
+            bad += [k for k in norms if not math.isfinite(output[k])]
+        self._optimizer_step(engine, output, bad)
+
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        self._call_hook(module, "after_optimizer_step", step)
+        log_values = getattr(module, "log_values", None)
+        if callable(log_values):
+            output.update({str(k): float(v) for k, v in log_values().items()})
+        engine.state.output = output
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return output
+
+    def _forward_backward(self, engine: Engine, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Loss and backward per micro-batch (DDP syncs gradients on the last only); the terms summed over them."""
         chunks = split_batch(batch, self.grad_accumulation)
         sums: dict[str, torch.Tensor] = {}
         for i, (chunk, share) in enumerate(chunks):
@@ -482,23 +503,22 @@ class PretrainingTrainer(Trainer):
                 weighted = value if share == 1.0 else value * share
                 sums[key] = sums[key] + weighted if key in sums else weighted
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        return sums
 
-        # clip gradients, then read every value with one host sync
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        norms = self._clip_gradients(module)
+    def _reduce_outputs(self, sums: dict[str, torch.Tensor], norms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Loss terms and gradient norms averaged over ranks and read with one host sync, plus the peak lr."""
         names = ["loss", *sorted(k for k in sums if k != "loss"), *norms]  # same order on every rank
         tensors = {**sums, **norms}
-        stacked = torch.stack([tensors[k].to(loss.device) for k in names])
+        device = sums["loss"].device
+        stacked = torch.stack([tensors[k].to(device) for k in names])
         if distributed.get_world_size() > 1:
             distributed.all_reduce_mean(stacked)
         output = dict(zip(names, stacked.cpu().tolist()))
         output["lr"] = max(float(g["lr"]) for g in self.optimizer.param_groups)
-        bad = [k for k in sums if not math.isfinite(output[k])]
-        if self.scaler is None:  # with fp16 an inf gradient only means "lower the loss scale"
-            bad += [k for k in norms if not math.isfinite(output[k])]
+        return output
 
-        # optimizer step (skipped on non-finite values), schedules, EMA
+    def _optimizer_step(self, engine: Engine, output: dict[str, float], bad: list[str]) -> None:
+        """Step the optimizer, or skip the step (or raise) when a loss term or gradient norm is not finite."""
         if bad:
             if self.non_finite == "raise":
                 raise NonFiniteLossError(engine.state.iteration, engine.state.epoch, output, bad)
@@ -512,13 +532,3 @@ class PretrainingTrainer(Trainer):
             self.scaler.update()
         else:
             self.optimizer.step()
-        if self.lr_scheduler is not None:
-            self.lr_scheduler.step()
-        self._call_hook(module, "after_optimizer_step", step)
-        log_values = getattr(module, "log_values", None)
-        if callable(log_values):
-            output.update({str(k): float(v) for k, v in log_values().items()})
-
-        engine.state.output = output
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return output
