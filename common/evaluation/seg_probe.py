@@ -142,56 +142,19 @@ def train_segmentation_probe(
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"need epochs >= 1, batch_size >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
-    x_train, x_test = _as_features(features_train, "features_train"), _as_features(features_test, "features_test")
-    if x_train.shape[1:] != x_test.shape[1:]:
-        raise ValueError(f"train features {tuple(x_train.shape[1:])} != test features {tuple(x_test.shape[1:])}")
-    y_train, y_test = _as_masks(masks_train, "masks_train", x_train), _as_masks(masks_test, "masks_test", x_test)
-    if y_train.shape[1:] != y_test.shape[1:]:
-        raise ValueError(f"train masks {tuple(y_train.shape[1:])} != test masks {tuple(y_test.shape[1:])}")
+    x_train, y_train, x_test, y_test = _checked_inputs(features_train, masks_train, features_test, masks_test)
     found = int(max(y_train.max(), y_test.max())) + 1
     num_classes = found if num_classes is None else num_classes
     if found > num_classes:
         raise ValueError(f"masks contain class {found - 1} but num_classes={num_classes}")
     names = label_names(class_names, num_classes, "class_names")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    out_size = tuple(y_train.shape[1:])
 
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG state
         torch.manual_seed(seed)
         probe = SegmentationProbe(x_train.shape[1], num_classes, x_train.ndim - 2, hidden_dim).to(device)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = -(-len(x_train) // batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
-    generator = torch.Generator().manual_seed(seed)
-
-    probe.train()
-    epoch_loss = float("nan")
-    bar = tqdm(range(epochs), desc="segmentation probe", leave=False)
-    for _ in bar:
-        total = 0.0
-        for batch in torch.randperm(len(x_train), generator=generator).split(batch_size):
-            features, masks = x_train[batch].to(device), y_train[batch].to(device)
-            loss = loss_fn(probe(features, out_size), masks[:, None])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += float(loss.detach()) * len(batch)
-        epoch_loss = total / len(x_train)
-        bar.set_postfix(loss=f"{epoch_loss:.4f}")
-
-    probe.eval()
-    metric = DiceMetric(include_background=include_background, reduction="none", num_classes=num_classes)
-    with torch.no_grad():
-        for batch in torch.arange(len(x_test)).split(batch_size):
-            prediction = probe(x_test[batch].to(device), out_size).argmax(dim=1, keepdim=True)
-            metric(y_pred=prediction, y=y_test[batch].to(device)[:, None])
-    per_case = metric.aggregate().cpu().numpy()  # (B', classes), NaN where a case lacks the class
-    known = np.isfinite(per_case)
-    dice = np.full(per_case.shape[1], np.nan)
-    present = known.any(axis=0)
-    dice[present] = np.nanmean(per_case[:, present], axis=0)
+    epoch_loss = _fit(probe, x_train, y_train, epochs, lr, weight_decay, batch_size, seed, device)
+    dice = _test_dice(probe, x_test, y_test, num_classes, include_background, batch_size, device)
     reported = names if include_background else names[1:]
     per_class = {n: {"dice": None if np.isnan(d) else float(d)} for n, d in zip(reported, dice)}
     finite = dice[np.isfinite(dice)]
@@ -202,3 +165,75 @@ def train_segmentation_probe(
         "epochs": int(epochs),
         "final_train_loss": epoch_loss,
     }
+
+
+def _checked_inputs(
+    features_train: Any, masks_train: Any, features_test: Any, masks_test: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features and label maps as tensors, with train and test shapes checked against each other."""
+    x_train, x_test = _as_features(features_train, "features_train"), _as_features(features_test, "features_test")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ValueError(f"train features {tuple(x_train.shape[1:])} != test features {tuple(x_test.shape[1:])}")
+    y_train, y_test = _as_masks(masks_train, "masks_train", x_train), _as_masks(masks_test, "masks_test", x_test)
+    if y_train.shape[1:] != y_test.shape[1:]:
+        raise ValueError(f"train masks {tuple(y_train.shape[1:])} != test masks {tuple(y_test.shape[1:])}")
+    return x_train, y_train, x_test, y_test
+
+
+def _fit(
+    probe: SegmentationProbe,
+    features: torch.Tensor,
+    masks: torch.Tensor,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+) -> float:
+    """AdamW + cosine decay with Dice + CE on logits upsampled to the mask size; returns the last epoch's mean loss."""
+    out_size = tuple(masks.shape[1:])
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = -(-len(features) // batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    probe.train()
+    epoch_loss = float("nan")
+    bar = tqdm(range(epochs), desc="segmentation probe", leave=False)
+    for _ in bar:
+        total = 0.0
+        for batch in torch.randperm(len(features), generator=generator).split(batch_size):
+            loss = loss_fn(probe(features[batch].to(device), out_size), masks[batch].to(device)[:, None])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach()) * len(batch)
+        epoch_loss = total / len(features)
+        bar.set_postfix(loss=f"{epoch_loss:.4f}")
+    return epoch_loss
+
+
+def _test_dice(
+    probe: SegmentationProbe,
+    features: torch.Tensor,
+    masks: torch.Tensor,
+    num_classes: int,
+    include_background: bool,
+    batch_size: int,
+    device: torch.device,
+) -> np.ndarray:
+    """Dice per class averaged over the test cases whose label map holds the class (NaN where none does)."""
+    out_size = tuple(masks.shape[1:])
+    probe.eval()
+    metric = DiceMetric(include_background=include_background, reduction="none", num_classes=num_classes)
+    with torch.no_grad():
+        for batch in torch.arange(len(features)).split(batch_size):
+            prediction = probe(features[batch].to(device), out_size).argmax(dim=1, keepdim=True)
+            metric(y_pred=prediction, y=masks[batch].to(device)[:, None])
+    per_case = metric.aggregate().cpu().numpy()  # (B', classes), NaN where a case lacks the class
+    dice = np.full(per_case.shape[1], np.nan)
+    present = np.isfinite(per_case).any(axis=0)
+    dice[present] = np.nanmean(per_case[:, present], axis=0)
+    return dice
