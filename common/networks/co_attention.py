@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from common.networks.bert_init import bert_init_weights
 from common.networks.memory_attention import MemoryAugmentedCrossAttention
 
 __all__ = ["CoAttentionFusion", "CoAttentionLayer", "FusedTokens"]
@@ -100,9 +101,6 @@ class CoAttentionFusion(nn.Module):
         self.image_in = nn.Linear(image_dim, hidden_dim)
         self.text_in = nn.Linear(text_dim, hidden_dim)
         self.modality_type = nn.Embedding(2, hidden_dim)  # 0: text, 1: image (M3AE's token_type_embeddings)
-        # M3AE initialises it N(0, 0.02) (``init_weights``); nn.Embedding's N(0, 1) default would add a shared vector
-        # ~7x the token-specific part of the projected MiniLM states and make every fused text token alike
-        nn.init.normal_(self.modality_type.weight, std=0.02)
         self.text_layers = nn.ModuleList(
             CoAttentionLayer(hidden_dim, num_heads, mlp_ratio, num_memory_slots, dropout) for _ in range(depth)
         )
@@ -111,6 +109,11 @@ class CoAttentionFusion(nn.Module):
         )
         self.image_norm = nn.LayerNorm(hidden_dim)
         self.text_norm = nn.LayerNorm(hidden_dim)
+        # M3AE's ``init_weights``: every linear, attention projection and embedding N(0, 0.02), biases 0, LayerNorm 1/0
+        # (PyTorch's defaults draw the demo width's layers ~2.5x wider, and nn.Embedding's N(0, 1) modality type
+        # outweighed the projected MiniLM tokens ~7:1, making every fused text token alike); the MA-CMF memory slots
+        # keep Meshed-Memory's initialisation (no M3AE counterpart)
+        self.apply(bert_init_weights)
 
     def forward(
         self,

@@ -137,6 +137,41 @@ def test_masked_token_loss_and_accuracy() -> None:
         MaskedTokenLoss()(logits, labels[:, :2])
 
 
+def _assert_bert_initialised(module: torch.nn.Module) -> None:
+    """Every linear / attention projection / embedding weight N(0, 0.02), biases 0, LayerNorm 1/0 (M3AE, BERT)."""
+    checked = 0
+    for name, param in module.named_parameters():
+        if "memory_" in name:  # MA-CMF slots: Meshed-Memory's initialisation, no M3AE counterpart
+            continue
+        if name.endswith("bias"):
+            assert torch.count_nonzero(param) == 0, f"{name} is not zero"
+        elif "norm" in name.lower():
+            assert torch.all(param == 1), f"{name} is not 1"
+        else:
+            assert param.std().item() == pytest.approx(0.02, rel=0.15), f"{name} std {param.std().item():.4f}"
+            assert abs(param.mean().item()) < 0.005, name
+        checked += 1
+    assert checked > 0
+
+
+def test_co_attention_fusion_is_initialised_as_m3ae() -> None:
+    """M3AE's ``init_weights`` on the fusion: PyTorch's defaults (e.g. Linear ~U(+-1/sqrt(fan_in)), MHA xavier,
+    random biases) draw the demo width's layers ~2.5x wider."""
+    torch.manual_seed(0)
+    fusion = CoAttentionFusion(image_dim=144, text_dim=384, hidden_dim=128, depth=2, num_heads=4, num_memory_slots=4)
+    _assert_bert_initialised(fusion)
+    memory = fusion.text_layers[0].cross_attn.memory_keys
+    assert memory.std().item() == pytest.approx(32**-0.5, rel=0.2)  # Meshed-Memory's N(0, 1/d_k) kept
+
+
+def test_masked_lm_head_is_initialised_as_bert() -> None:
+    """M3AE's MLM head: BERT's transform + decoder N(0, 0.02), output bias and LayerNorm bias 0."""
+    torch.manual_seed(0)
+    head = masked_lm_head(128, 1000)
+    _assert_bert_initialised(head)
+    assert head.decoder.bias is head.bias  # the output bias is the one zero-initialised parameter
+
+
 def test_masked_lm_head_maps_states_to_the_vocabulary() -> None:
     head = masked_lm_head(32, 101)
     assert head(torch.randn(2, 5, 32)).shape == (2, 5, 101)
