@@ -134,14 +134,25 @@ def test_image_only_rows_contribute_only_the_image_reconstruction() -> None:
     assert float(solo["image_reconstruction"]) > 0.0
 
 
-def test_alignment_on_unmasked_views_runs_the_encoders_again(monkeypatch) -> None:
-    objective = _objective(align_masked_views=False)
-    backbone = objective.model.image_encoder.backbone
-    calls = []
-    original = backbone.forward_tokens
-    monkeypatch.setattr(backbone, "forward_tokens", lambda x, **kw: calls.append(kw) or original(x, **kw))
-    objective(_batch([True, True]))
-    assert len(calls) == 2 and calls[1].get("keep_indices") is None
+@pytest.mark.parametrize("masked_reports", [False, True])
+def test_alignment_on_unmasked_views_runs_the_encoders_again(monkeypatch, masked_reports: bool) -> None:
+    """Whole images: a second image pass without dropped patches; unmasked reports: a second text pass on
+    ``input_ids`` (with masked reports the alignment reuses the reconstruction pass's ``mlm_input_ids`` states)."""
+    objective = _objective(align_masked_images=False, align_masked_reports=masked_reports)
+    backbone, text_tower = objective.model.image_encoder.backbone, objective.model.text_encoder
+    image_calls, text_calls = [], []
+    original_image, original_text = backbone.forward_tokens, text_tower.token_embeddings
+    monkeypatch.setattr(backbone, "forward_tokens", lambda x, **kw: image_calls.append(kw) or original_image(x, **kw))
+    monkeypatch.setattr(text_tower, "token_embeddings", lambda ids, m: text_calls.append(ids) or original_text(ids, m))
+    batch = _batch([True, True])
+    objective(batch)
+    assert len(image_calls) == 2 and image_calls[1].get("keep_indices") is None
+    width = text_calls[0].shape[1]
+    assert torch.equal(text_calls[0], batch["mlm_input_ids"][:, :width])
+    if masked_reports:
+        assert len(text_calls) == 1
+    else:
+        assert len(text_calls) == 2 and torch.equal(text_calls[1], batch["input_ids"][:, :width])
 
 
 def test_fused_embedding_and_logged_accuracy() -> None:

@@ -63,8 +63,10 @@ class MPMAPretraining(nn.Module):
         image_mask_ratio: fraction of patches hidden (M3AE: 0.75).
         norm_pix_loss: per-patch normalised pixel target (M3AE: on).
         init_logit_scale: initial scale of both alignment terms (1/0.07).
-        align_masked_views: compute GLA on the masked inputs of the reconstruction pass (True, one forward pass);
-            False runs the encoders again on the whole image and the unmasked report for the alignment terms.
+        align_masked_images: compute GLA on the visible patches of the reconstruction pass (True, one image pass);
+            False runs the image encoder again on the whole image for the alignment terms.
+        align_masked_reports: compute GLA on the whole-word-masked report of the reconstruction pass (True, one text
+            pass); False runs the text encoder again on the unmasked report for the alignment terms.
     """
 
     def __init__(
@@ -80,7 +82,8 @@ class MPMAPretraining(nn.Module):
         image_mask_ratio: float = 0.75,
         norm_pix_loss: bool = True,
         init_logit_scale: float = 1 / 0.07,
-        align_masked_views: bool = True,
+        align_masked_images: bool = True,
+        align_masked_reports: bool = True,
     ) -> None:
         super().__init__()
         if not 0.0 <= image_mask_ratio < 1.0:
@@ -120,7 +123,8 @@ class MPMAPretraining(nn.Module):
         self.mae_decoder = mae_decoder if "image_reconstruction" in self.weights else None
         self.mlm_head = mlm_head if "text_reconstruction" in self.weights else None
         self.image_mask_ratio = float(image_mask_ratio)
-        self.align_masked_views = bool(align_masked_views)
+        self.align_masked_images = bool(align_masked_images)
+        self.align_masked_reports = bool(align_masked_reports)
         self.clip_loss = ClipLoss(init_logit_scale=init_logit_scale) if "global_alignment" in self.weights else None
         self.local_loss = (
             TokenPatchAlignmentLoss(init_logit_scale=init_logit_scale) if "local_alignment" in self.weights else None
@@ -145,13 +149,12 @@ class MPMAPretraining(nn.Module):
         text_states = self.model.text_encoder.token_embeddings(input_ids, attention_mask)  # (B, L, W)
         terms: dict[str, torch.Tensor] = {}
         if self.aligns:
-            if self.align_masked_views:
-                terms.update(self._alignment(visible, text_states, attention_mask, has_report))
-            else:
-                full_ids, full_mask = trim_padding(batch["input_ids"], batch["attention_mask"])
-                full_image = backbone.forward_tokens(image)["tokens"]
-                full_text = self.model.text_encoder.token_embeddings(full_ids, full_mask)
-                terms.update(self._alignment(full_image, full_text, full_mask, has_report))
+            align_image = visible if self.align_masked_images else backbone.forward_tokens(image)["tokens"]
+            align_text, align_mask = text_states, attention_mask
+            if not self.align_masked_reports and text_key != "input_ids":
+                full_ids, align_mask = trim_padding(batch["input_ids"], batch["attention_mask"])
+                align_text = self.model.text_encoder.token_embeddings(full_ids, align_mask)
+            terms.update(self._alignment(align_image, align_text, align_mask, has_report))
         if self.fusion is not None:
             fused = self.fusion(visible, text_states, text_mask=attention_mask.to(torch.bool))
             if self.mae_decoder is not None:
