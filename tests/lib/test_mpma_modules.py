@@ -235,3 +235,35 @@ def test_whole_word_masking_leaves_an_empty_report_alone(tokenizer) -> None:
     )
     assert bool((out["mlm_labels"] == IGNORE_INDEX).all())
     assert torch.equal(out["mlm_input_ids"], encoded["input_ids"][0])
+
+
+def test_masked_token_log_prior_counts_report_tokens(tokenizer) -> None:
+    """Log unigram frequencies of the reports' WordPiece tokens (special tokens not counted), add-k smoothed."""
+    from common.methods.mpma.token_prior import masked_token_log_prior
+
+    reports = ["no effusion.", "small effusion. no pneumothorax.", ""]
+    prior = masked_token_log_prior(reports, tokenizer, pseudo_count=0.01)
+    assert prior.shape == (len(tokenizer),)
+    assert prior.logsumexp(0).item() == pytest.approx(0.0, abs=1e-5)
+    ids = tokenizer(reports[:2], add_special_tokens=False)["input_ids"]
+    tokens = [t for row in ids for t in row]
+    total = len(tokens) + 0.01 * len(tokenizer)
+    for token in set(tokens):
+        assert prior[token].item() == pytest.approx(math.log((tokens.count(token) + 0.01) / total), rel=1e-4)
+    unseen = torch.ones(len(tokenizer), dtype=torch.bool)
+    unseen[torch.tensor(tokens)] = False
+    assert torch.allclose(prior[unseen], torch.tensor(math.log(0.01 / total)))  # special tokens included
+    with pytest.raises(ValueError, match="no report text"):
+        masked_token_log_prior(["", ""], tokenizer)
+
+
+def test_masked_lm_head_takes_an_output_bias() -> None:
+    """The given bias is the head's output bias: with zero states' transform the logits' ranking is the prior's."""
+    prior = torch.log_softmax(torch.randn(50), dim=0)
+    head = masked_lm_head(16, 50, output_bias=prior)
+    torch.testing.assert_close(head.bias.detach(), prior)
+    with torch.no_grad():
+        head.decoder.weight.zero_()
+    torch.testing.assert_close(head(torch.randn(3, 16)), prior.expand(3, -1))
+    with pytest.raises(ValueError, match="output_bias"):
+        masked_lm_head(16, 50, output_bias=torch.zeros(49))
