@@ -88,3 +88,6 @@ def test_config_switches_and_resume(tiny_dataset: Path, bundle_workflow, scratch
     resumed, _ = run(image_reconstruction_weight=0.0, text_reconstruction_weight=0.0, memory_slots=0, resume="true",
                      max_epochs=2)  # fmt: skip
     assert resumed.state.iteration == 2 * trainer.state.iteration
+    _, with_prior = run(mlm_bias_prior="true", max_epochs=1)  # the MLM output bias starts at the reports' token prior
+    bias = with_prior.mlm_head.bias.detach()
+    assert torch.count_nonzero(bias) == bias.numel() and abs(float(bias.float().logsumexp(0))) < 1e-2
