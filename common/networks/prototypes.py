@@ -12,6 +12,14 @@ of the losses only. The codebook is an ``nn.Embedding`` (standard-normal init), 
 The Gumbel noise is drawn by ``torch.nn.functional.gumbel_softmax``, as in the release, so equal RNG states give
 equal outputs. **Deviation:** in ``eval()`` mode the noise is left out (weights ``softmax(x E^T / tau)``), so that
 inference and exported embeddings are deterministic; the release draws noise at zero-shot time too.
+
+``assignment_scale`` ``s`` (1: the release) multiplies the scores before the noise and the temperature
+(``softmax((s x E^T + g) / tau)``). The scores are unnormalised dot products, so how sharp the soft assignment is, and
+how much the unit-scale Gumbel noise ``g`` (std 1.28) moves it, depend on the embeddings' norms: with the release's
+``N(0, 1)`` rows, the scores of a sentence have a standard deviation equal to its norm. A small text tower (the CPU
+demos' MiniLM projected to 256-d, sentence norms ~2, prototypes at the same scale) gives scores with a spread below
+the noise's: every sentence is mapped to nearly the same mixture of the whole bank. ``s > 1`` restores a near-hard,
+input-dependent assignment without changing the embeddings.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ __all__ = ["PrototypeOutput", "SentencePrototypeBank", "prototype_temperature"]
 
 
 class PrototypeOutput(NamedTuple):
-    """``prototypes`` (same shape as the input), ``loss`` (scalar L1), ``logits`` ``(..., n_embed)`` = ``x E^T``
+    """``prototypes`` (same shape as the input), ``loss`` (scalar L1), ``logits`` ``(..., n_embed)`` = ``s x E^T``
     (before noise; the target of PRIOR's stage-3 KL term), ``index`` ``(...)`` = argmax of the noisy soft assignment."""
 
     prototypes: torch.Tensor
@@ -56,22 +64,26 @@ class SentencePrototypeBank(nn.Module):
         n_embed: number of prototypes (PRIOR: ``spb_k`` = 512).
         temperature: Gumbel-softmax temperature (PRIOR: 0.9, fixed); ``temperature`` attribute may be reassigned
             (see :func:`prototype_temperature`).
+        assignment_scale: factor on the assignment scores ``x E^T`` (1: the release; see the module docstring).
     """
 
-    def __init__(self, dim: int, n_embed: int, temperature: float = 0.9) -> None:
+    def __init__(self, dim: int, n_embed: int, temperature: float = 0.9, assignment_scale: float = 1.0) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
+        if assignment_scale <= 0:
+            raise ValueError(f"assignment_scale must be positive, got {assignment_scale}")
         self.dim = dim
         self.n_embed = n_embed
         self.temperature = temperature
+        self.assignment_scale = float(assignment_scale)
         self.embed = nn.Embedding(n_embed, dim)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Assignment scores ``x E^T``, ``(..., n_embed)``."""
+        """Assignment scores ``s x E^T``, ``(..., n_embed)``."""
         if x.shape[-1] != self.dim:
             raise ValueError(f"expected embeddings with last dimension {self.dim}, got shape {tuple(x.shape)}")
-        return x @ self.embed.weight.T
+        return self.assignment_scale * (x @ self.embed.weight.T)
 
     def forward(self, x: torch.Tensor) -> PrototypeOutput:
         logits = self.logits(x)

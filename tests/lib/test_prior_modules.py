@@ -83,6 +83,23 @@ def test_prototype_bank_noise_and_temperature() -> None:
         SentencePrototypeBank(8, 4, temperature=0.0)
 
 
+def test_prototype_bank_assignment_scale_sharpens_the_assignment() -> None:
+    torch.manual_seed(3)
+    bank = SentencePrototypeBank(16, 32, assignment_scale=1.0).eval()
+    with torch.no_grad():
+        bank.embed.weight.mul_(0.1)  # small scores, as the CPU demos' embeddings give: a near-uniform mixture
+    x = torch.randn(50, 16) * 0.3
+    soft = bank(x)
+    bank.assignment_scale = 1.0e6
+    sharp = bank(x)
+    torch.testing.assert_close(sharp.logits, 1.0e6 * (x @ bank.embed.weight.T))
+    nearest_row = bank.embed.weight[(x @ bank.embed.weight.T).argmax(-1)]
+    torch.testing.assert_close(sharp.prototypes, nearest_row, atol=1e-4, rtol=0)  # the top row, nothing else
+    assert (soft.prototypes - nearest_row).abs().mean() > 10 * (sharp.prototypes - nearest_row).abs().mean()
+    with pytest.raises(ValueError, match="assignment_scale must be positive"):
+        SentencePrototypeBank(8, 4, assignment_scale=0.0)
+
+
 def test_prototype_temperature_schedules_match_release() -> None:
     spb = _release("spb")
     official = spb.SPB(4, 2, temp=0.9)

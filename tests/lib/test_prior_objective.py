@@ -404,6 +404,32 @@ def test_prototype_bank_initialised_from_sentence_kmeans():
         initialise_prototypes_from_sentences(objective, [batch])
 
 
+def test_prototype_bank_initialised_from_sentence_directions_assigns_the_nearest_centre():
+    from sklearn.cluster import KMeans
+
+    from common.methods.prior.prototype_init import initialise_prototypes_from_sentences
+
+    objective = _objective(2)
+    objective.pooler.prototypes = SentencePrototypeBank(D, 4)
+    batch = _batch()
+    initialise_prototypes_from_sentences(objective, [batch], seed=0, directions=True)
+    model = objective.model.eval()
+    tokens = model.text_encoder.projector(
+        model.text_encoder.token_embeddings(batch["input_ids"], batch["attention_mask"])
+    )
+    sentences, mask = objective.pooler.sentences(tokens, batch["attention_mask"], batch["sentence_index"])
+    data = sentences[mask].detach()
+    rows = objective.pooler.prototypes.embed.weight.detach()
+    torch.testing.assert_close(rows.norm(dim=1), data.norm(dim=1).mean().expand(4))  # equal row norms
+    units = torch.nn.functional.normalize(data, dim=1).numpy()
+    centres = torch.as_tensor(KMeans(n_clusters=4, n_init=1, random_state=0).fit(units).cluster_centers_)
+    torch.testing.assert_close(
+        rows / rows.norm(dim=1, keepdim=True), torch.nn.functional.normalize(centres.float(), dim=1)
+    )
+    # with equal norms the bank's dot-product argmax is the nearest row
+    assert torch.equal((data @ rows.T).argmax(-1), torch.cdist(data, rows).argmin(-1))
+
+
 def _with_image_only_row(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``batch`` plus a last image-only row (an empty report: [CLS] [SEP], no sentence; ``has_report`` False)."""
     g = torch.Generator().manual_seed(5)
