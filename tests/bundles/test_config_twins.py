@@ -27,7 +27,7 @@ ALLOWED_DIFFERENCES: dict[str, set[str]] = {
         "image_preprocessing#_target_", "image_preprocessing#hu_range", "image_preprocessing#orientation",
         "image_preprocessing#pixdim", "image_preprocessing#resize_size", "image_preprocessing#mean",
         "image_preprocessing#std",
-        "view_augmentation#spatial_dims", "view_augmentation#rotate_degrees", "view_augmentation#scale_range",
+        "view_augmentation#spatial_dims", "rotate_degrees", "zoom_range",
         "body_mask#_target_", "body_mask#hu_range", "body_mask#hu_threshold", "body_hu_threshold",
         "image_backbone#spatial_dims", "model#image_encoder#projector#spatial_dims", "decoder#spatial_dims",
         "pool_grid", "mask_upsampling",
