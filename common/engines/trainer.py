@@ -37,6 +37,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
+from itertools import pairwise
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -194,8 +195,7 @@ def split_batch(batch: Mapping[str, Any], num_chunks: int) -> list[tuple[dict[st
         return value
 
     return [
-        ({k: take(v, int(a), int(b)) for k, v in batch.items()}, (int(b) - int(a)) / size)
-        for a, b in zip(bounds[:-1], bounds[1:])
+        ({k: take(v, int(a), int(b)) for k, v in batch.items()}, (int(b) - int(a)) / size) for a, b in pairwise(bounds)
     ]
 
 
