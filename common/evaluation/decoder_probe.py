@@ -65,11 +65,11 @@ from typing import Any
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
-from monai.metrics import DiceMetric
 from torch import nn
 from tqdm.auto import tqdm
 
 from common.evaluation._arrays import label_names
+from common.evaluation.dice import argmax_dice_table
 from common.evaluation.metrics import bootstrap_mean, paired_mean_difference
 from common.evaluation.report import to_jsonable
 from common.networks.weights import load_weights, read_weights
@@ -323,19 +323,25 @@ def _dice_table(
 ) -> np.ndarray:
     """Per-case, per-class Dice ``(cases, classes)`` of the argmax prediction, NaN where a class is absent."""
     decoder.eval()
-    metric = DiceMetric(
-        include_background=include_background, reduction="none", num_classes=num_classes, ignore_empty=True
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        logits = decoder([level[batch].to(device, torch.float32) for level in cache])
+        if tuple(logits.shape[2:]) != tuple(masks.shape[1:]):
+            raise ValueError(
+                f"the decoder gives logits of size {tuple(logits.shape[2:])}, the masks are "
+                f"{tuple(masks.shape[1:])}: it must predict at the image size"
+            )
+        return logits
+
+    table = argmax_dice_table(
+        predict,
+        masks,
+        num_classes=num_classes,
+        include_background=include_background,
+        batch_size=batch_size,
+        device=device,
     )
-    with torch.no_grad():
-        for batch in torch.arange(len(masks)).split(batch_size):
-            logits = decoder([level[batch].to(device, torch.float32) for level in cache])
-            if tuple(logits.shape[2:]) != tuple(masks.shape[1:]):
-                raise ValueError(
-                    f"the decoder gives logits of size {tuple(logits.shape[2:])}, the masks are "
-                    f"{tuple(masks.shape[1:])}: it must predict at the image size"
-                )
-            metric(y_pred=logits.argmax(dim=1, keepdim=True), y=masks[batch].to(device).long()[:, None])
-    return metric.aggregate().cpu().numpy().astype(np.float64)
+    return table.astype(np.float64)
 
 
 def _case_means(dice: np.ndarray) -> np.ndarray:

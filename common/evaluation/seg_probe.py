@@ -18,12 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
-from monai.metrics import DiceMetric
 from monai.networks.layers.factories import Conv, Norm
 from torch import nn
 from tqdm.auto import tqdm
 
 from common.evaluation._arrays import label_names
+from common.evaluation.dice import argmax_dice_table
 
 __all__ = ["SegmentationProbe", "train_segmentation_probe"]
 
@@ -227,12 +227,14 @@ def _test_dice(
     """Dice per class averaged over the test cases whose label map holds the class (NaN where none does)."""
     out_size = tuple(masks.shape[1:])
     probe.eval()
-    metric = DiceMetric(include_background=include_background, reduction="none", num_classes=num_classes)
-    with torch.no_grad():
-        for batch in torch.arange(len(features)).split(batch_size):
-            prediction = probe(features[batch].to(device), out_size).argmax(dim=1, keepdim=True)
-            metric(y_pred=prediction, y=masks[batch].to(device)[:, None])
-    per_case = metric.aggregate().cpu().numpy()  # (B', classes), NaN where a case lacks the class
+    per_case = argmax_dice_table(
+        lambda batch: probe(features[batch].to(device), out_size),
+        masks,
+        num_classes=num_classes,
+        include_background=include_background,
+        batch_size=batch_size,
+        device=device,
+    )  # (B', classes), NaN where a case lacks the class
     dice = np.full(per_case.shape[1], np.nan)
     present = np.isfinite(per_case).any(axis=0)
     dice[present] = np.nanmean(per_case[:, present], axis=0)
