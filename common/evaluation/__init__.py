@@ -8,6 +8,7 @@ so that importing one piece does not load all of them (and an exported bundle ca
 * :mod:`~common.evaluation.retrieval`: image <-> report recall@k, median rank, recall curves.
 * :mod:`~common.evaluation.probes`: logistic-regression and weighted-kNN probes.
 * :mod:`~common.evaluation.seg_probe`: light segmentation decoder on frozen patch features (Dice).
+* :mod:`~common.evaluation.dice`: per-case, per-class Dice of arg-max segmentations (both segmentation probes).
 * :mod:`~common.evaluation.text_zero_shot`: text-side zero-shot on a labelled report CSV.
 * :mod:`~common.evaluation.plots`: ROC, recall@k, embedding map and Dice figures (PNG).
 * :mod:`~common.evaluation.report`: ``results.json`` + TensorBoard + Markdown summary; ``format_table``.
