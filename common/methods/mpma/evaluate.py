@@ -70,11 +70,12 @@ def masked_token_summary(targets: np.ndarray, predictions: np.ndarray) -> dict[s
     its accuracy is that token's share of the targets, not reconstruction.
     """
     total = int(targets.size)
+    correct = int((predictions == targets).sum())
     _, counts = np.unique(targets, return_counts=True)
     return {
-        "correct": int((predictions == targets).sum()),
+        "correct": correct,
         "total": total,
-        "accuracy": float((predictions == targets).sum() / max(total, 1)),
+        "accuracy": correct / max(total, 1),
         "most_frequent_target_share": float(counts.max() / total) if total else 0.0,
         "distinct_predictions": int(np.unique(predictions).size),
     }
