@@ -239,7 +239,7 @@ def test_whole_word_masking_leaves_an_empty_report_alone(tokenizer) -> None:
 
 def test_masked_token_log_prior_counts_report_tokens(tokenizer) -> None:
     """Log unigram frequencies of the reports' WordPiece tokens (special tokens not counted), add-k smoothed."""
-    from common.methods.mpma.token_prior import masked_token_log_prior
+    from common.networks.mlm_head import masked_token_log_prior
 
     reports = ["no effusion.", "small effusion. no pneumothorax.", ""]
     prior = masked_token_log_prior(reports, tokenizer, pseudo_count=0.01)
