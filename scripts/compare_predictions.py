@@ -18,6 +18,13 @@ with paired-bootstrap differences (:func:`common.evaluation.per_case.compare_eva
 
     python scripts/compare_predictions.py evaluations --reference full=runs/full/eval \
         --others "{'no memory': 'runs/no_memory/eval'}" --out comparison.json
+
+The ``masked_tokens`` command pairs MPMA evaluations on their report reconstruction (``masked_tokens.csv``: the same
+masked tokens of the held-out reports in every run of one seed): masked-token accuracy per run and the difference
+against the reference with a bootstrap over reports (:func:`common.methods.mpma.evaluate.compare_masked_tokens`)::
+
+    python scripts/compare_predictions.py masked_tokens --reference full=runs/full/eval \
+        --others "{'no memory': 'runs/no_memory/eval'}" --out masked_tokens.json
 """
 
 from __future__ import annotations
@@ -36,8 +43,9 @@ from common.data.contract import DataContractError, load_datalist
 from common.data.finding_sets import finding_set
 from common.evaluation.metrics import multilabel_auroc, paired_auroc_difference
 from common.evaluation.per_case import compare_evaluations, comparison_markdown
+from common.methods.mpma.evaluate import compare_masked_tokens
 
-__all__ = ["compare", "evaluations", "read_predictions", "run"]
+__all__ = ["compare", "evaluations", "masked_tokens", "read_predictions", "run"]
 
 
 def _findings(name: str) -> list[Any]:
@@ -146,5 +154,24 @@ def evaluations(
     print(comparison_markdown(result))
 
 
+def masked_tokens(
+    reference: str, others: Mapping[str, str], out: str = "masked_tokens.json", n_bootstrap: int = 1000, seed: int = 0
+) -> None:
+    """Compare MPMA evaluation directories' masked-token accuracy (``others``: ``{name: dir}``, ``reference``:
+    ``name=dir``), paired on the same masked tokens."""
+    ref_name, _, ref_path = reference.partition("=")
+    if not ref_path:
+        raise ValueError("--reference must be name=path/to/evaluation_dir")
+    result = compare_masked_tokens((ref_name, ref_path), dict(others), n_bootstrap=n_bootstrap, seed=seed)
+    Path(out).write_text(json.dumps(result, indent=2))
+    print(f"| run | masked-token accuracy | minus {ref_name} | 95% CI |\n|---|---|---|---|")
+    print(f"| {ref_name} | {result['accuracy'][ref_name]:.3f} | reference | |")
+    for name, diff in result["differences"].items():
+        low, high = diff["difference_ci"]
+        ci = "" if low is None else f"[{low:+.3f}, {high:+.3f}]"
+        print(f"| {name} | {result['accuracy'][name]:.3f} | {diff['difference']:+.3f} | {ci} |")
+    print(f"\n{result['n_tokens']} masked tokens of {result['n_cases']} reports")
+
+
 if __name__ == "__main__":
-    fire.Fire({"run": run, "evaluations": evaluations})
+    fire.Fire({"run": run, "evaluations": evaluations, "masked_tokens": masked_tokens})

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.methods.mpma.evaluate import read_masked_tokens
 from common.methods.mpma.objective import TERMS
 
 
@@ -67,6 +68,9 @@ def test_train_export_infer_evaluate(bundle: str, dims: int, tiny_dataset: Path,
     accuracy = multimodal["masked_token_accuracy"]
     assert accuracy["total"] > 0 and 0.0 <= accuracy["accuracy"] <= 1.0
     assert 0.0 < accuracy["most_frequent_target_share"] <= 1.0 and accuracy["distinct_predictions"] >= 1
+    tokens = read_masked_tokens(out)  # the same tokens, one row each, for paired comparisons of runs
+    assert tokens["target"].size == accuracy["total"]
+    assert int((tokens["target"] == tokens["prediction"]).sum()) == accuracy["correct"]
 
 
 @pytest.mark.slow

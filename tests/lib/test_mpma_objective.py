@@ -183,6 +183,8 @@ def test_masked_token_summary_reports_the_constant_guess_beside_the_accuracy() -
     targets = batch["mlm_labels"][batch["mlm_labels"] != IGNORE_INDEX]
     assert encoded["masked_targets"].tolist() == targets.tolist()
     assert set(encoded["masked_predictions"].tolist()) == {constant}
+    rows = torch.arange(3)[:, None].expand_as(batch["mlm_labels"])  # each masked token's record in the loader
+    assert encoded["masked_cases"].tolist() == rows[batch["mlm_labels"] != IGNORE_INDEX].tolist()
     summary = masked_token_summary(encoded["masked_targets"], encoded["masked_predictions"])
     assert summary["total"] == 4 and summary["distinct_predictions"] == 1
     assert summary["correct"] == int((targets == constant).sum())
@@ -196,3 +198,37 @@ def test_masked_token_summary_reports_the_constant_guess_beside_the_accuracy() -
         "distinct_predictions": 3,
     }
     assert masked_token_summary(torch.zeros(0).numpy(), torch.zeros(0).numpy())["accuracy"] == 0.0
+
+
+def test_compare_masked_tokens_pairs_runs_on_the_same_masked_tokens(tmp_path) -> None:
+    import numpy as np
+
+    from common.methods.mpma.evaluate import compare_masked_tokens, read_masked_tokens, write_masked_tokens
+
+    cases = np.array([0, 0, 0, 1, 2, 2])
+    targets = np.array([5, 6, 7, 5, 8, 9])
+    runs = {
+        "full": np.array([5, 6, 0, 0, 8, 0]),  # 3 of 6
+        "better": np.array([5, 6, 7, 5, 8, 0]),  # 5 of 6: +1 token in case 0, +1 in case 1
+        "same": np.array([5, 0, 7, 0, 8, 0]),  # 3 of 6, other tokens right
+    }
+    for name, predictions in runs.items():
+        (tmp_path / name).mkdir()
+        write_masked_tokens(tmp_path / name / "masked_tokens.csv", cases, targets, predictions)
+    assert read_masked_tokens(tmp_path / "full")["prediction"].tolist() == runs["full"].tolist()
+    others = {"better": tmp_path / "better", "same": tmp_path / "same"}
+    result = compare_masked_tokens(("full", tmp_path / "full"), others, n_bootstrap=500, seed=0)
+    assert result["n_cases"] == 3 and result["n_tokens"] == 6
+    assert result["accuracy"] == {"full": 0.5, "better": 5 / 6, "same": 0.5}
+    better = result["differences"]["better"]
+    assert better["difference"] == pytest.approx(2 / 6)
+    low, high = better["difference_ci"]
+    assert 0.0 <= low <= better["difference"] <= high <= 1.0  # no resample can make "better" worse
+    assert result["differences"]["same"]["difference"] == 0.0
+
+    write_masked_tokens(tmp_path / "other_seed.csv", cases, targets[::-1].copy(), runs["full"])
+    with pytest.raises(ValueError, match="not the same masked tokens"):
+        compare_masked_tokens(("full", tmp_path / "full"), {"other seed": tmp_path / "other_seed.csv"})
+    (tmp_path / "broken.csv").write_text("case,target\n0,1\n")
+    with pytest.raises(ValueError, match="broken.csv: cannot read the masked-token outputs"):
+        read_masked_tokens(tmp_path / "broken.csv")

@@ -8,6 +8,7 @@ findings. The objective (with its fusion stack and MLM head) is the one training
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -19,21 +20,32 @@ import numpy as np
 import torch
 from monai.data import DataLoader, Dataset
 
+from common.data.contract import DataContractError
 from common.evaluation.metrics import multilabel_auroc, paired_auroc_difference
 from common.evaluation.probes import linear_probe_scores
 from common.evaluation.report import to_jsonable
 from common.losses.masked_token_loss import IGNORE_INDEX
 from common.methods.mpma.objective import MPMAPretraining
 
-__all__ = ["encode_pairs", "evaluate_multimodal", "masked_token_summary"]
+__all__ = [
+    "compare_masked_tokens",
+    "encode_pairs",
+    "evaluate_multimodal",
+    "masked_token_summary",
+    "read_masked_tokens",
+    "write_masked_tokens",
+]
+
+#: the per-token outputs of the report reconstruction beside ``multimodal.json`` (one row per masked token)
+MASKED_TOKENS_FILE = "masked_tokens.csv"
 
 logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
 def encode_pairs(objective: MPMAPretraining, loader: Any, device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
-    """Image, text and fused embeddings, labels, and the masked tokens' targets and arg-max predictions of every
-    paired record of ``loader``.
+    """Image, text and fused embeddings, labels, and the masked tokens' targets, arg-max predictions and case rows
+    (``masked_cases``: the record's position in ``loader``) of every paired record of ``loader``.
 
     Batches carry ``image``, ``input_ids``, ``attention_mask``, ``mlm_input_ids``, ``mlm_labels`` and
     ``labels_vector``. The text reconstruction sees the whole image and the masked report.
@@ -43,6 +55,8 @@ def encode_pairs(objective: MPMAPretraining, loader: Any, device: torch.device |
     out: dict[str, list[np.ndarray]] = {"image": [], "text": [], "fused": [], "labels": []}
     targets: list[np.ndarray] = []
     predictions: list[np.ndarray] = []
+    cases: list[np.ndarray] = []
+    seen = 0
     for batch in loader:
         image = torch.as_tensor(batch["image"]).to(device)
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
@@ -57,9 +71,13 @@ def encode_pairs(objective: MPMAPretraining, loader: Any, device: torch.device |
             if bool(selected.any()):
                 targets.append(labels[selected].cpu().numpy())
                 predictions.append(objective.mlm_head(fused.text[selected]).argmax(dim=-1).cpu().numpy())
+                rows = torch.arange(seen, seen + len(labels), device=labels.device)[:, None].expand_as(labels)
+                cases.append(rows[selected].cpu().numpy())
+        seen += len(image)
     result = {key: np.concatenate(parts) for key, parts in out.items()}
     result["masked_targets"] = np.concatenate(targets) if targets else np.zeros(0, dtype=np.int64)
     result["masked_predictions"] = np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
+    result["masked_cases"] = np.concatenate(cases) if cases else np.zeros(0, dtype=np.int64)
     return result
 
 
@@ -79,6 +97,77 @@ def masked_token_summary(targets: np.ndarray, predictions: np.ndarray) -> dict[s
         "most_frequent_target_share": float(counts.max() / total) if total else 0.0,
         "distinct_predictions": int(np.unique(predictions).size),
     }
+
+
+def write_masked_tokens(
+    path: str | os.PathLike, cases: np.ndarray, targets: np.ndarray, predictions: np.ndarray
+) -> None:
+    """One CSV row per masked token: the test case's row, the target token id and the predicted one."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case", "target", "prediction"])
+        writer.writerows(zip(cases.tolist(), targets.tolist(), predictions.tolist()))
+
+
+def read_masked_tokens(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """``{"case", "target", "prediction"}`` integer arrays from :func:`write_masked_tokens`'s CSV (or its folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MASKED_TOKENS_FILE
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        return {
+            key: np.asarray([int(r[key]) for r in rows], dtype=np.int64) for key in ("case", "target", "prediction")
+        }
+    except (OSError, KeyError, ValueError) as err:
+        raise DataContractError(path, f"cannot read the masked-token outputs ({type(err).__name__}: {err})") from err
+
+
+def compare_masked_tokens(
+    reference: tuple[str, str | os.PathLike],
+    others: Mapping[str, str | os.PathLike],
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    ci_level: float = 0.95,
+) -> dict[str, Any]:
+    """Masked-token accuracy of several evaluations of the same masked reports, paired against ``reference``.
+
+    The evaluate workflow masks the held-out reports with a fixed seed, so runs with the same data and seed predict
+    the same masked positions; the difference ``accuracy(other) - accuracy(reference)`` is resampled over test cases
+    (reports), each carrying all its masked tokens (a cluster bootstrap: tokens of one report are not independent).
+
+    Raises:
+        ValueError: the runs did not mask the same tokens (another seed, datalist or masking ratio).
+    """
+    ref_name, ref_path = reference
+    ref = read_masked_tokens(ref_path)
+    n_cases = int(ref["case"].max()) + 1 if ref["case"].size else 0
+    tokens = np.bincount(ref["case"], minlength=n_cases)
+    ref_correct = np.bincount(ref["case"], weights=ref["target"] == ref["prediction"], minlength=n_cases)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_cases, size=(n_bootstrap, n_cases)) if n_bootstrap and n_cases else None
+    alpha = (1.0 - ci_level) / 2.0
+    result: dict[str, Any] = {
+        "reference": ref_name,
+        "n_cases": n_cases,
+        "n_tokens": int(tokens.sum()),
+        "accuracy": {ref_name: float(ref_correct.sum() / max(tokens.sum(), 1))},
+        "differences": {},
+    }
+    for name, path in others.items():
+        other = read_masked_tokens(path)
+        if not (np.array_equal(other["case"], ref["case"]) and np.array_equal(other["target"], ref["target"])):
+            raise ValueError(f"{name}: not the same masked tokens as {ref_name} (another seed, datalist or ratio?)")
+        correct = np.bincount(other["case"], weights=other["target"] == other["prediction"], minlength=n_cases)
+        result["accuracy"][name] = float(correct.sum() / max(tokens.sum(), 1))
+        difference = (correct - ref_correct).sum() / max(tokens.sum(), 1)
+        ci: list[float | None] = [None, None]
+        if draws is not None:
+            samples = (correct - ref_correct)[draws].sum(axis=1) / np.maximum(tokens[draws].sum(axis=1), 1)
+            ci = [float(np.quantile(samples, alpha)), float(np.quantile(samples, 1.0 - alpha))]
+        result["differences"][name] = {"difference": float(difference), "difference_ci": ci}
+    return result
 
 
 def evaluate_multimodal(
@@ -106,7 +195,8 @@ def evaluate_multimodal(
 
     Returns:
         ``{"linear_probe": {"image"|"text"|"fused": macro AUROC dict}, "fused_vs_image": paired difference,
-        "fused_vs_text": ..., "masked_token_accuracy": ...}``.
+        "fused_vs_text": ..., "masked_token_accuracy": ...}``; the masked tokens themselves go to
+        ``masked_tokens.csv`` (:func:`compare_masked_tokens` pairs two runs on them).
     """
     objective.to(device)
     names = [getattr(f, "name", str(f)) for f in findings]
@@ -137,6 +227,9 @@ def evaluate_multimodal(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "multimodal.json").write_text(json.dumps(to_jsonable(results), indent=2, allow_nan=False))
+    write_masked_tokens(
+        out / MASKED_TOKENS_FILE, test["masked_cases"], test["masked_targets"], test["masked_predictions"]
+    )
     for view in ("image", "text", "fused"):
         macro = results["linear_probe"][view]["macro"]
         logger.info("linear probe on %s embeddings: macro AUROC %s", view, macro)
