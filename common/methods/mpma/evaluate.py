@@ -102,11 +102,15 @@ def masked_token_summary(targets: np.ndarray, predictions: np.ndarray) -> dict[s
 def write_masked_tokens(
     path: str | os.PathLike, cases: np.ndarray, targets: np.ndarray, predictions: np.ndarray
 ) -> None:
-    """One CSV row per masked token: the test case's row, the target token id and the predicted one."""
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    """One CSV row per masked token: the test case's row, the target token id and the predicted one (written to a
+    temporary file and renamed, as ``per_case.csv``)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["case", "target", "prediction"])
         writer.writerows(zip(cases.tolist(), targets.tolist(), predictions.tolist()))
+    tmp.replace(path)
 
 
 def read_masked_tokens(path: str | os.PathLike) -> dict[str, np.ndarray]:
