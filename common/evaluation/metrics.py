@@ -19,7 +19,14 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from common.evaluation._arrays import as_numpy, label_names, to_2d_labels
 
-__all__ = ["auroc_rows", "bootstrap_mean", "multilabel_auroc", "paired_auroc_difference", "paired_mean_difference"]
+__all__ = [
+    "auroc_rows",
+    "bootstrap_mean",
+    "multilabel_auroc",
+    "paired_auroc_difference",
+    "paired_mean_difference",
+    "paired_ratio_difference",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -296,5 +303,43 @@ def paired_mean_difference(
         "difference": float(d.mean()),
         "difference_ci": _percentile_ci(samples, ci_level) if samples.size else [None, None],
         "p_not_better": float((samples <= 0).mean()) if samples.size else None,
+        "n_cases": int(d.size),
+    }
+
+
+def paired_ratio_difference(
+    counts: Any,
+    baseline_counts: Any,
+    totals: Any,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    ci_level: float = 0.95,
+) -> dict[str, Any]:
+    """``sum(counts) / sum(totals) - sum(baseline_counts) / sum(totals)`` with a paired bootstrap over cases.
+
+    For a rate pooled over units that come in cases (e.g. correct tokens among each report's masked tokens): both
+    models are scored on the same units, each resample draws whole cases, so units of one case stay together.
+
+    Returns:
+        ``{"difference", "difference_ci", "n_cases"}``.
+    """
+    a, b, n = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (counts, baseline_counts, totals))
+    if not a.shape == b.shape == n.shape:
+        raise ValueError(f"per-case counts and totals must have the same length, got {a.size}, {b.size}, {n.size}")
+    d = a - b
+    difference = float(d.sum() / max(n.sum(), 1.0))
+    samples = (
+        np.concatenate(
+            [
+                d[idx].sum(axis=1) / np.maximum(n[idx].sum(axis=1), 1.0)
+                for _, idx in _resample_chunks(d.size, n_bootstrap, seed)
+            ]
+        )
+        if n_bootstrap and d.size
+        else np.empty(0)
+    )
+    return {
+        "difference": difference,
+        "difference_ci": _percentile_ci(samples, ci_level) if samples.size else [None, None],
         "n_cases": int(d.size),
     }

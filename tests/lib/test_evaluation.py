@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from common.data.contract import DataContractError
 from common.evaluation.harness import evaluate_embeddings
-from common.evaluation.metrics import auroc_rows, multilabel_auroc
+from common.evaluation.metrics import auroc_rows, multilabel_auroc, paired_ratio_difference
 from common.evaluation.plots import plot_dice_bars, plot_embedding_map, plot_recall_curve, plot_roc_curves
 from common.evaluation.probes import knn_probe, knn_scores, linear_probe
 from common.evaluation.report import EvaluationReport, flatten_scalars, format_table, to_jsonable
@@ -553,3 +553,18 @@ def test_paired_auroc_difference_point_ci_and_symmetry() -> None:
     assert same["macro"]["p_not_better"] == 1.0
     with pytest.raises(ValueError):
         paired_auroc_difference(good[:, :2], weak, labels)
+
+
+def test_paired_ratio_difference_pools_units_and_resamples_whole_cases() -> None:
+    totals = np.array([3, 1, 2])
+    reference = np.array([2, 0, 1])  # 3 of 6
+    better = np.array([3, 1, 1])  # 5 of 6: never worse in any case
+    result = paired_ratio_difference(better, reference, totals, n_bootstrap=500, seed=0)
+    assert result["difference"] == pytest.approx(2 / 6) and result["n_cases"] == 3
+    low, high = result["difference_ci"]
+    assert 0.0 <= low <= result["difference"] <= high <= 1.0
+    # the pooled rate, not the mean of per-case rates (2/3 here)
+    assert paired_ratio_difference([1, 0], [0, 0], [1, 99], n_bootstrap=0)["difference"] == pytest.approx(0.01)
+    assert paired_ratio_difference([1, 0], [0, 0], [1, 99], n_bootstrap=0)["difference_ci"] == [None, None]
+    with pytest.raises(ValueError, match="same length"):
+        paired_ratio_difference([1, 2], [1], [3, 3])

@@ -21,7 +21,7 @@ import torch
 from monai.data import DataLoader, Dataset
 
 from common.data.contract import DataContractError
-from common.evaluation.metrics import multilabel_auroc, paired_auroc_difference
+from common.evaluation.metrics import multilabel_auroc, paired_auroc_difference, paired_ratio_difference
 from common.evaluation.probes import linear_probe_scores
 from common.evaluation.report import to_jsonable
 from common.losses.masked_token_loss import IGNORE_INDEX
@@ -139,7 +139,8 @@ def compare_masked_tokens(
 
     The evaluate workflow masks the held-out reports with a fixed seed, so runs with the same data and seed predict
     the same masked positions; the difference ``accuracy(other) - accuracy(reference)`` is resampled over test cases
-    (reports), each carrying all its masked tokens (a cluster bootstrap: tokens of one report are not independent).
+    (reports), each carrying all its masked tokens (:func:`~common.evaluation.metrics.paired_ratio_difference`:
+    tokens of one report are not independent).
 
     Raises:
         ValueError: the runs did not mask the same tokens (another seed, datalist or masking ratio).
@@ -149,9 +150,6 @@ def compare_masked_tokens(
     n_cases = int(ref["case"].max()) + 1 if ref["case"].size else 0
     tokens = np.bincount(ref["case"], minlength=n_cases)
     ref_correct = np.bincount(ref["case"], weights=ref["target"] == ref["prediction"], minlength=n_cases)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_cases, size=(n_bootstrap, n_cases)) if n_bootstrap and n_cases else None
-    alpha = (1.0 - ci_level) / 2.0
     result: dict[str, Any] = {
         "reference": ref_name,
         "n_cases": n_cases,
@@ -165,12 +163,8 @@ def compare_masked_tokens(
             raise ValueError(f"{name}: not the same masked tokens as {ref_name} (another seed, datalist or ratio?)")
         correct = np.bincount(other["case"], weights=other["target"] == other["prediction"], minlength=n_cases)
         result["accuracy"][name] = float(correct.sum() / max(tokens.sum(), 1))
-        difference = (correct - ref_correct).sum() / max(tokens.sum(), 1)
-        ci: list[float | None] = [None, None]
-        if draws is not None:
-            samples = (correct - ref_correct)[draws].sum(axis=1) / np.maximum(tokens[draws].sum(axis=1), 1)
-            ci = [float(np.quantile(samples, alpha)), float(np.quantile(samples, 1.0 - alpha))]
-        result["differences"][name] = {"difference": float(difference), "difference_ci": ci}
+        difference = paired_ratio_difference(correct, ref_correct, tokens, n_bootstrap, seed, ci_level)
+        result["differences"][name] = {k: difference[k] for k in ("difference", "difference_ci")}
     return result
 
 
