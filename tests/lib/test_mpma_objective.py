@@ -232,3 +232,10 @@ def test_compare_masked_tokens_pairs_runs_on_the_same_masked_tokens(tmp_path) ->
     (tmp_path / "broken.csv").write_text("case,target\n0,1\n")
     with pytest.raises(ValueError, match="broken.csv: cannot read the masked-token outputs"):
         read_masked_tokens(tmp_path / "broken.csv")
+    (tmp_path / "empty.csv").write_text("")  # no header: an error, not zero tokens
+    with pytest.raises(ValueError, match="empty.csv: cannot read the masked-token outputs"):
+        read_masked_tokens(tmp_path / "empty.csv")
+    write_masked_tokens(tmp_path / "none.csv", *(np.zeros(0, dtype=np.int64),) * 3)  # a run that masked nothing
+    assert read_masked_tokens(tmp_path / "none.csv")["target"].size == 0
+    with pytest.raises(ValueError, match="no masked tokens"):
+        compare_masked_tokens(("none", tmp_path / "none.csv"), others)

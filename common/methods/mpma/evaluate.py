@@ -118,12 +118,14 @@ def read_masked_tokens(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = Path(path)
     if path.is_dir():
         path = path / MASKED_TOKENS_FILE
+    columns = ("case", "target", "prediction")
     try:
         with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-        return {
-            key: np.asarray([int(r[key]) for r in rows], dtype=np.int64) for key in ("case", "target", "prediction")
-        }
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+        if reader.fieldnames is None or not set(columns) <= set(reader.fieldnames):
+            raise KeyError(f"columns {list(columns)} expected, header {reader.fieldnames}")
+        return {key: np.asarray([int(r[key]) for r in rows], dtype=np.int64) for key in columns}
     except (OSError, KeyError, ValueError) as err:
         raise DataContractError(path, f"cannot read the masked-token outputs ({type(err).__name__}: {err})") from err
 
@@ -143,11 +145,14 @@ def compare_masked_tokens(
     tokens of one report are not independent).
 
     Raises:
-        ValueError: the runs did not mask the same tokens (another seed, datalist or masking ratio).
+        ValueError: the reference has no masked tokens, or the runs did not mask the same tokens (another seed,
+            datalist or masking ratio).
     """
     ref_name, ref_path = reference
     ref = read_masked_tokens(ref_path)
-    n_cases = int(ref["case"].max()) + 1 if ref["case"].size else 0
+    if not ref["case"].size:
+        raise ValueError(f"{ref_name}: no masked tokens in {ref_path} (a run without the text reconstruction?)")
+    n_cases = int(ref["case"].max()) + 1
     tokens = np.bincount(ref["case"], minlength=n_cases)
     ref_correct = np.bincount(ref["case"], weights=ref["target"] == ref["prediction"], minlength=n_cases)
     result: dict[str, Any] = {
