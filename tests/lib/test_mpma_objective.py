@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -201,8 +202,6 @@ def test_masked_token_summary_reports_the_constant_guess_beside_the_accuracy() -
 
 
 def test_compare_masked_tokens_pairs_runs_on_the_same_masked_tokens(tmp_path) -> None:
-    import numpy as np
-
     from common.methods.mpma.evaluate import compare_masked_tokens, read_masked_tokens, write_masked_tokens
 
     cases = np.array([0, 0, 0, 1, 2, 2])
